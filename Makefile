@@ -1,0 +1,45 @@
+# voxclone: `make run` sets everything up and starts the bot; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: run test worker lint bench clean-venv
+
+run: $(STAMP_RUN)
+	@scripts/system-deps.sh run
+	@mkdir -p data
+	$(VENV)/bin/voxclone bot
+
+worker: $(STAMP_RUN)
+	@scripts/system-deps.sh run
+	$(VENV)/bin/voxclone worker
+
+test: $(STAMP_TEST)
+	@scripts/system-deps.sh test
+	scripts/with-postgres.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check bot cogs storage worker tests bench
+	$(VENV)/bin/ruff format --check bot cogs storage worker tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP_TEST)
+	$(PY) bench/synthesis.py --size tiny
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel
+
+# Reinstall when pyproject.toml changes.
+$(STAMP_RUN): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[worker]'
+	@touch $@
+
+$(STAMP_TEST): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[worker,test]'
+	@touch $@ $(STAMP_RUN)
+
+clean-venv:
+	rm -rf $(VENV)

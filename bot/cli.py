@@ -1,0 +1,111 @@
+"""The ``voxclone`` command line: run the bot or the worker, manage the database, try the speech tools.
+
+Every subcommand returns an exit code; errors we can explain print one line to stderr (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from bot.errors import ConfigError, StorageError, VoxcloneError
+from bot.settings import Settings, load_settings
+from worker.errors import SpeechError
+
+log = logging.getLogger("voxclone.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"voxclone: {message}", file=sys.stderr)
+    return code
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def cmd_bot(args: argparse.Namespace) -> int:
+    """Start the Discord bot (migrations first)."""
+    settings = _settings()
+    settings.require_discord_token()
+    from bot.runtime import run_bot
+
+    return run_bot(settings)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from storage.migrate import upgrade
+
+    url = args.database_url or _settings().database_url
+    head = asyncio.run(upgrade(url))
+    print(f"database is at revision {head} (latest)")
+    return 0
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    from storage.migrate import check
+
+    url = args.database_url or _settings().database_url
+    report = asyncio.run(check(url))
+    if report.healthy:
+        print(f"database healthy: integrity ok, revision {report.revision} is the latest")
+        return 0
+    for problem in report.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxclone",
+        description="voxclone: a Discord bot that speaks in its members' own cloned voices.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p_bot = sub.add_parser("bot", help="run the Discord bot", description="Run the Discord bot. Needs DISCORD_TOKEN.")
+    p_bot.set_defaults(func=cmd_bot)
+
+    p_db = sub.add_parser("db", help="database migrations and health", description="Manage the database.")
+    db_sub = p_db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
+    for name, func, text in (
+        ("upgrade", cmd_db_upgrade, "apply all migrations (safe to re-run, also after an interruption)"),
+        ("check", cmd_db_check, "check integrity and that the schema is at the latest migration"),
+    ):
+        p = db_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("--database-url", help="override DATABASE_URL")
+        p.set_defaults(func=func)
+
+    try:
+        from worker.cli import register
+    except ImportError as exc:  # the speech commands are optional on a bot-only install
+        log.debug("speech commands unavailable: %s", exc)
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        return _fail(exc.message)
+    except StorageError as exc:
+        return _fail(exc.message)
+    except VoxcloneError as exc:
+        return _fail(exc.message)
+    except SpeechError as exc:
+        return _fail(exc.message)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

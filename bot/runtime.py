@@ -1,0 +1,62 @@
+"""Start-up of the bot process: logging, voice dependencies, migrations, then the gateway connection."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes.util
+import importlib.util
+import logging
+
+from bot.errors import ConfigError
+from bot.logs import configure_logging
+from bot.settings import Settings
+
+log = logging.getLogger("voxclone.runtime")
+
+
+def check_voice_dependencies() -> None:
+    """Fail with a clear message when voice playback cannot work on this machine.
+
+    Discord accepts only end-to-end encrypted (DAVE) voice since March 2026: discord.py needs PyNaCl,
+    davey and the system's libopus.
+    """
+    missing = [name for name in ("nacl", "davey") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"Voice support is missing the Python packages {', '.join(missing)}: "
+            "reinstall with `pip install 'discord.py[voice]>=2.7'` (`make run` does this)."
+        )
+    import discord.opus
+
+    if not discord.opus.is_loaded():
+        try:
+            discord.opus._load_default()
+        except OSError:
+            pass
+    if not discord.opus.is_loaded() and ctypes.util.find_library("opus") is None:
+        raise ConfigError(
+            "libopus is not installed, so the bot cannot speak in voice channels: "
+            "install it with `apt-get install libopus0` (Debian/Ubuntu) or `brew install opus` (macOS)."
+        )
+
+
+def run_bot(settings: Settings) -> int:
+    """Run until interrupted; returns the process exit code."""
+    token = settings.require_discord_token().get_secret_value()
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        secrets=[token, *(s.get_secret_value() for s in (settings.worker_token, settings.llm_api_key) if s)],
+    )
+    check_voice_dependencies()
+    from bot.client import build_bot
+
+    async def _main() -> None:
+        async with build_bot(settings) as bot:
+            await bot.start(token)
+
+    try:
+        asyncio.run(_main())
+    except KeyboardInterrupt:
+        log.info("shutdown requested")
+    return 0

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p_bot = sub.add_parser("bot", help="run the Discord bot", description="Run the Discord bot. Needs DISCORD_TOKEN.")
+    p_bot = sub.add_parser(
+        "bot", help="run the Discord bot", description="Run the Discord bot. Needs DISCORD_TOKEN."
+    )
     p_bot.set_defaults(func=cmd_bot)
 
     p_db = sub.add_parser("db", help="database migrations and health", description="Manage the database.")

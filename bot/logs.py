@@ -59,7 +59,9 @@ class TextFormatter(logging.Formatter):
         return REDACT(super().format(record))
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", secrets: list[str | None] | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "json", secrets: list[str | None] | None = None
+) -> None:
     """Install one stderr handler on the root logger (idempotent)."""
     for secret in secrets or []:
         REDACT.add(secret)

@@ -8,6 +8,7 @@ ending playback; ``b""`` is returned only once the stream has finished and the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Final
 
@@ -108,10 +109,9 @@ class FrameBuffer:
         self._wake_writer()
 
     def _wake_writer(self) -> None:
-        try:
+        # A closed loop (RuntimeError) means nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._space.set)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
 
     @property
     def buffered_seconds(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes.util
 import importlib.util
 import logging
@@ -29,10 +30,8 @@ def check_voice_dependencies() -> None:
     import discord.opus
 
     if not discord.opus.is_loaded():
-        try:
+        with contextlib.suppress(OSError):
             discord.opus._load_default()
-        except OSError:
-            pass
     if not discord.opus.is_loaded() and ctypes.util.find_library("opus") is None:
         raise ConfigError(
             "libopus is not installed, so the bot cannot speak in voice channels: "

@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     worker_max_queue: int = Field(default=32, ge=1, description="Synthesis requests waiting before 'busy'")
 
     # Models
-    model_dir: Path | None = Field(default=None, description="A local XTTS-v2 folder (config.json, model.pth)")
+    model_dir: Path | None = Field(
+        default=None, description="A local XTTS-v2 folder (config.json, model.pth)"
+    )
     model_cache_dir: Path = Field(default=Path("data/models"), description="Where downloaded models are kept")
     asr_backend: Literal["faster-whisper", "openai-whisper"] = Field(default="faster-whisper")
     asr_model: str = Field(default="small", description="Whisper model name or a local model folder")

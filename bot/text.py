@@ -57,6 +57,11 @@ def _spoken_emoji(text: str) -> str:
     return "".join(out)
 
 
+def _unhide(char: str) -> str:
+    offset = ord(char) - _PLACEHOLDER_BASE
+    return chr(offset) if 0 <= offset < 128 else char
+
+
 def normalize_for_speech(text: str, names: NameResolver) -> str:
     """Speakable text. Order matters: Discord tokens first, then links, then markdown."""
     text = USER_MENTION.sub(lambda m: names.member(int(m.group(1))) or "someone", text)
@@ -78,6 +83,8 @@ def normalize_for_speech(text: str, names: NameResolver) -> str:
     text = HEADING.sub("", text)
     text = QUOTE.sub("", text)
     text = LIST_BULLET.sub("", text)
-    text = "".join(chr(ord(c) - _PLACEHOLDER_BASE) if 0 <= ord(c) - _PLACEHOLDER_BASE < 128 else c for c in text)
+    text = "".join(
+        chr(ord(c) - _PLACEHOLDER_BASE) if 0 <= ord(c) - _PLACEHOLDER_BASE < 128 else c for c in text
+    )
     text = _spoken_emoji(text)
     return WHITESPACE.sub(" ", text).strip()

@@ -74,7 +74,11 @@ def test_bot_without_token_exits_quickly_naming_it(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "bot.cli", "bot"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     elapsed = time.monotonic() - start

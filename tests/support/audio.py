@@ -24,8 +24,24 @@ def espeak_wav(path: Path, text: str, voice: str = "en-us", speed: int = 150, pi
 def to_voice_message(src: Path, dst: Path) -> Path:
     """Encode any audio file as a Discord-style voice message: OGG/Opus, mono, 48 kHz, 32 kb/s."""
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-ac", "1", "-ar", "48000",
-         "-c:a", "libopus", "-b:a", "32k", str(dst)],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-ac",
+            "1",
+            "-ar",
+            "48000",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            str(dst),
+        ],
         check=True,
         capture_output=True,
     )

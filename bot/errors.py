@@ -12,7 +12,26 @@
     │   ├── CorruptAudio             corrupt
     │   ├── EmptyAudio               empty
     │   └── IntakeTimeout            intake_timeout
-    └── PolicyError                  (per subclass)    consent or server settings forbid the action
+    ├── PolicyError                  (per subclass)    consent or server settings forbid the action
+    │   ├── CloningDisabled          cloning_disabled
+    │   ├── RoleNotAllowed           role_not_allowed
+    │   ├── NotAdmin                 not_admin
+    │   ├── NoVoiceProfile           no_voice
+    │   ├── VoiceNotShared           not_shared
+    │   ├── SharingDisabled          sharing_disabled
+    │   ├── CooldownActive           cooldown
+    │   └── TextRejected             text_rejected     empty, or longer than the server's limit
+    ├── EnrollmentError              (per subclass)
+    │   ├── ChallengeMissing         no_phrase         no valid phrase: run /enroll first (or it expired)
+    │   ├── PhraseMismatch           phrase_mismatch
+    │   ├── NotOwnRecording          not_own_recording
+    │   └── ReferenceMismatch        reference_mismatch  the extra clip is another speaker
+    └── VoiceChannelError            (per subclass)
+        ├── NotInVoiceChannel        not_in_voice
+        ├── MissingVoicePermissions  voice_permissions
+        ├── BusyElsewhere            busy_elsewhere
+        ├── QueueFull                queue_full
+        └── NothingPlaying           nothing_playing
 
 Speech-worker failures are ``worker.errors.SpeechError``; the bot's error handler shows both kinds.
 """
@@ -78,3 +97,83 @@ class IntakeTimeout(IntakeError):
 
 class PolicyError(VoxcloneError):
     code = "policy"
+
+
+class CloningDisabled(PolicyError):
+    code = "cloning_disabled"
+
+
+class RoleNotAllowed(PolicyError):
+    code = "role_not_allowed"
+
+
+class NotAdmin(PolicyError):
+    code = "not_admin"
+
+
+class NoVoiceProfile(PolicyError):
+    code = "no_voice"
+
+
+class VoiceNotShared(PolicyError):
+    code = "not_shared"
+
+
+class SharingDisabled(PolicyError):
+    code = "sharing_disabled"
+
+
+class CooldownActive(PolicyError):
+    code = "cooldown"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TextRejected(PolicyError):
+    code = "text_rejected"
+
+
+class EnrollmentError(VoxcloneError):
+    code = "enrollment"
+
+
+class ChallengeMissing(EnrollmentError):
+    code = "no_phrase"
+
+
+class PhraseMismatch(EnrollmentError):
+    code = "phrase_mismatch"
+
+
+class NotOwnRecording(EnrollmentError):
+    code = "not_own_recording"
+
+
+class ReferenceMismatch(EnrollmentError):
+    code = "reference_mismatch"
+
+
+class VoiceChannelError(VoxcloneError):
+    code = "voice_channel"
+
+
+class NotInVoiceChannel(VoiceChannelError):
+    code = "not_in_voice"
+
+
+class MissingVoicePermissions(VoiceChannelError):
+    code = "voice_permissions"
+
+
+class BusyElsewhere(VoiceChannelError):
+    code = "busy_elsewhere"
+
+
+class QueueFull(VoiceChannelError):
+    code = "queue_full"
+
+
+class NothingPlaying(VoiceChannelError):
+    code = "nothing_playing"

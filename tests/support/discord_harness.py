@@ -17,7 +17,7 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import discord
 import discord.opus
@@ -39,7 +39,9 @@ READ_HISTORY = 1 << 16
 CONNECT = 1 << 20
 SPEAK = 1 << 21
 USE_APP_COMMANDS = 1 << 31
-MEMBER_DEFAULT = VIEW_CHANNEL | SEND_MESSAGES | ATTACH_FILES | READ_HISTORY | CONNECT | SPEAK | USE_APP_COMMANDS
+MEMBER_DEFAULT = (
+    VIEW_CHANNEL | SEND_MESSAGES | ATTACH_FILES | READ_HISTORY | CONNECT | SPEAK | USE_APP_COMMANDS
+)
 
 
 def snowflake() -> int:
@@ -96,14 +98,27 @@ class _RecordingWebhookAdapter(AsyncWebhookAdapter):
         super().__init__()
         self.harness = harness
 
-    async def request(self, route: Route, session: Any, *, payload: dict[str, Any] | None = None,
-                      multipart: list[dict[str, Any]] | None = None, files: Any = None, **_: Any) -> Any:
+    async def request(
+        self,
+        route: Route,
+        session: Any,
+        *,
+        payload: dict[str, Any] | None = None,
+        multipart: list[dict[str, Any]] | None = None,
+        files: Any = None,
+        **_: Any,
+    ) -> Any:
         if multipart:
             for part in multipart:
                 if part.get("name") == "payload_json":
                     payload = json.loads(part["value"])
-        rec = Recorded("webhook", route.method, route.path.format_map(_Args(route)), payload,
-                       {f.filename: _read_file(f) for f in files or []})
+        rec = Recorded(
+            "webhook",
+            route.method,
+            route.path.format_map(_Args(route)),
+            payload,
+            {f.filename: _read_file(f) for f in files or []},
+        )
         self.harness._record(rec)
         if route.method in ("POST", "PATCH") and "/webhooks/" in rec.path and "/callback" not in rec.path:
             body = (payload or {}).get("data", payload) or {}
@@ -111,14 +126,21 @@ class _RecordingWebhookAdapter(AsyncWebhookAdapter):
         if rec.path.endswith("/callback"):
             data = (payload or {}).get("data") or {}
             interaction_id = rec.path.split("/")[2]
-            response: dict[str, Any] = {"interaction": {
-                "id": interaction_id, "type": 2,
-                "response_message_loading": (payload or {}).get("type") == 5,
-                "response_message_ephemeral": bool(int(data.get("flags") or 0) & 64)}}
+            response: dict[str, Any] = {
+                "interaction": {
+                    "id": interaction_id,
+                    "type": 2,
+                    "response_message_loading": (payload or {}).get("type") == 5,
+                    "response_message_ephemeral": bool(int(data.get("flags") or 0) & 64),
+                }
+            }
             if (payload or {}).get("type") in (4, 7):
-                response["resource"] = {"type": payload["type"] if payload else 4, "message":
-                                        self.harness.message_payload(self.harness.last_channel_id, data,
-                                                                     author_id=BOT_USER_ID)}
+                response["resource"] = {
+                    "type": payload["type"] if payload else 4,
+                    "message": self.harness.message_payload(
+                        self.harness.last_channel_id, data, author_id=BOT_USER_ID
+                    ),
+                }
             return response
         return None
 
@@ -142,12 +164,14 @@ class HarnessVoiceClient(discord.VoiceProtocol):
     Packets are kept in ``packets`` (Opus bytes, one per 20 ms frame) instead of being sent by UDP.
     """
 
-    instances: list[HarnessVoiceClient] = []
+    instances: ClassVar[list[HarnessVoiceClient]] = []
 
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         super().__init__(client, channel)
         self.channel: Any = channel
         self.guild = channel.guild  # type: ignore[attr-defined]
+        # discord.py's AudioPlayer schedules `ws.speak()` on `client.loop`, which only a real login sets.
+        client.loop = asyncio.get_running_loop()
         self.loop = client.loop
         self.ws = _Speak()
         self.timeout = 5.0
@@ -158,8 +182,9 @@ class HarnessVoiceClient(discord.VoiceProtocol):
         self.disconnects = 0
         HarnessVoiceClient.instances.append(self)
 
-    async def connect(self, *, timeout: float, reconnect: bool, self_deaf: bool = False,
-                      self_mute: bool = False) -> None:
+    async def connect(
+        self, *, timeout: float, reconnect: bool, self_deaf: bool = False, self_mute: bool = False
+    ) -> None:
         self._connected.set()
 
     async def disconnect(self, *, force: bool = False) -> None:
@@ -228,7 +253,9 @@ class Harness:
         self.attachment_bytes: dict[str, bytes] = {}
         self.cdn_fetches: list[str] = []
         state = bot._connection
-        state.user = discord.ClientUser(state=state, data=self.user_payload(BOT_USER_ID, "voxclone", bot=True))
+        state.user = discord.ClientUser(
+            state=state, data=self.user_payload(BOT_USER_ID, "voxclone", bot=True)
+        )
         state.application_id = APPLICATION_ID
         bot.http.request = self._http_request  # type: ignore[method-assign]
         bot.http.get_from_cdn = self._get_from_cdn  # type: ignore[method-assign]
@@ -244,15 +271,18 @@ class Harness:
         self.calls.append(rec)
         self.recorded.set()
 
-    async def _http_request(self, route: Route, *, files: Iterable[discord.File] | None = None,
-                            form: Any = None, **kwargs: Any) -> Any:
+    async def _http_request(
+        self, route: Route, *, files: Iterable[discord.File] | None = None, form: Any = None, **kwargs: Any
+    ) -> Any:
         payload = kwargs.get("json")
         if form:
             for part in form:
                 if part.get("name") == "payload_json":
                     payload = json.loads(part["value"])
         path = route.path.format_map(_Args(route))
-        self._record(Recorded("http", route.method, path, payload, {f.filename: _read_file(f) for f in files or []}))
+        self._record(
+            Recorded("http", route.method, path, payload, {f.filename: _read_file(f) for f in files or []})
+        )
         if route.method == "POST" and path.endswith("/messages"):
             channel_id = int(path.split("/")[2])
             return self.message_payload(channel_id, payload or {}, author_id=BOT_USER_ID)
@@ -268,8 +298,9 @@ class Harness:
     async def _get_from_cdn(self, url: str) -> bytes:
         self.cdn_fetches.append(url)
         if url not in self.attachment_bytes:
-            raise discord.NotFound(_FakeResponse(404), {"message": "This content is no longer available.",
-                                                        "code": 0})
+            raise discord.NotFound(
+                _FakeResponse(404), {"message": "This content is no longer available.", "code": 0}
+            )
         return self.attachment_bytes[url]
 
     def responses(self) -> list[Recorded]:
@@ -287,61 +318,155 @@ class Harness:
 
     @staticmethod
     def user_payload(user_id: int, name: str, bot: bool = False) -> dict[str, Any]:
-        return {"id": str(user_id), "username": name, "global_name": name, "discriminator": "0",
-                "avatar": None, "bot": bot, "public_flags": 0}
+        return {
+            "id": str(user_id),
+            "username": name,
+            "global_name": name,
+            "discriminator": "0",
+            "avatar": None,
+            "bot": bot,
+            "public_flags": 0,
+        }
 
     def member_payload(self, user_id: int, name: str, roles: Iterable[int] = ()) -> dict[str, Any]:
-        return {"user": self.user_payload(user_id, name), "roles": [str(r) for r in roles], "nick": None,
-                "joined_at": "2026-01-01T00:00:00+00:00", "deaf": False, "mute": False, "flags": 0,
-                "avatar": None, "communication_disabled_until": None, "pending": False}
+        return {
+            "user": self.user_payload(user_id, name),
+            "roles": [str(r) for r in roles],
+            "nick": None,
+            "joined_at": "2026-01-01T00:00:00+00:00",
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "avatar": None,
+            "communication_disabled_until": None,
+            "pending": False,
+        }
 
-    def message_payload(self, channel_id: int, body: dict[str, Any], *, author_id: int,
-                        message_id: int | None = None, attachments: list[dict[str, Any]] | None = None,
-                        flags: int = 0, guild_id: int | None = None) -> dict[str, Any]:
+    def message_payload(
+        self,
+        channel_id: int,
+        body: dict[str, Any],
+        *,
+        author_id: int,
+        message_id: int | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+        flags: int = 0,
+        guild_id: int | None = None,
+    ) -> dict[str, Any]:
         msg = {
-            "id": str(message_id or snowflake()), "channel_id": str(channel_id), "author": self.user_payload(
-                author_id, "voxclone" if author_id == BOT_USER_ID else "member", bot=author_id == BOT_USER_ID),
-            "content": body.get("content") or "", "timestamp": "2026-11-26T00:00:00+00:00",
-            "edited_timestamp": None, "tts": False, "mention_everyone": False, "mentions": [],
-            "mention_roles": [], "attachments": attachments or [], "embeds": body.get("embeds") or [],
-            "pinned": False, "type": 0, "flags": flags,
+            "id": str(message_id or snowflake()),
+            "channel_id": str(channel_id),
+            "author": self.user_payload(
+                author_id, "voxclone" if author_id == BOT_USER_ID else "member", bot=author_id == BOT_USER_ID
+            ),
+            "content": body.get("content") or "",
+            "timestamp": "2026-11-26T00:00:00+00:00",
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": attachments or [],
+            "embeds": body.get("embeds") or [],
+            "pinned": False,
+            "type": 0,
+            "flags": flags,
         }
         if guild_id:
             msg["guild_id"] = str(guild_id)
         self.message_store[int(msg["id"])] = msg
         return msg
 
-    def add_guild(self, name: str = "Test Server", owner_id: int | None = None,
-                  members: Iterable[tuple[int, str, Iterable[int]]] = (),
-                  roles: Iterable[tuple[int, str, int]] = (), everyone_permissions: int = MEMBER_DEFAULT,
-                  bot_voice_permissions: int | None = None) -> GuildFixture:
+    def add_guild(
+        self,
+        name: str = "Test Server",
+        owner_id: int | None = None,
+        members: Iterable[tuple[int, str, Iterable[int]]] = (),
+        roles: Iterable[tuple[int, str, int]] = (),
+        everyone_permissions: int = MEMBER_DEFAULT,
+        bot_voice_permissions: int | None = None,
+    ) -> GuildFixture:
         """A guild with one text and one voice channel, the bot, and the given members/roles."""
         guild_id = snowflake()
         text_id, voice_id = snowflake(), snowflake()
         owner_id = owner_id or snowflake()
-        role_payloads = [{"id": str(guild_id), "name": "@everyone", "permissions": str(everyone_permissions),
-                          "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False}]
+        role_payloads = [
+            {
+                "id": str(guild_id),
+                "name": "@everyone",
+                "permissions": str(everyone_permissions),
+                "position": 0,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": False,
+            }
+        ]
         for rid, rname, perms in roles:
-            role_payloads.append({"id": str(rid), "name": rname, "permissions": str(perms), "position": 1,
-                                  "color": 0, "hoist": False, "managed": False, "mentionable": False})
+            role_payloads.append(
+                {
+                    "id": str(rid),
+                    "name": rname,
+                    "permissions": str(perms),
+                    "position": 1,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                }
+            )
         overwrites = []
         if bot_voice_permissions is not None:
-            overwrites.append({"id": str(BOT_USER_ID), "type": 1, "allow": str(bot_voice_permissions),
-                               "deny": str(CONNECT | SPEAK & ~bot_voice_permissions)})
+            overwrites.append(
+                {
+                    "id": str(BOT_USER_ID),
+                    "type": 1,
+                    "allow": str(bot_voice_permissions),
+                    "deny": str(CONNECT | SPEAK & ~bot_voice_permissions),
+                }
+            )
         member_payloads = [self.member_payload(BOT_USER_ID, "voxclone")]
         member_payloads += [self.member_payload(uid, uname, rl) for uid, uname, rl in members]
         data = {
-            "id": str(guild_id), "name": name, "owner_id": str(owner_id), "roles": role_payloads,
+            "id": str(guild_id),
+            "name": name,
+            "owner_id": str(owner_id),
+            "roles": role_payloads,
             "channels": [
-                {"id": str(text_id), "type": 0, "name": "general", "position": 0, "permission_overwrites": []},
-                {"id": str(voice_id), "type": 2, "name": "Voice", "position": 1, "bitrate": 64000,
-                 "user_limit": 0, "permission_overwrites": overwrites},
+                {
+                    "id": str(text_id),
+                    "type": 0,
+                    "name": "general",
+                    "position": 0,
+                    "permission_overwrites": [],
+                },
+                {
+                    "id": str(voice_id),
+                    "type": 2,
+                    "name": "Voice",
+                    "position": 1,
+                    "bitrate": 64000,
+                    "user_limit": 0,
+                    "permission_overwrites": overwrites,
+                },
             ],
-            "members": member_payloads, "voice_states": [], "emojis": [], "stickers": [], "features": [],
-            "member_count": len(member_payloads), "large": False, "unavailable": False,
-            "premium_tier": 0, "preferred_locale": "en-US", "verification_level": 0,
-            "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0,
-            "system_channel_flags": 0, "nsfw_level": 0, "afk_timeout": 300,
+            "members": member_payloads,
+            "voice_states": [],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "member_count": len(member_payloads),
+            "large": False,
+            "unavailable": False,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "system_channel_flags": 0,
+            "nsfw_level": 0,
+            "afk_timeout": 300,
         }
         guild = self.bot._connection._add_guild_from_data(data)  # type: ignore[arg-type]
         text = guild.get_channel(text_id)
@@ -349,28 +474,57 @@ class Harness:
         assert isinstance(text, discord.TextChannel) and isinstance(voice, discord.VoiceChannel)
         return GuildFixture(guild, text, voice, guild_id)
 
-    def add_member(self, fx: GuildFixture, user_id: int, name: str, roles: Iterable[int] = ()) -> discord.Member:
-        member = discord.Member(data=self.member_payload(user_id, name, roles), guild=fx.guild,  # type: ignore[arg-type]
-                                state=self.bot._connection)
+    def add_member(
+        self, fx: GuildFixture, user_id: int, name: str, roles: Iterable[int] = ()
+    ) -> discord.Member:
+        member = discord.Member(
+            data=self.member_payload(user_id, name, roles),
+            guild=fx.guild,  # type: ignore[arg-type]
+            state=self.bot._connection,
+        )
         fx.guild._add_member(member)
         return member
 
     def join_voice(self, fx: GuildFixture, user_id: int, channel: discord.VoiceChannel | None = None) -> None:
         """Put a member in a voice channel, as a VOICE_STATE_UPDATE would."""
         channel = channel or fx.voice_channel
-        fx.guild._update_voice_state({"user_id": str(user_id), "channel_id": str(channel.id), "session_id": "x",
-                                      "deaf": False, "mute": False, "self_deaf": False, "self_mute": False,
-                                      "self_video": False, "suppress": False, "request_to_speak_timestamp": None},
-                                     channel.id)
+        fx.guild._update_voice_state(
+            {
+                "user_id": str(user_id),
+                "channel_id": str(channel.id),
+                "session_id": "x",
+                "deaf": False,
+                "mute": False,
+                "self_deaf": False,
+                "self_mute": False,
+                "self_video": False,
+                "suppress": False,
+                "request_to_speak_timestamp": None,
+            },
+            channel.id,
+        )
 
-    def attachment(self, filename: str, data: bytes, content_type: str, *, duration_s: float | None = None,
-                   url: str | None = None) -> dict[str, Any]:
+    def attachment(
+        self,
+        filename: str,
+        data: bytes,
+        content_type: str,
+        *,
+        duration_s: float | None = None,
+        url: str | None = None,
+    ) -> dict[str, Any]:
         """An attachment payload whose URL is served by :meth:`serve` (see ``attachment_bytes``)."""
         att_id = snowflake()
         url = url or f"https://cdn.discordapp.invalid/attachments/{att_id}/{filename}"
         self.attachment_bytes[url] = data
-        payload: dict[str, Any] = {"id": str(att_id), "filename": filename, "size": len(data), "url": url,
-                                   "proxy_url": url, "content_type": content_type}
+        payload: dict[str, Any] = {
+            "id": str(att_id),
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": content_type,
+        }
         if duration_s is not None:
             payload["duration_secs"] = duration_s
             payload["waveform"] = "AAAA"
@@ -378,26 +532,50 @@ class Harness:
 
     # ---- interactions -----------------------------------------------------------------------------
 
-    def _base(self, fx: GuildFixture, member: discord.Member, itype: int, data: dict[str, Any],
-              permissions: int | None = None) -> dict[str, Any]:
+    def _base(
+        self,
+        fx: GuildFixture,
+        member: discord.Member,
+        itype: int,
+        data: dict[str, Any],
+        permissions: int | None = None,
+    ) -> dict[str, Any]:
         self.last_channel_id = fx.text_channel.id
         perms = permissions if permissions is not None else fx.text_channel.permissions_for(member).value
         member_payload = self.member_payload(member.id, member.name, [r.id for r in member.roles[1:]])
         member_payload["permissions"] = str(perms)
         return {
-            "id": str(snowflake()), "application_id": str(APPLICATION_ID), "type": itype,
-            "token": f"interaction-token-{snowflake()}", "version": 1, "guild_id": str(fx.guild.id),
-            "channel_id": str(fx.text_channel.id), "channel": {"id": str(fx.text_channel.id), "type": 0},
-            "member": member_payload, "data": data, "locale": "en-US", "guild_locale": "en-US",
+            "id": str(snowflake()),
+            "application_id": str(APPLICATION_ID),
+            "type": itype,
+            "token": f"interaction-token-{snowflake()}",
+            "version": 1,
+            "guild_id": str(fx.guild.id),
+            "channel_id": str(fx.text_channel.id),
+            "channel": {"id": str(fx.text_channel.id), "type": 0},
+            "member": member_payload,
+            "data": data,
+            "locale": "en-US",
+            "guild_locale": "en-US",
             "app_permissions": str(fx.text_channel.permissions_for(fx.guild.me).value),
-            "attachment_size_limit": 10 * 1024 * 1024, "entitlements": [], "authorizing_integration_owners": {},
+            "attachment_size_limit": 10 * 1024 * 1024,
+            "entitlements": [],
+            "authorizing_integration_owners": {},
             "context": 0,
         }
 
-    async def slash(self, fx: GuildFixture, member: discord.Member, command: str,
-                    options: dict[str, Any] | None = None, *, attachments: dict[str, dict[str, Any]] | None = None,
-                    users: dict[str, discord.Member] | None = None, permissions: int | None = None,
-                    roles: dict[str, int] | None = None) -> discord.Interaction:
+    async def slash(
+        self,
+        fx: GuildFixture,
+        member: discord.Member,
+        command: str,
+        options: dict[str, Any] | None = None,
+        *,
+        attachments: dict[str, dict[str, Any]] | None = None,
+        users: dict[str, discord.Member] | None = None,
+        permissions: int | None = None,
+        roles: dict[str, int] | None = None,
+    ) -> discord.Interaction:
         """Dispatch ``/command [sub] option:value``; ``command`` may be "group sub"."""
         opts: list[dict[str, Any]] = []
         resolved: dict[str, Any] = {}
@@ -416,24 +594,45 @@ class Harness:
             opts.append({"name": name, "type": 8, "value": str(role_id)})
             role = fx.guild.get_role(role_id)
             resolved.setdefault("roles", {})[str(role_id)] = {
-                "id": str(role_id), "name": role.name if role else "role", "permissions": "0", "position": 1,
-                "color": 0, "hoist": False, "managed": False, "mentionable": False}
+                "id": str(role_id),
+                "name": role.name if role else "role",
+                "permissions": "0",
+                "position": 1,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": False,
+            }
         parts = command.split()
         for sub in reversed(parts[1:]):
             opts = [{"name": sub, "type": 1, "options": opts}]
-        data = {"id": str(snowflake()), "name": parts[0], "type": 1, "options": opts, "resolved": resolved,
-                "guild_id": str(fx.guild.id)}
+        data = {
+            "id": str(snowflake()),
+            "name": parts[0],
+            "type": 1,
+            "options": opts,
+            "resolved": resolved,
+            "guild_id": str(fx.guild.id),
+        }
         return await self._dispatch(self._base(fx, member, 2, data, permissions))
 
-    async def message_command(self, fx: GuildFixture, member: discord.Member, name: str,
-                              message: dict[str, Any]) -> discord.Interaction:
+    async def message_command(
+        self, fx: GuildFixture, member: discord.Member, name: str, message: dict[str, Any]
+    ) -> discord.Interaction:
         """Dispatch a message context-menu command on ``message`` (a message payload)."""
-        data = {"id": str(snowflake()), "name": name, "type": 3, "target_id": message["id"],
-                "resolved": {"messages": {message["id"]: message}}, "guild_id": str(fx.guild.id)}
+        data = {
+            "id": str(snowflake()),
+            "name": name,
+            "type": 3,
+            "target_id": message["id"],
+            "resolved": {"messages": {message["id"]: message}},
+            "guild_id": str(fx.guild.id),
+        }
         return await self._dispatch(self._base(fx, member, 2, data))
 
-    async def click(self, fx: GuildFixture, member: discord.Member, custom_id: str,
-                    message: dict[str, Any] | None = None) -> discord.Interaction:
+    async def click(
+        self, fx: GuildFixture, member: discord.Member, custom_id: str, message: dict[str, Any] | None = None
+    ) -> discord.Interaction:
         """Press a button: dispatched like a gateway INTERACTION_CREATE, through the view store."""
         message = message or self.message_payload(fx.text_channel.id, {}, author_id=BOT_USER_ID)
         payload = self._base(fx, member, 3, {"custom_id": custom_id, "component_type": 2})

@@ -1,0 +1,294 @@
+"""Per-server playback: a queue of utterances, streamed from the speech service into a voice channel.
+
+Playback starts on the first synthesized chunk. ``skip`` cancels the synthesis upstream (closing the
+service's stream stops the GPU work). When the queue stays empty for ``idle_timeout_s`` the bot leaves.
+Nothing here blocks the event loop: discord.py's player thread reads from a bounded ``FrameBuffer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import discord
+
+from bot.errors import BusyElsewhere, MissingVoicePermissions, NothingPlaying, QueueFull
+from bot.pcm import (
+    DEFAULT_BUFFER_SECONDS,
+    OUTPUT_RATE,
+    FrameBuffer,
+    StreamingSource,
+    Upsampler2x,
+    to_discord_pcm,
+)
+from worker.errors import SpeechError
+from worker.service import SpeechService
+from worker.types import SpeechRequest
+
+log = logging.getLogger("voxclone.player")
+
+DEFAULT_IDLE_TIMEOUT_S = 180.0  # s: leave the voice channel after three quiet minutes
+DEFAULT_MAX_QUEUE = 20  # utterances waiting per server
+CONNECT_TIMEOUT_S = 15.0
+
+Notify = Callable[[int, str], Awaitable[None]]  # (text channel id, message) -> posted
+
+
+@dataclass
+class Utterance:
+    """One thing to say: who asked, whose voice, where to announce it."""
+
+    request: SpeechRequest
+    requester_id: int
+    voice_owner_id: int
+    text_channel_id: int
+    announcement: str | None = None  # posted when playback starts (disclosure of the cloned voice)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str | None = None
+    frames_played: int = 0
+    samples_synthesized: int = 0  # at 24 kHz
+
+    @property
+    def preview(self) -> str:
+        text = self.request.text
+        return text if len(text) <= 60 else text[:57] + "..."
+
+
+class GuildPlayer:
+    """The queue and voice connection of one server."""
+
+    def __init__(
+        self,
+        guild: discord.Guild,
+        speech: SpeechService,
+        notify: Notify,
+        *,
+        voice_cls: Any = discord.VoiceClient,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    ) -> None:
+        self.guild = guild
+        self.speech = speech
+        self.notify = notify
+        self.voice_cls = voice_cls
+        self.max_queue = max_queue
+        self.idle_timeout_s = idle_timeout_s
+        self.queue: deque[Utterance] = deque()
+        self.current: Utterance | None = None
+        self.channel_id: int | None = None
+        self._wakeup = asyncio.Event()
+        self._skip = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ---- public -----------------------------------------------------------------------------------
+
+    @property
+    def voice(self) -> discord.VoiceProtocol | None:
+        return self.guild.voice_client
+
+    def check_can_join(self, channel: discord.VoiceChannel) -> None:
+        """Refuse early with a reason: missing Connect/Speak, or busy in another channel."""
+        me = self.guild.me
+        perms = channel.permissions_for(me)
+        missing = [name for name, ok in (("Connect", perms.connect), ("Speak", perms.speak)) if not ok]
+        if missing:
+            raise MissingVoicePermissions(
+                f"I can't speak in {channel.mention}: I'm missing the {' and '.join(missing)} permission"
+                f"{'s' if len(missing) > 1 else ''} there. "
+                "A server admin can grant it in the channel settings."
+            )
+        busy = self.channel_id is not None and self.channel_id != channel.id and (self.current or self.queue)
+        if busy:
+            raise BusyElsewhere(
+                f"I'm already speaking in <#{self.channel_id}> in this server. Join that channel, "
+                "or wait until the queue there is done (`/queue` shows it)."
+            )
+
+    async def enqueue(self, channel: discord.VoiceChannel, utterance: Utterance) -> int:
+        """Queue an utterance for ``channel``; returns its position (0 = plays next)."""
+        self.check_can_join(channel)
+        if len(self.queue) >= self.max_queue:
+            raise QueueFull(
+                f"The queue in this server is full ({self.max_queue} messages). Wait a little, or ask a "
+                "moderator to `/stop` it."
+            )
+        self.channel_id = channel.id
+        self.queue.append(utterance)
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"player-{self.guild.id}")
+        return len(self.queue) - 1 + (1 if self.current else 0)
+
+    def skip(self) -> Utterance:
+        """Stop the current utterance now (its synthesis is cancelled upstream)."""
+        if self.current is None:
+            raise NothingPlaying("Nothing is playing right now.")
+        current = self.current
+        self._skip.set()
+        voice = self.voice
+        if voice is not None and hasattr(voice, "stop"):
+            voice.stop()
+        return current
+
+    def stop(self) -> int:
+        """Clear the queue and skip the current utterance; returns how many were dropped."""
+        dropped = len(self.queue)
+        for item in self.queue:
+            item.error = "stopped"
+            item.finished.set()
+        self.queue.clear()
+        if self.current is not None:
+            self.skip()
+            dropped += 1
+        return dropped
+
+    async def leave(self) -> None:
+        """Stop everything and disconnect; the player can be used again afterwards."""
+        self.stop()
+        voice = self.voice
+        if voice is not None:
+            await voice.disconnect(force=True)
+        self.channel_id = None
+
+    async def close(self) -> None:
+        """Leave and end the background task (bot shutdown, bot removed from the server)."""
+        self._closed = True
+        await self.leave()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closed:
+            if not self.queue:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=self.idle_timeout_s)
+                except TimeoutError:
+                    if not self.queue and self.current is None:
+                        log.info("leaving voice after idle timeout", extra={"guild_id": self.guild.id})
+                        await self.leave()
+                        return
+                continue
+            item = self.queue.popleft()
+            self.current = item
+            try:
+                await self._play(item)
+            except SpeechError as exc:
+                item.error = exc.message
+                await self._safe_notify(item.text_channel_id, f"I couldn't finish speaking: {exc.message}")
+            except (discord.ClientException, TimeoutError, OSError) as exc:
+                item.error = str(exc)
+                log.warning(
+                    "voice playback failed", extra={"guild_id": self.guild.id, "error": type(exc).__name__}
+                )
+                await self._safe_notify(
+                    item.text_channel_id,
+                    "I lost the voice connection and stopped this message. Try `/speak` again in a moment.",
+                )
+                await self.leave()
+            finally:
+                self.current = None
+                item.finished.set()
+                self._skip.clear()
+
+    async def _connect(self) -> discord.VoiceProtocol:
+        channel = self.guild.get_channel(self.channel_id or 0)
+        if not isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+            raise discord.ClientException("voice channel vanished")
+        voice = self.voice
+        if voice is not None and voice.channel.id == channel.id and _connected(voice):
+            return voice
+        if voice is not None:
+            await voice.disconnect(force=True)
+        return await channel.connect(cls=self.voice_cls, timeout=CONNECT_TIMEOUT_S, self_deaf=True)
+
+    async def _play(self, item: Utterance) -> None:
+        loop = asyncio.get_running_loop()
+        stream = self.speech.synthesize(item.request)
+        buffer = FrameBuffer(loop, capacity_bytes=int(DEFAULT_BUFFER_SECONDS * OUTPUT_RATE * 4))
+        upsampler = Upsampler2x()
+        done = asyncio.Event()
+        playback_error: list[BaseException] = []
+
+        def after(error: Exception | None) -> None:  # called from discord.py's player thread
+            if error is not None:
+                playback_error.append(error)
+            loop.call_soon_threadsafe(done.set)
+
+        try:
+            first = await _next_chunk(stream, self._skip)
+            if first is None:
+                return
+            voice = await self._connect()
+            item.samples_synthesized += len(first) // 2
+            await buffer.write(to_discord_pcm(first, upsampler))
+            voice.play(StreamingSource(buffer), after=after)  # type: ignore[attr-defined]
+            item.started.set()
+            if item.announcement:
+                await self._safe_notify(item.text_channel_id, item.announcement)
+            while (chunk := await _next_chunk(stream, self._skip)) is not None:
+                item.samples_synthesized += len(chunk) // 2
+                await buffer.write(to_discord_pcm(chunk, upsampler))
+            buffer.finish()
+            waiter = asyncio.create_task(done.wait())
+            skipper = asyncio.create_task(self._skip.wait())
+            await asyncio.wait({waiter, skipper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (waiter, skipper):
+                task.cancel()
+        finally:
+            buffer.close()
+            await stream.aclose()  # type: ignore[attr-defined]
+            item.frames_played = buffer.frames_read
+        if playback_error:
+            raise discord.ClientException(f"playback ended with {type(playback_error[0]).__name__}")
+
+    async def _safe_notify(self, channel_id: int, text: str) -> None:
+        try:
+            await self.notify(channel_id, text)
+        except discord.HTTPException:
+            log.warning(
+                "could not post to channel", extra={"guild_id": self.guild.id, "channel_id": channel_id}
+            )
+
+
+def _connected(voice: discord.VoiceProtocol) -> bool:
+    is_connected = getattr(voice, "is_connected", None)
+    return bool(is_connected()) if callable(is_connected) else False
+
+
+async def _next_chunk(stream: Any, skip: asyncio.Event) -> bytes | None:
+    """The next chunk, or None when the stream ended or a skip was requested.
+
+    A pending ``__anext__`` is always cancelled and awaited before returning (also when this task is
+    cancelled), so the stream can be closed afterwards: closing it is what stops synthesis upstream.
+    """
+    if skip.is_set():
+        return None
+    getter = asyncio.ensure_future(stream.__anext__())
+    skipper = asyncio.ensure_future(skip.wait())
+    try:
+        await asyncio.wait({getter, skipper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        skipper.cancel()
+        if not getter.done():
+            getter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await getter
+    if getter.cancelled():
+        return None
+    try:
+        return cast(bytes, getter.result())
+    except StopAsyncIteration:
+        return None

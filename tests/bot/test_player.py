@@ -1,0 +1,170 @@
+"""The per-server player through discord.py's real AudioPlayer thread and libopus encoder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import discord
+import numpy as np
+import pytest
+from discord.ext import commands
+
+from bot.errors import BusyElsewhere, MissingVoicePermissions, NothingPlaying, QueueFull
+from bot.player import GuildPlayer, Utterance
+from tests.support.discord_harness import CONNECT, Harness, HarnessVoiceClient, snowflake
+from worker.errors import WorkerUnavailable
+from worker.types import SpeechRequest, VoiceEmbedding
+
+CHUNK = 2_400  # samples: 100 ms at 24 kHz
+
+
+class ToneService:
+    """A speech service that streams a tone of a fixed length, chunk by chunk, at a set pace."""
+
+    def __init__(self, seconds: float, delay_s: float = 0.0, fail_after: int | None = None) -> None:
+        self.samples = int(seconds * 24_000)
+        self.delay_s = delay_s
+        self.fail_after = fail_after
+        self.chunks_made = 0
+        self.closed = 0
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+        t = np.arange(self.samples) / 24_000
+        pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
+        try:
+            for i in range(0, self.samples, CHUNK):
+                if self.fail_after is not None and self.chunks_made >= self.fail_after:
+                    raise WorkerUnavailable("The speech worker is not reachable right now.")
+                await asyncio.sleep(self.delay_s)
+                self.chunks_made += 1
+                yield pcm[i : i + CHUNK].tobytes()
+        finally:
+            self.closed += 1
+
+
+def _request(text: str = "hello") -> SpeechRequest:
+    emb = VoiceEmbedding("m", np.zeros((1, 2, 4), np.float32), np.zeros((1, 4, 1), np.float32))
+    return SpeechRequest(text=text, language="en", embedding=emb)
+
+
+@pytest.fixture
+def setup():
+    bot = commands.Bot(
+        command_prefix="!", intents=discord.Intents(guilds=True, members=True, voice_states=True)
+    )
+    harness = Harness(bot)
+    fx = harness.add_guild()
+    posted: list[tuple[int, str]] = []
+
+    async def notify(channel_id: int, text: str) -> None:
+        posted.append((channel_id, text))
+
+    yield harness, fx, notify, posted
+    harness.close()
+
+
+def _utterance(fx, text: str = "hello") -> Utterance:
+    return Utterance(
+        _request(text),
+        requester_id=1,
+        voice_owner_id=1,
+        text_channel_id=fx.text_channel.id,
+        announcement="Speaking in Ada's cloned voice",
+    )
+
+
+async def test_plays_every_synthesized_sample_as_opus_frames(setup) -> None:
+    _, fx, notify, posted = setup
+    service = ToneService(seconds=0.9)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient, idle_timeout_s=30)
+    item = _utterance(fx)
+    assert await player.enqueue(fx.voice_channel, item) == 0
+    await asyncio.wait_for(item.finished.wait(), 10)
+    assert item.error is None
+    assert item.samples_synthesized == service.samples
+    # 0.9 s of audio = 45 frames of 20 ms (the last one may be padded)
+    assert item.frames_played == 45
+    voice = HarnessVoiceClient.instances[-1]
+    assert len(voice.packets) >= 45  # plus any underrun silence, never fewer
+    assert posted == [(fx.text_channel.id, "Speaking in Ada's cloned voice")]
+    await player.close()
+    assert voice.disconnects == 1
+
+
+async def test_playback_starts_before_synthesis_ends(setup) -> None:
+    _, fx, notify, _ = setup
+    service = ToneService(seconds=2.0, delay_s=0.05)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient)
+    item = _utterance(fx)
+    await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(item.started.wait(), 5)
+    assert service.chunks_made < 20 / 2  # started with most of the stream still to come
+    await asyncio.wait_for(item.finished.wait(), 10)
+    await player.close()
+
+
+async def test_skip_cancels_synthesis_upstream(setup) -> None:
+    _, fx, notify, _ = setup
+    service = ToneService(seconds=30.0, delay_s=0.02)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient)
+    item = _utterance(fx)
+    await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(item.started.wait(), 5)
+    player.skip()
+    await asyncio.wait_for(item.finished.wait(), 5)
+    made = service.chunks_made
+    await asyncio.sleep(0.2)
+    assert service.chunks_made == made < 100  # no more chunks after the skip
+    assert service.closed == 1
+    with pytest.raises(NothingPlaying):
+        player.skip()
+    await player.close()
+
+
+async def test_worker_failure_mid_stream_is_reported_and_next_item_plays(setup) -> None:
+    _, fx, notify, posted = setup
+    service = ToneService(seconds=1.0, fail_after=3)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient)
+    first, second = _utterance(fx, "one"), _utterance(fx, "two")
+    await player.enqueue(fx.voice_channel, first)
+    await player.enqueue(fx.voice_channel, second)
+    await asyncio.wait_for(second.finished.wait(), 10)
+    assert first.error and "not reachable" in first.error
+    assert any("couldn't finish speaking" in text for _, text in posted)
+    await player.close()
+
+
+async def test_refusals(setup) -> None:
+    harness, fx, notify, _ = setup
+    service = ToneService(seconds=5.0, delay_s=0.05)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient, max_queue=1)
+    playing = _utterance(fx)
+    await player.enqueue(fx.voice_channel, playing)
+    await asyncio.wait_for(playing.started.wait(), 5)
+    await player.enqueue(fx.voice_channel, _utterance(fx))  # waits: the queue holds one
+    with pytest.raises(QueueFull):
+        await player.enqueue(fx.voice_channel, _utterance(fx))
+    # A second voice channel in the same server while busy
+    data = {
+        "id": str(snowflake()),
+        "type": 2,
+        "name": "Lounge",
+        "position": 2,
+        "permission_overwrites": [],
+        "bitrate": 64000,
+        "user_limit": 0,
+    }
+    lounge = discord.VoiceChannel(state=harness.bot._connection, guild=fx.guild, data=data)
+    fx.guild._add_channel(lounge)
+    with pytest.raises(BusyElsewhere):
+        player.check_can_join(lounge)
+    await player.close()
+
+
+async def test_missing_voice_permission_is_named(setup) -> None:
+    harness, _, notify, _ = setup
+    fx = harness.add_guild(bot_voice_permissions=CONNECT)  # Connect but no Speak
+    player = GuildPlayer(fx.guild, ToneService(1.0), notify, voice_cls=HarnessVoiceClient)
+    with pytest.raises(MissingVoicePermissions, match="Speak"):
+        await player.enqueue(fx.voice_channel, _utterance(fx))

@@ -1,0 +1,162 @@
+"""The one place that decides whether a voice may be used, by whom, and where.
+
+Every speaking path (``/speak``, relay of voice messages, the assistant, previews) and every
+enrolment goes through :class:`Policy`. The decisions are pure functions of the server settings,
+the member and the stored consent facts, so they are tested as a table of cases.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.errors import (
+    CloningDisabled,
+    CooldownActive,
+    NotAdmin,
+    NoVoiceProfile,
+    RoleNotAllowed,
+    SharingDisabled,
+    TextRejected,
+    VoiceNotShared,
+)
+
+ENABLE_HINT = "A server admin can turn it on with `/consent set cloning:True`."
+
+
+class ServerRules(Protocol):
+    """The server settings the policy reads (``storage.GuildSettings`` provides them)."""
+
+    @property
+    def cloning_enabled(self) -> bool: ...
+    @property
+    def enroll_role_ids(self) -> Collection[int]: ...
+    @property
+    def speak_role_ids(self) -> Collection[int]: ...
+    @property
+    def allow_sharing(self) -> bool: ...
+    @property
+    def max_text_length(self) -> int: ...
+    @property
+    def cooldown_s(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is asking: enough of a ``discord.Member`` to decide."""
+
+    user_id: int
+    role_ids: frozenset[int]
+    is_admin: bool  # Manage Server, Administrator or owner
+
+    @classmethod
+    def from_member(cls, member: object) -> Actor:
+        perms = getattr(member, "guild_permissions", None)
+        guild = getattr(member, "guild", None)
+        is_owner = guild is not None and getattr(guild, "owner_id", None) == getattr(member, "id", None)
+        return cls(
+            user_id=int(getattr(member, "id", 0)),
+            role_ids=frozenset(int(r.id) for r in getattr(member, "roles", [])),
+            is_admin=bool(is_owner or (perms is not None and (perms.manage_guild or perms.administrator))),
+        )
+
+
+@dataclass(frozen=True)
+class VoiceFacts:
+    """What storage knows about the voice being asked for."""
+
+    owner_id: int
+    owner_name: str
+    has_profile: bool
+    shared_with_actor: bool
+
+
+def _role_list(role_ids: Collection[int]) -> str:
+    return ", ".join(f"<@&{rid}>" for rid in sorted(role_ids))
+
+
+class Policy:
+    """Decisions; each ``check_*`` returns None or raises a ``PolicyError`` with what to do."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self._last_spoke: dict[tuple[int, int], float] = {}
+        self._now = now
+
+    # ---- admin ------------------------------------------------------------------------------------
+
+    def check_admin(self, actor: Actor) -> None:
+        if not actor.is_admin:
+            raise NotAdmin(
+                "Only members with the Manage Server permission can change voice cloning settings."
+            )
+
+    # ---- enrolment --------------------------------------------------------------------------------
+
+    def check_enroll(self, actor: Actor, rules: ServerRules) -> None:
+        if not rules.cloning_enabled:
+            raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
+        allowed = set(rules.enroll_role_ids)
+        if allowed and not (allowed & actor.role_ids):
+            raise RoleNotAllowed(
+                "In this server only members with one of these roles can enroll a voice: "
+                f"{_role_list(allowed)}."
+            )
+
+    # ---- speaking ---------------------------------------------------------------------------------
+
+    def check_speak(self, actor: Actor, rules: ServerRules, voice: VoiceFacts) -> None:
+        """May ``actor`` make the bot speak in ``voice`` here?"""
+        if not rules.cloning_enabled:
+            raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
+        allowed = set(rules.speak_role_ids)
+        if allowed and not (allowed & actor.role_ids):
+            raise RoleNotAllowed(
+                "In this server only members with one of these roles can use cloned voices: "
+                f"{_role_list(allowed)}."
+            )
+        own = voice.owner_id == actor.user_id
+        if not voice.has_profile:
+            if own:
+                raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+            raise NoVoiceProfile(f"{voice.owner_name} has no enrolled voice in this server.")
+        if own:
+            return
+        if not rules.allow_sharing:
+            raise SharingDisabled("This server doesn't allow speaking in other members' voices.")
+        if not voice.shared_with_actor:
+            raise VoiceNotShared(
+                f"{voice.owner_name} hasn't shared their voice with you. "
+                "They can do that with `/voice share`."
+            )
+
+    def check_text(self, text: str, rules: ServerRules) -> None:
+        if not text.strip():
+            raise TextRejected(
+                "There is nothing to say: the message is empty once links and formatting are removed."
+            )
+        if len(text) > rules.max_text_length:
+            raise TextRejected(
+                f"That message is {len(text)} characters; this server's limit is {rules.max_text_length}. "
+                "Shorten it or split it in two."
+            )
+
+    def check_cooldown(self, guild_id: int, actor: Actor, rules: ServerRules) -> None:
+        """Per-member cooldown between utterances; admins are exempt."""
+        if rules.cooldown_s <= 0 or actor.is_admin:
+            return
+        last = self._last_spoke.get((guild_id, actor.user_id))
+        now = self._now()
+        if last is not None and now - last < rules.cooldown_s:
+            wait = rules.cooldown_s - (now - last)
+            raise CooldownActive(
+                f"Slow down a little: you can speak again in {wait:.0f} s.", retry_after_s=wait
+            )
+
+    def record_spoke(self, guild_id: int, actor: Actor) -> None:
+        self._last_spoke[(guild_id, actor.user_id)] = self._now()
+
+    def forget_guild(self, guild_id: int) -> None:
+        for key in [k for k in self._last_spoke if k[0] == guild_id]:
+            del self._last_spoke[key]

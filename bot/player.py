@@ -208,7 +208,7 @@ class GuildPlayer:
         if not isinstance(channel, discord.VoiceChannel | discord.StageChannel):
             raise discord.ClientException("voice channel vanished")
         voice = self.voice
-        if voice is not None and voice.channel.id == channel.id and _connected(voice):
+        if voice is not None and getattr(voice.channel, "id", None) == channel.id and _connected(voice):
             return voice
         if voice is not None:
             await voice.disconnect(force=True)

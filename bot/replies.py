@@ -1,0 +1,139 @@
+"""One way to answer an interaction, and one place that turns exceptions into sentences for members.
+
+``respond`` works whether the interaction was already answered or deferred, and when its 15-minute
+token has expired it falls back to the channel (public answers) or a direct message (private ones).
+``VoxcloneTree.on_error`` is the command tree's single error handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.errors import VoxcloneError
+from worker.errors import QualityRejected, SpeechError
+
+log = logging.getLogger("voxclone.replies")
+
+TOKEN_LIFETIME = timedelta(minutes=15)  # Discord's interaction token validity
+TOKEN_MARGIN = timedelta(seconds=30)  # stop using the token a little before it expires
+GENERIC_FAILURE = "Something went wrong on my side and it has been logged. Please try again in a minute."
+
+
+def token_expired(interaction: discord.Interaction, now: datetime | None = None) -> bool:
+    now = now or datetime.now(UTC)
+    return now - interaction.created_at > TOKEN_LIFETIME - TOKEN_MARGIN
+
+
+async def respond(
+    interaction: discord.Interaction,
+    content: str | None = None,
+    *,
+    ephemeral: bool = True,
+    embed: discord.Embed | None = None,
+    files: list[discord.File] | None = None,
+    view: discord.ui.View | None = None,
+) -> discord.Message | None:
+    """Answer the interaction however its state allows; returns the message when one is known."""
+    kwargs: dict[str, Any] = {"content": content}
+    if embed is not None:
+        kwargs["embed"] = embed
+    if files:
+        kwargs["files"] = files
+    if view is not None:
+        kwargs["view"] = view
+    try:
+        if token_expired(interaction):
+            raise _Expired
+        if not interaction.response.is_done():
+            await interaction.response.send_message(ephemeral=ephemeral, **kwargs)
+            return None
+        return await interaction.followup.send(ephemeral=ephemeral, wait=True, **kwargs)
+    except (_Expired, discord.NotFound):
+        return await _fallback(interaction, ephemeral, kwargs)
+
+
+class _Expired(Exception):
+    pass
+
+
+async def _fallback(
+    interaction: discord.Interaction, private: bool, kwargs: dict[str, Any]
+) -> discord.Message | None:
+    """The token is gone: post in the channel (public) or DM the member (private)."""
+    kwargs.pop("view", None)
+    try:
+        if private:
+            return await interaction.user.send(**kwargs)
+        channel = interaction.channel
+        if isinstance(channel, discord.abc.Messageable):
+            content = kwargs.pop("content", None)
+            mention = interaction.user.mention
+            return await channel.send(content=f"{mention} {content}" if content else mention, **kwargs)
+    except discord.HTTPException:
+        log.warning("could not deliver a late reply", extra={"interaction_id": interaction.id})
+    return None
+
+
+def user_message(error: BaseException) -> str:
+    """A sentence a member can act on; never a traceback, token or internal id."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, QualityRejected):
+        reasons = error.details.get("reasons") or []
+        bullet = "".join(f"\n• {r}" for r in reasons)
+        return f"{error.message}{bullet}"
+    if isinstance(error, VoxcloneError | SpeechError):
+        return error.message
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "This command only works inside a server."
+    if isinstance(error, app_commands.MissingPermissions):
+        return f"You need the {', '.join(_perm(p) for p in error.missing_permissions)} permission to do that."
+    if isinstance(error, app_commands.BotMissingPermissions):
+        return (
+            f"I'm missing the {', '.join(_perm(p) for p in error.missing_permissions)} permission here. "
+            "A server admin can grant it in the channel or role settings."
+        )
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down a little: try again in {error.retry_after:.0f} s."
+    if isinstance(error, app_commands.TransformerError):
+        return f"I couldn't understand `{error.value}` for that option."
+    if isinstance(error, app_commands.CheckFailure):
+        return "You can't use this command here."
+    if isinstance(error, discord.Forbidden):
+        return "Discord refused that action: I may be missing a permission in this channel."
+    return GENERIC_FAILURE
+
+
+def _perm(name: str) -> str:
+    return name.replace("_", " ").replace("guild", "server").title()
+
+
+class VoxcloneTree(app_commands.CommandTree):
+    """The command tree with the bot's one error handler."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        known = isinstance(original, VoxcloneError | SpeechError | app_commands.AppCommandError)
+        command = interaction.command.qualified_name if interaction.command else "?"
+        if known and not isinstance(original, app_commands.CommandInvokeError):
+            log.info(
+                "command refused",
+                extra={
+                    "command": command,
+                    "code": getattr(original, "code", type(original).__name__),
+                    "guild_id": interaction.guild_id,
+                    "user_id": interaction.user.id,
+                },
+            )
+        else:
+            log.error(
+                "command failed",
+                exc_info=(type(original), original, original.__traceback__),
+                extra={"command": command, "guild_id": interaction.guild_id, "user_id": interaction.user.id},
+            )
+        await respond(interaction, user_message(original), ephemeral=True)

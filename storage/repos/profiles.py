@@ -1,0 +1,207 @@
+"""Voice profiles: enrolling (with the consent record), loading a voice, retention, deletion.
+
+Re-enrolling replaces the old voice only once the new one passed: ``save_enrollment`` is called
+after every check succeeded and swaps the arrays in one transaction, so a failed or interrupted
+enrollment leaves the previous voice untouched. Consent records accumulate (one per enrollment)
+and are deleted with the profile.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy import bindparam, func, select, update
+
+from storage.db import Database
+from storage.models import (
+    ConsentRecord,
+    DeletionReport,
+    GuildDeletionReport,
+    MemberExport,
+    ReferenceClip,
+    StoredVoice,
+    VoiceProfile,
+    quality_to_json,
+)
+from storage.repos._common import encode_array, find_profile, profile_from_row, upsert
+from storage.repos._deletion import delete_guild_data, delete_member_data
+from storage.repos._voices import load_voice
+from storage.repos.audit import VOICE_ENROLLED, append_audit
+from storage.repos.export import collect_member_export
+from storage.schema import consent_records, embeddings, guild_settings, voice_profiles
+from storage.types import UTCDateTime, utcnow
+from worker.types import VoiceEmbedding
+
+MAX_LANGUAGE_CHARS: Final = 16
+MAX_MODEL_ID_CHARS: Final = 200
+DELETE_REASONS: Final = frozenset({"member_request", "admin", "member_left", "retention"})
+
+
+class ProfileRepo:
+    """One member's voice in one server, and everything that hangs off it."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, guild_id: int, user_id: int) -> VoiceProfile | None:
+        async with self._db.read() as conn:
+            return await find_profile(conn, guild_id, user_id)
+
+    async def get_voice(self, guild_id: int, user_id: int) -> StoredVoice | None:
+        """The profile with its conditioning arrays, or None if the member has no voice here."""
+        async with self._db.read() as conn:
+            return await load_voice(conn, guild_id, user_id)
+
+    async def list_for_guild(self, guild_id: int) -> list[VoiceProfile]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(voice_profiles)
+                .where(voice_profiles.c.guild_id == guild_id)
+                .order_by(voice_profiles.c.id)
+            )
+            return [profile_from_row(r) for r in rows]
+
+    async def save_enrollment(
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        language: str,
+        embedding: VoiceEmbedding,
+        clip: ReferenceClip,
+        consent: ConsentRecord,
+        now: datetime | None = None,
+    ) -> VoiceProfile:
+        """Create or re-enroll the member's voice with its consent record, all in one transaction.
+
+        Raises ``ValueError`` for arrays that are not finite float32 or out-of-range fields.
+        """
+        arrays = _validated_arrays(embedding)
+        if not 0 < len(language) <= MAX_LANGUAGE_CHARS:
+            raise ValueError(f"language must be 1-{MAX_LANGUAGE_CHARS} characters, got {language!r}")
+        if clip.speech_seconds < 0 or len(clip.clip_hash) != 64:
+            raise ValueError("clip needs a sha256 hex clip_hash and non-negative speech_seconds")
+        now = now or utcnow()
+        async with self._db.write() as conn:
+            stmt = upsert(conn, voice_profiles).values(
+                guild_id=guild_id, user_id=user_id, language=language, created_at=now, enrolled_at=now
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["guild_id", "user_id"], set_={"language": language, "enrolled_at": now}
+            )
+            row = (await conn.execute(stmt.returning(*voice_profiles.c))).one()
+            profile = profile_from_row(row)
+            await conn.execute(embeddings.delete().where(embeddings.c.profile_id == profile.id))
+            await conn.execute(
+                embeddings.insert(),
+                [
+                    {
+                        "profile_id": profile.id,
+                        "kind": kind,
+                        "model_id": embedding.model_id,
+                        "shape": shape,
+                        "dtype": dtype,
+                        "data": data,
+                        "clip_hash": clip.clip_hash,
+                        "speech_seconds": clip.speech_seconds,
+                        "quality": quality_to_json(clip.quality),
+                        "created_at": now,
+                    }
+                    for kind, (data, shape, dtype) in arrays.items()
+                ],
+            )
+            await conn.execute(
+                consent_records.insert().values(
+                    profile_id=profile.id,
+                    statement_version=consent.statement_version,
+                    phrase=consent.phrase,
+                    transcript=consent.transcript,
+                    match_score=consent.match_score,
+                    speaker_similarity=consent.speaker_similarity,
+                    recorded_at=consent.recorded_at,
+                    clip_hash=consent.clip_hash,
+                )
+            )
+            await append_audit(
+                conn,
+                guild_id,
+                VOICE_ENROLLED,
+                actor_id=user_id,
+                subject_id=user_id,
+                details={"model_id": embedding.model_id, "statement_version": consent.statement_version},
+                at=now,
+            )
+        return profile
+
+    async def touch_last_used(self, guild_id: int, user_id: int, now: datetime | None = None) -> bool:
+        """Note that the voice spoke (retention counts from here). False if there is no profile."""
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(voice_profiles)
+                .where(voice_profiles.c.guild_id == guild_id, voice_profiles.c.user_id == user_id)
+                .values(last_used_at=now or utcnow())
+            )
+            return bool(result.rowcount)
+
+    async def list_expired(self, now: datetime | None = None) -> list[VoiceProfile]:
+        """Profiles unused for longer than their server's ``retention_days``.
+
+        A voice's last activity is its last use, or its enrollment if it never spoke. Servers
+        without a retention period keep voices until they are deleted.
+        """
+        now = now or utcnow()
+        last_activity = func.coalesce(voice_profiles.c.last_used_at, voice_profiles.c.enrolled_at)
+        expired: list[VoiceProfile] = []
+        async with self._db.read() as conn:
+            periods = await conn.scalars(
+                select(guild_settings.c.retention_days)
+                .where(guild_settings.c.retention_days.is_not(None))
+                .distinct()
+            )
+            # One query per distinct period (a handful), so the cut-off is a bound UTC timestamp
+            # and no date arithmetic has to be written twice, once per SQL dialect.
+            for days in list(periods):
+                cutoff = bindparam("cutoff", now - timedelta(days=int(days)), type_=UTCDateTime())
+                rows = await conn.execute(
+                    select(voice_profiles)
+                    .join(guild_settings, guild_settings.c.guild_id == voice_profiles.c.guild_id)
+                    .where(guild_settings.c.retention_days == days, last_activity < cutoff)
+                )
+                expired.extend(profile_from_row(r) for r in rows)
+        return sorted(expired, key=lambda p: p.id)
+
+    async def delete(
+        self, guild_id: int, user_id: int, *, actor_id: int | None, reason: str = "member_request"
+    ) -> DeletionReport:
+        """Delete the member's voice, consent records, shares both ways, opt-in and open phrases.
+
+        One transaction, with an audit entry (counts only) that outlives the data. ``reason`` is
+        one of ``member_request``, ``admin``, ``member_left``, ``retention``.
+        """
+        if reason not in DELETE_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(sorted(DELETE_REASONS))}, got {reason!r}")
+        async with self._db.write() as conn:
+            return await delete_member_data(conn, guild_id, user_id, actor_id=actor_id, reason=reason)
+
+    async def delete_guild(self, guild_id: int) -> GuildDeletionReport:
+        """Delete everything stored for a server (the bot left it), settings and audit log included.
+
+        One entry stays in the audit log: that the server was purged, with counts and no member ids.
+        """
+        async with self._db.write() as conn:
+            return await delete_guild_data(conn, guild_id)
+
+    async def export_member(self, guild_id: int, user_id: int) -> MemberExport:
+        """Everything stored about the member in this server, read in one consistent snapshot."""
+        async with self._db.read() as conn:
+            return await collect_member_export(conn, guild_id, user_id)
+
+
+def _validated_arrays(embedding: VoiceEmbedding) -> dict[str, tuple[bytes, list[int], str]]:
+    if not 0 < len(embedding.model_id) <= MAX_MODEL_ID_CHARS:
+        raise ValueError(f"model_id must be 1-{MAX_MODEL_ID_CHARS} characters")
+    return {
+        "gpt_cond_latent": encode_array("gpt_cond_latent", embedding.gpt_cond_latent),
+        "speaker_embedding": encode_array("speaker_embedding", embedding.speaker_embedding),
+    }

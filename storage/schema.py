@@ -1,0 +1,191 @@
+"""The database schema as SQLAlchemy Core tables: the one source of truth.
+
+``storage/migrations/versions`` creates exactly these tables (a test compares them with Alembic's
+autogenerate comparison). Discord ids are ``BigInteger``; timestamps are aware UTC.
+
+Surrogate keys use SQLite AUTOINCREMENT: an id is never reused, so a stale consent-phrase or
+profile id can never name a newer row.
+
+The audit log has no foreign key to profiles on purpose: it records deletions and must outlive
+what it describes. Everything else about a voice hangs off ``voice_profiles`` with
+``ON DELETE CASCADE``, so deleting the profile row deletes the voice in one statement.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+    true,
+)
+
+from storage.types import SurrogateKey, UTCDateTime
+
+VOICE_MESSAGE_MODES: Final = ("off", "transcribe", "relay", "assistant")
+
+# Constraint names follow one convention so migrations can refer to them on both databases.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+guild_settings = Table(
+    "guild_settings",
+    metadata,
+    Column("guild_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("cloning_enabled", Boolean, nullable=False, server_default=false()),
+    Column("enroll_role_ids", JSON, nullable=False, server_default=text("'[]'")),
+    Column("speak_role_ids", JSON, nullable=False, server_default=text("'[]'")),
+    Column("allow_sharing", Boolean, nullable=False, server_default=false()),
+    Column("voice_message_mode", String(16), nullable=False, server_default="off"),
+    Column("voice_message_channel_ids", JSON, nullable=False, server_default=text("'[]'")),
+    Column("announce", Boolean, nullable=False, server_default=true()),
+    Column("max_text_length", Integer, nullable=False, server_default=text("300")),
+    Column("cooldown_s", Float, nullable=False, server_default=text("5.0")),
+    Column("retention_days", Integer, nullable=True),
+    Column("assistant_voice_user_id", BigInteger, nullable=True),
+    Column("llm_system_prompt", Text, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=True),
+    Column("updated_by", BigInteger, nullable=True),
+    CheckConstraint(
+        "voice_message_mode IN ('off', 'transcribe', 'relay', 'assistant')", name="voice_message_mode"
+    ),
+    CheckConstraint("max_text_length > 0", name="max_text_length"),
+    CheckConstraint("cooldown_s >= 0", name="cooldown_s"),
+    CheckConstraint("retention_days IS NULL OR retention_days > 0", name="retention_days"),
+)
+
+voice_profiles = Table(
+    "voice_profiles",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("guild_id", BigInteger, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("language", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("enrolled_at", UTCDateTime, nullable=False),  # when the current voice was recorded
+    Column("last_used_at", UTCDateTime, nullable=True),
+    UniqueConstraint("guild_id", "user_id"),
+    sqlite_autoincrement=True,
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column(
+        "profile_id",
+        SurrogateKey,
+        ForeignKey("voice_profiles.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(32), nullable=False),  # gpt_cond_latent | speaker_embedding
+    Column("model_id", String(200), nullable=False),
+    Column("shape", JSON, nullable=False),  # list of ints
+    Column("dtype", String(16), nullable=False),  # numpy dtype string, little-endian ("<f4")
+    Column("data", LargeBinary, nullable=False),
+    Column("clip_hash", String(64), nullable=False),  # sha256 hex of the reference PCM
+    Column("speech_seconds", Float, nullable=False),
+    Column("quality", JSON, nullable=True),  # worker.types.QualityReport as a JSON object
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("profile_id", "kind"),
+    sqlite_autoincrement=True,
+)
+
+consent_records = Table(
+    "consent_records",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column(
+        "profile_id",
+        SurrogateKey,
+        ForeignKey("voice_profiles.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("statement_version", String(32), nullable=False),
+    Column("phrase", Text, nullable=False),
+    Column("transcript", Text, nullable=False),
+    Column("match_score", Float, nullable=False),  # word error rate of transcript vs phrase
+    Column("speaker_similarity", Float, nullable=True),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("clip_hash", String(64), nullable=False),
+    Index(None, "profile_id"),
+    sqlite_autoincrement=True,
+)
+
+consent_challenges = Table(
+    "consent_challenges",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("guild_id", BigInteger, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("phrase", Text, nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Index(None, "guild_id", "user_id"),
+    sqlite_autoincrement=True,
+)
+
+voice_shares = Table(
+    "voice_shares",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column(
+        "profile_id",
+        SurrogateKey,
+        ForeignKey("voice_profiles.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("grantee_user_id", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("profile_id", "grantee_user_id"),
+    Index(None, "grantee_user_id"),
+    sqlite_autoincrement=True,
+)
+
+assistant_opt_ins = Table(
+    "assistant_opt_ins",
+    metadata,
+    Column("guild_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("guild_id", BigInteger, nullable=False),
+    Column("actor_id", BigInteger, nullable=True),  # None: the bot itself (retention, guild removal)
+    Column("action", String(64), nullable=False),
+    Column("subject_id", BigInteger, nullable=True),
+    Column("details", JSON, nullable=False, server_default=text("'{}'")),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "guild_id", "at"),
+    sqlite_autoincrement=True,
+)
+
+TABLE_NAMES: Final = tuple(sorted(metadata.tables))

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bot.errors import ConfigError, StorageError, VoxcloneError
+from bot.logs import configure_logging
 from bot.settings import Settings, load_settings
 from worker.errors import SpeechError
 
@@ -43,7 +44,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
     url = args.database_url or _settings().database_url
     head = asyncio.run(upgrade(url))
-    print(f"database is at revision {head} (latest)")
+    print(f"database upgraded: revision {head} (the latest)")
     return 0
 
 
@@ -52,18 +53,20 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
     url = args.database_url or _settings().database_url
     report = asyncio.run(check(url))
-    if report.healthy:
-        print(f"database healthy: integrity ok, revision {report.revision} is the latest")
-        return 0
-    for problem in report.problems:
-        print(f"problem: {problem}", file=sys.stderr)
-    return 1
+    print(report.summary(), file=sys.stdout if report.healthy else sys.stderr)
+    return 0 if report.healthy else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxclone",
         description="voxclone: a Discord bot that speaks in its members' own cloned voices.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show log lines on stderr (the bot and worker always log)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -95,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Handler = args.func
+    # One-shot tools print one clear line on failure; their log lines are for --verbose.
+    # `voxclone bot` and `voxclone worker` configure logging from settings when they start.
+    configure_logging("DEBUG" if args.verbose else "CRITICAL", "text")
     try:
         return func(args)
     except ConfigError as exc:

@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
+from bot.policy import Policy
+from bot.replies import VoxcloneTree
 from bot.settings import Settings
 
 if TYPE_CHECKING:
-    from storage.db import Database
+    from bot.enrollment import EnrollmentService
+    from bot.speaking import Players, SpeakingService
+    from storage import Database, Repositories
     from worker.service import SpeechService
 
 log = logging.getLogger("voxclone.bot")
 
 # One module per concern; each defines `async def setup(bot)`. Loaded in this order.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("cogs.enroll", "cogs.speak")
 
 
 def intents_for(settings: Settings) -> discord.Intents:
@@ -34,16 +38,26 @@ def intents_for(settings: Settings) -> discord.Intents:
 class VoxcloneBot(commands.Bot):
     """The bot. Storage and the speech service exist after ``setup_hook`` and close with the bot."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, speech: SpeechService | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents_for(settings),
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=VoxcloneTree,
         )
         self.settings = settings
+        self.policy = Policy()
+        # The voice connection class; tests put a recorded one here.
+        self.voice_cls: type[discord.VoiceProtocol] = discord.VoiceClient
         self._database: Database | None = None
-        self._speech: SpeechService | None = None
+        self._repos: Repositories | None = None
+        # A speech service handed in is the caller's to close; one created in setup_hook is ours.
+        self._speech: SpeechService | None = speech
+        self._owns_speech = speech is None
+        self._players: Players | None = None
+        self._enrollment: EnrollmentService | None = None
+        self._speaking: SpeakingService | None = None
 
     @property
     def database(self) -> Database:
@@ -52,21 +66,47 @@ class VoxcloneBot(commands.Bot):
         return self._database
 
     @property
+    def repos(self) -> Repositories:
+        if self._repos is None:
+            raise RuntimeError("storage is opened in setup_hook")
+        return self._repos
+
+    @property
     def speech(self) -> SpeechService:
         if self._speech is None:
             raise RuntimeError("the speech service is created in setup_hook")
         return self._speech
 
+    @property
+    def players(self) -> Players:
+        if self._players is None:
+            raise RuntimeError("players are created in setup_hook")
+        return self._players
+
+    @property
+    def enrollment(self) -> EnrollmentService:
+        if self._enrollment is None:
+            raise RuntimeError("services are created in setup_hook")
+        return self._enrollment
+
+    @property
+    def speaking(self) -> SpeakingService:
+        if self._speaking is None:
+            raise RuntimeError("services are created in setup_hook")
+        return self._speaking
+
     async def setup_hook(self) -> None:
-        from storage.db import Database
-        from storage.migrate import upgrade
+        from storage import Database, Repositories, upgrade
         from worker.factory import create_speech_service
 
         head = await upgrade(self.settings.database_url)
         log.info("database ready", extra={"revision": head})
         self._database = Database(self.settings.database_url)
         await self._database.open()
-        self._speech = await create_speech_service(self.settings)
+        self._repos = Repositories(self._database)
+        if self._speech is None:
+            self._speech = await create_speech_service(self.settings)
+        self._create_services()
         for name in EXTENSIONS:
             try:
                 await self.load_extension(name)
@@ -74,6 +114,20 @@ class VoxcloneBot(commands.Bot):
                 log.exception("failed to load extension %s", name)
                 raise
         await self._sync_commands()
+
+    def _create_services(self) -> None:
+        from bot.enrollment import EnrollmentService
+        from bot.speaking import Players, SpeakingService
+
+        self._players = Players(self.speech, self.post, voice_cls=self.voice_cls)
+        self._enrollment = EnrollmentService(self.repos, self.speech, self.policy)
+        self._speaking = SpeakingService(self.repos, self.policy, self.players)
+
+    async def post(self, channel_id: int, text: str) -> None:
+        """Post a line in a text channel (announcements, late errors)."""
+        channel = self.get_channel(channel_id)
+        if isinstance(channel, discord.abc.Messageable):
+            await channel.send(text)
 
     async def _sync_commands(self) -> None:
         if self.settings.dev_guild_id is not None:
@@ -84,7 +138,9 @@ class VoxcloneBot(commands.Bot):
 
     async def close(self) -> None:
         try:
-            if self._speech is not None:
+            if self._players is not None:
+                await self._players.close()
+            if self._speech is not None and self._owns_speech:
                 await self._speech.aclose()
             if self._database is not None:
                 await self._database.close()
@@ -92,6 +148,6 @@ class VoxcloneBot(commands.Bot):
             await super().close()
 
 
-def build_bot(settings: Settings) -> VoxcloneBot:
-    """The bot, configured but not connected."""
-    return VoxcloneBot(settings)
+def build_bot(settings: Settings, *, speech: SpeechService | None = None) -> VoxcloneBot:
+    """The bot, configured but not connected. ``speech`` replaces the one ``setup_hook`` would create."""
+    return VoxcloneBot(settings, speech=speech)

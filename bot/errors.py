@@ -21,8 +21,7 @@
     │   ├── SharingDisabled          sharing_disabled
     │   ├── CooldownActive           cooldown
     │   └── TextRejected             text_rejected     empty, or longer than the server's limit
-    ├── EnrollmentError              (per subclass)
-    │   ├── ChallengeMissing         no_phrase         no valid phrase: run /enroll first (or it expired)
+    ├── EnrollmentError              (per subclass)    (no or expired phrase: storage.errors.Challenge*)
     │   ├── PhraseMismatch           phrase_mismatch
     │   ├── NotOwnRecording          not_own_recording
     │   └── ReferenceMismatch        reference_mismatch  the extra clip is another speaker
@@ -137,10 +136,6 @@ class TextRejected(PolicyError):
 
 class EnrollmentError(VoxcloneError):
     code = "enrollment"
-
-
-class ChallengeMissing(EnrollmentError):
-    code = "no_phrase"
 
 
 class PhraseMismatch(EnrollmentError):

@@ -84,7 +84,9 @@ def user_message(error: BaseException) -> str:
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
     if isinstance(error, QualityRejected):
-        reasons = error.details.get("reasons") or []
+        report = error.details.get("report")
+        reasons = list(getattr(report, "reasons", None) or error.details.get("reasons") or [])
+        reasons = [r for r in reasons if r != error.message]
         bullet = "".join(f"\n• {r}" for r in reasons)
         return f"{error.message}{bullet}"
     if isinstance(error, VoxcloneError | SpeechError):
@@ -137,3 +139,11 @@ class VoxcloneTree(app_commands.CommandTree):
                 extra={"command": command, "guild_id": interaction.guild_id, "user_id": interaction.user.id},
             )
         await respond(interaction, user_message(original), ephemeral=True)
+
+
+def guild_member(interaction: discord.Interaction) -> tuple[discord.Guild, discord.Member]:
+    """The server and the member behind a server-only command (raises NoPrivateMessage elsewhere)."""
+    guild, user = interaction.guild, interaction.user
+    if guild is None or not isinstance(user, discord.Member):
+        raise app_commands.NoPrivateMessage()
+    return guild, user

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     asr_backend: Literal["faster-whisper", "openai-whisper"] = Field(default="faster-whisper")
     asr_model: str = Field(default="small", description="Whisper model name or a local model folder")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the models run")
+    coqui_tos_agreed: bool = Field(
+        default=False, description="You accept the Coqui Public Model License (non-commercial) for XTTS-v2"
+    )
 
     # Assistant (OpenAI-compatible chat completions)
     llm_base_url: str | None = Field(default=None, description="e.g. https://api.openai.com/v1")

@@ -1,0 +1,251 @@
+"""Enrolment: a fresh consent phrase, then a recording of it checked, verified and cloned.
+
+The flow (each stage reported through ``progress``): decode the upload (ffmpeg intake) → quality gate →
+transcribe → the transcript must match the phrase → an optional reference clip must be the same speaker
+→ XTTS conditioning latents → stored with the consent record, consuming the phrase in the same
+transaction → a spectrogram and a short preview in the new voice. Re-enrolling replaces the old voice
+only once the new one has passed every check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+import numpy as np
+
+from bot.errors import PhraseMismatch, ReferenceMismatch
+from bot.intake import DecodedAudio, decode_audio_async
+from bot.policy import Actor, Policy
+from storage import Challenge, ConsentRecord, ReferenceClip, Repositories, VoiceProfile
+from storage.errors import ChallengeMissing
+from worker.service import SpeechService
+from worker.types import PhraseMatch, QualityReport, SpeakerCheck, SpeechRequest
+from worker.verify import make_consent_phrase
+
+log = logging.getLogger("voxclone.enrollment")
+
+STATEMENT_VERSION: Final = "2026-11-26.1"
+INTAKE_RATE: Final = 24_000  # Hz: decoded uploads; the worker resamples for analysis
+MAX_CLIP_SECONDS: Final = 120.0  # s: a consent reading or a reference clip
+MAX_CLIP_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit
+PREVIEW_TOKENS: Final = 60  # audio tokens: about 2.8 s of preview
+PREVIEW_TEXT: Final = "Hello! This is how my cloned voice sounds on this server."
+CONSENT_LANGUAGE: Final = "en"  # the phrase is English
+
+Stage = Literal["checking", "transcribing", "comparing", "cloning", "preview", "done"]
+STAGE_TEXT: Final[dict[Stage, str]] = {
+    "checking": "Checking the audio…",
+    "transcribing": "Transcribing what you said…",
+    "comparing": "Comparing it with your phrase…",
+    "cloning": "Cloning your voice…",
+    "preview": "Making a short preview…",
+    "done": "Done.",
+}
+Progress = Callable[[Stage], Awaitable[None]]
+
+
+def consent_statement(phrase: str, server_name: str, retention_days: int | None, expires_at: datetime) -> str:
+    """What the member agrees to, in plain words, with the phrase to read."""
+    keep = (
+        f"until you delete it, or {retention_days} days after it was last used"
+        if retention_days
+        else "until you delete it"
+    )
+    return (
+        f"**Enroll your voice in {server_name}**\n"
+        "By reading the phrase below you agree that voxclone may make a cloned voice of *you* in this "
+        "server and speak text in it when you (or members you share it with) ask.\n\n"
+        "**What is stored:** your voice's speaker embedding (numbers computed from your recording), this "
+        "recording as proof of consent, its transcript, and quality figures.\n"
+        "**Why:** to speak in your voice, and to show that you agreed.\n"
+        f"**For how long:** {keep}. Leaving the server deletes it too.\n"
+        "**How to delete it:** `/voice delete`, at any time: it is immediate and complete. "
+        "`/voice export` shows everything stored about you.\n"
+        "Everything spoken in your voice carries an inaudible watermark and is announced in text.\n\n"
+        f"**Read this phrase aloud:**\n> {phrase}\n\n"
+        "Record it as a voice message here and use the message command **Apps → Enroll this voice "
+        "message**, or upload a recording with `/enroll clip:`. An optional longer `reference:` clip of "
+        f"you talking naturally improves the clone. The phrase expires <t:{int(expires_at.timestamp())}:R> "
+        "and works once."
+    )
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded recording, as received."""
+
+    data: bytes
+    filename: str
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    profile: VoiceProfile
+    replaced: bool  # the member had a voice before
+    quality: QualityReport
+    phrase: PhraseMatch
+    speaker: SpeakerCheck | None  # when a reference clip was given
+    spectrogram_png: bytes | None
+    preview_wav: bytes | None
+
+
+class EnrollmentService:
+    """Issue phrases and turn a reading of one into a stored voice."""
+
+    def __init__(
+        self,
+        repos: Repositories,
+        speech: SpeechService,
+        policy: Policy,
+        make_phrase: Callable[[], str] = make_consent_phrase,
+    ) -> None:
+        self.repos = repos
+        self.speech = speech
+        self.policy = policy
+        self.make_phrase = make_phrase
+
+    async def begin(self, guild_id: int, actor: Actor) -> Challenge:
+        """Check the server allows it, then issue a fresh phrase (replacing any earlier one)."""
+        rules = await self.repos.settings.get(guild_id)
+        self.policy.check_enroll(actor, rules)
+        return await self.repos.challenges.issue(guild_id, actor.user_id, self.make_phrase())
+
+    async def enroll(
+        self,
+        guild_id: int,
+        actor: Actor,
+        clip: Upload,
+        reference: Upload | None = None,
+        progress: Progress | None = None,
+    ) -> EnrollmentResult:
+        """Check, verify, clone and store; raises a user-facing error at the first failed check."""
+
+        async def stage(name: Stage) -> None:
+            if progress is not None:
+                await progress(name)
+
+        rules = await self.repos.settings.get(guild_id)
+        self.policy.check_enroll(actor, rules)
+        challenge = await self.repos.challenges.active(guild_id, actor.user_id)
+        if challenge is None:
+            raise ChallengeMissing(
+                "You don't have an open consent phrase (they expire after 10 minutes and work once). "
+                "Run `/enroll` to get one, then record it right away."
+            )
+        await stage("checking")
+        consent_audio = await _decode(clip)
+        ref_audio = await _decode(reference) if reference is not None else None
+        quality = await self.speech.check_quality(consent_audio.pcm, consent_audio.sample_rate)
+        if not quality.accepted:
+            from worker.errors import QualityRejected
+
+            raise QualityRejected(
+                "This recording can't be used to clone your voice.", reasons=list(quality.reasons)
+            )
+        await stage("transcribing")
+        heard = await self.speech.transcribe(consent_audio.pcm, consent_audio.sample_rate, CONSENT_LANGUAGE)
+        await stage("comparing")
+        match = await self.speech.match_phrase(challenge.phrase, heard.text)
+        if not match.matched:
+            raise PhraseMismatch(
+                "Your recording doesn't match the phrase. I heard: "
+                f"“{_short(heard.text)}”. Read exactly the phrase shown by `/enroll`, clearly and at a "
+                "normal pace, and try again (the same phrase still works until it expires)."
+            )
+        speaker: SpeakerCheck | None = None
+        if ref_audio is not None:
+            speaker = await self.speech.compare_speakers(consent_audio.pcm, ref_audio.pcm, INTAKE_RATE)
+            if not speaker.same_speaker:
+                raise ReferenceMismatch(
+                    "The reference clip doesn't sound like the same person as your consent recording "
+                    f"(similarity {speaker.similarity:.2f}, needed {speaker.threshold:.2f}). "
+                    "Only your own voice can be enrolled: send a reference clip of yourself, or leave it out."
+                )
+        await stage("cloning")
+        source = ref_audio if ref_audio is not None else consent_audio
+        cloned = await self.speech.embed(source.pcm, source.sample_rate)
+        previous = await self.repos.profiles.get(guild_id, actor.user_id)
+        profile = await self.repos.profiles.save_enrollment(
+            guild_id,
+            actor.user_id,
+            language=CONSENT_LANGUAGE,
+            embedding=cloned.embedding,
+            clip=ReferenceClip(_pcm_hash(source), cloned.quality.speech_s, cloned.quality),
+            consent=ConsentRecord(
+                statement_version=STATEMENT_VERSION,
+                phrase=challenge.phrase,
+                transcript=heard.text,
+                match_score=match.word_error_rate,
+                speaker_similarity=speaker.similarity if speaker else None,
+                recorded_at=datetime.now(UTC),
+                clip_hash=_pcm_hash(consent_audio),
+                recording=clip.data,
+                recording_mime=clip.content_type or "application/octet-stream",
+            ),
+            challenge_id=challenge.id,
+        )
+        log.info("voice enrolled", extra={"guild_id": guild_id, "user_id": actor.user_id})
+        await stage("preview")
+        png = _spectrogram(source, cloned.quality)
+        preview = await self.preview(SpeechRequest(PREVIEW_TEXT, CONSENT_LANGUAGE, cloned.embedding))
+        await stage("done")
+        return EnrollmentResult(profile, previous is not None, cloned.quality, match, speaker, png, preview)
+
+    async def preview(self, request: SpeechRequest) -> bytes | None:
+        """A short WAV in the voice; None if the engine could not make one (the enrolment still stands)."""
+        from worker.errors import SpeechError
+
+        if request.max_new_tokens is None:
+            request = SpeechRequest(
+                request.text, request.language, request.embedding, max_new_tokens=PREVIEW_TOKENS, seed=0
+            )
+        chunks: list[bytes] = []
+        try:
+            async for chunk in self.speech.synthesize(request):
+                chunks.append(chunk)
+        except SpeechError as exc:
+            log.warning("preview failed", extra={"code": exc.code})
+            return None
+        return wav_bytes(b"".join(chunks), 24_000)
+
+
+async def _decode(upload: Upload) -> DecodedAudio:
+    return await decode_audio_async(
+        upload.data, sample_rate=INTAKE_RATE, max_seconds=MAX_CLIP_SECONDS, max_bytes=MAX_CLIP_BYTES
+    )
+
+
+def _pcm_hash(audio: DecodedAudio) -> str:
+    return hashlib.sha256(np.ascontiguousarray(audio.pcm, dtype="<f4").tobytes()).hexdigest()
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _spectrogram(audio: DecodedAudio, quality: QualityReport) -> bytes | None:
+    try:
+        from worker.plot import render_spectrogram
+    except ImportError:  # a bot-only install without matplotlib
+        return None
+    return render_spectrogram(audio.pcm, audio.sample_rate, list(quality.kept))
+
+
+def wav_bytes(pcm_s16le: bytes, sample_rate: int) -> bytes:
+    """Mono s16le PCM as a WAV file."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm_s16le)
+    return buf.getvalue()

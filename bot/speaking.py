@@ -1,0 +1,141 @@
+"""Speaking in a cloned voice: the path every utterance takes (``/speak``, relayed voice messages).
+
+:meth:`SpeakingService.say` checks the policy (cloning on, roles, own or shared voice, text limits,
+cooldown), normalises the text, loads the voice and queues it on the server's player, which announces
+whose cloned voice is speaking. Nothing reaches the player without passing here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from bot.errors import NotInVoiceChannel
+from bot.player import GuildPlayer, Utterance
+from bot.policy import Actor, Policy, VoiceFacts
+from bot.text import NameResolver, normalize_for_speech
+from storage import Repositories
+from worker.service import SpeechService
+from worker.types import SpeechRequest
+
+log = logging.getLogger("voxclone.speaking")
+
+PlayerFactory = Callable[[discord.Guild], GuildPlayer]
+
+
+@dataclass(frozen=True)
+class Queued:
+    utterance: Utterance
+    position: int  # 0 = playing next
+    channel: discord.VoiceChannel
+
+
+def names_for(guild: discord.Guild) -> NameResolver:
+    def member(uid: int) -> str | None:
+        m = guild.get_member(uid)
+        return m.display_name if m else None
+
+    def role(rid: int) -> str | None:
+        r = guild.get_role(rid)
+        return r.name if r else None
+
+    def channel(cid: int) -> str | None:
+        c = guild.get_channel(cid)
+        return c.name if c else None
+
+    return NameResolver(member=member, role=role, channel=channel)
+
+
+def member_voice_channel(member: discord.Member) -> discord.VoiceChannel:
+    state = member.voice
+    channel = state.channel if state else None
+    if not isinstance(channel, discord.VoiceChannel):
+        raise NotInVoiceChannel("Join a voice channel first, then try again: I speak where you are.")
+    return channel
+
+
+class Players:
+    """One :class:`GuildPlayer` per server, created on first use."""
+
+    def __init__(self, speech: SpeechService, notify: Callable[[int, str], Awaitable[None]], **options: Any):
+        self.speech = speech
+        self.notify = notify
+        self.options = options
+        self._players: dict[int, GuildPlayer] = {}
+
+    def get(self, guild: discord.Guild) -> GuildPlayer:
+        player = self._players.get(guild.id)
+        if player is None or player.guild is not guild:
+            player = GuildPlayer(guild, self.speech, self.notify, **self.options)
+            self._players[guild.id] = player
+        return player
+
+    def existing(self, guild_id: int) -> GuildPlayer | None:
+        return self._players.get(guild_id)
+
+    async def discard(self, guild_id: int) -> None:
+        player = self._players.pop(guild_id, None)
+        if player is not None:
+            await player.close()
+
+    async def close(self) -> None:
+        for guild_id in list(self._players):
+            await self.discard(guild_id)
+
+
+class SpeakingService:
+    def __init__(self, repos: Repositories, policy: Policy, players: Players) -> None:
+        self.repos = repos
+        self.policy = policy
+        self.players = players
+
+    async def say(
+        self,
+        requester: discord.Member,
+        owner: discord.Member | discord.User,
+        text: str,
+        *,
+        text_channel_id: int,
+        channel: discord.VoiceChannel | None = None,
+    ) -> Queued:
+        """Check everything, then queue ``text`` in ``owner``'s voice where ``requester`` is."""
+        guild = requester.guild
+        channel = channel or member_voice_channel(requester)
+        rules = await self.repos.settings.get(guild.id)
+        actor = Actor.from_member(requester)
+        voice = await self.repos.profiles.get_voice(guild.id, owner.id)
+        shared = owner.id != requester.id and await self.repos.shares.is_shared(
+            guild.id, owner.id, requester.id
+        )
+        facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared)
+        self.policy.check_speak(actor, rules, facts)
+        spoken = normalize_for_speech(text, names_for(guild))
+        self.policy.check_text(spoken, rules)
+        self.policy.check_cooldown(guild.id, actor, rules)
+        player = self.players.get(guild)
+        player.check_can_join(channel)
+        if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
+            raise NotInVoiceChannel("That voice is gone.")
+        announcement = None
+        if rules.announce:
+            whose = "their own" if owner.id == requester.id else f"{owner.display_name}'s"
+            announcement = f"🔊 {requester.display_name} is speaking in {whose} cloned voice (AI-generated)."
+        utterance = Utterance(
+            request=SpeechRequest(spoken, voice.profile.language, voice.embedding),
+            requester_id=requester.id,
+            voice_owner_id=owner.id,
+            text_channel_id=text_channel_id,
+            announcement=announcement,
+        )
+        position = await player.enqueue(channel, utterance)
+        self.policy.record_spoke(guild.id, actor)
+        await self.repos.profiles.touch_last_used(guild.id, owner.id)
+        log.info(
+            "utterance queued",
+            extra={"guild_id": guild.id, "user_id": requester.id, "owner_id": owner.id, "chars": len(spoken)},
+        )
+        return Queued(utterance, position, channel)

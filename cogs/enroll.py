@@ -1,0 +1,185 @@
+"""``/enroll`` and the message command "Enroll this voice message": thin, the work is in bot.enrollment."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.enrollment import (
+    MAX_CLIP_BYTES,
+    STAGE_TEXT,
+    EnrollmentResult,
+    Stage,
+    Upload,
+    consent_statement,
+)
+from bot.errors import AudioTooLarge, NotAudio, NotOwnRecording
+from bot.policy import Actor
+from bot.replies import guild_member, respond
+
+if TYPE_CHECKING:
+    from bot.client import VoxcloneBot
+
+log = logging.getLogger("voxclone.cogs.enroll")
+
+STAGES: tuple[Stage, ...] = ("checking", "transcribing", "comparing", "cloning", "preview")
+AUDIO_EXTENSIONS = (
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".wav",
+    ".flac",
+    ".webm",
+    ".mp4",
+    ".mkv",
+    ".mov",
+)
+
+
+def _looks_like_audio(att: discord.Attachment) -> bool:
+    kind = (att.content_type or "").split(";")[0].strip().lower()
+    if kind.startswith(("audio/", "video/")):
+        return True
+    return not kind and att.filename.lower().endswith(AUDIO_EXTENSIONS)
+
+
+async def read_upload(att: discord.Attachment, message: discord.Message | None = None) -> Upload:
+    """Check size and type before downloading; re-fetch the message if the attachment URL expired."""
+    if att.size > MAX_CLIP_BYTES:
+        raise AudioTooLarge(
+            f"That file is {att.size / 1e6:.1f} MB; recordings up to {MAX_CLIP_BYTES / 1e6:.0f} MB "
+            "are accepted. A minute or two of speech is plenty."
+        )
+    if not _looks_like_audio(att):
+        raise NotAudio(
+            f"`{discord.utils.escape_markdown(att.filename)}` doesn't look like audio. "
+            "Send a voice message or an mp3/ogg/m4a/wav file."
+        )
+    try:
+        data = await att.read()
+    except discord.NotFound:
+        if message is None:
+            raise
+        # Attachment URLs are signed and expire; the message gives fresh ones.
+        fresh = await message.channel.fetch_message(message.id)
+        match = next((a for a in fresh.attachments if a.id == att.id), None)
+        if match is None:
+            raise NotAudio("That recording was deleted from the message. Send it again.") from None
+        data = await match.read()
+    return Upload(data=data, filename=att.filename, content_type=att.content_type)
+
+
+def voice_attachment(message: discord.Message) -> discord.Attachment:
+    """The audio attachment of a message (a voice message has exactly one)."""
+    for att in message.attachments:
+        if message.flags.voice or _looks_like_audio(att):
+            return att
+    raise NotAudio(
+        "That message has no voice recording. Record a voice message, or upload a file with `/enroll clip:`."
+    )
+
+
+def result_embed(result: EnrollmentResult) -> discord.Embed:
+    q = result.quality
+    title = "Your voice was re-enrolled" if result.replaced else "Your voice is enrolled"
+    embed = discord.Embed(title=title, colour=discord.Colour.green())
+    embed.description = (
+        "Try it with `/speak` in a voice channel. `/voice status` shows what is stored, "
+        "`/voice delete` removes it at any time."
+    )
+    embed.add_field(name="Speech used", value=f"{q.speech_s:.1f} s of {q.duration_s:.1f} s")
+    embed.add_field(name="Level", value=f"{q.level_dbfs:.0f} dBFS")
+    embed.add_field(name="Noise", value=f"SNR {q.snr_db:.0f} dB")
+    embed.add_field(name="Phrase match", value=f"{(1 - result.phrase.word_error_rate) * 100:.0f}% of words")
+    if result.speaker is not None:
+        embed.add_field(name="Reference clip", value=f"same speaker ({result.speaker.similarity:.2f})")
+    if q.warnings:
+        embed.add_field(name="Tips", value="\n".join(f"• {w}" for w in q.warnings), inline=False)
+    if result.spectrogram_png:
+        embed.set_image(url="attachment://spectrogram.png")
+    return embed
+
+
+class Enroll(commands.Cog):
+    def __init__(self, bot: VoxcloneBot) -> None:
+        self.bot = bot
+        self.menu = app_commands.ContextMenu(name="Enroll this voice message", callback=self.enroll_message)
+        self.menu.guild_only = True
+        bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    @app_commands.command(name="enroll")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        clip="Your recording of the phrase (ogg, mp3, m4a, wav...). Leave it out to get a phrase.",
+        reference="Optional: a longer clip (30 s to 2 min) of you talking naturally, for a better clone",
+    )
+    async def enroll(
+        self,
+        interaction: discord.Interaction,
+        clip: discord.Attachment | None = None,
+        reference: discord.Attachment | None = None,
+    ) -> None:
+        """Enroll your voice: get a consent phrase to read, then send your recording of it."""
+        guild, member = guild_member(interaction)
+        actor = Actor.from_member(member)
+        if clip is None:
+            challenge = await self.bot.enrollment.begin(guild.id, actor)
+            rules = await self.bot.repos.settings.get(guild.id)
+            text = consent_statement(challenge.phrase, guild.name, rules.retention_days, challenge.expires_at)
+            await respond(interaction, text, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        upload = await read_upload(clip)
+        ref = await read_upload(reference) if reference is not None else None
+        await self._run(interaction, actor, upload, ref)
+
+    async def enroll_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """Enroll from one of your own voice messages."""
+        _, member = guild_member(interaction)
+        if message.author.id != member.id:
+            raise NotOwnRecording(
+                "You can only enroll your own voice: use this on a voice message you recorded yourself."
+            )
+        att = voice_attachment(message)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        upload = await read_upload(att, message)
+        await self._run(interaction, Actor.from_member(member), upload, None)
+
+    async def _run(
+        self, interaction: discord.Interaction, actor: Actor, upload: Upload, reference: Upload | None
+    ) -> None:
+        guild, _ = guild_member(interaction)
+        done: list[Stage] = []
+
+        async def progress(stage: Stage) -> None:
+            if stage == "done":
+                return
+            done.append(stage)
+            lines = [("✅ " if s in done[:-1] else "⏳ ") + STAGE_TEXT[s] for s in STAGES if s in done]
+            try:
+                await interaction.edit_original_response(content="\n".join(lines))
+            except discord.HTTPException:
+                log.debug("progress update skipped")
+
+        result = await self.bot.enrollment.enroll(guild.id, actor, upload, reference, progress)
+        files = []
+        if result.spectrogram_png:
+            files.append(discord.File(io.BytesIO(result.spectrogram_png), filename="spectrogram.png"))
+        if result.preview_wav:
+            files.append(discord.File(io.BytesIO(result.preview_wav), filename="preview.wav"))
+        await respond(interaction, None, embed=result_embed(result), files=files, ephemeral=True)
+
+
+async def setup(bot: VoxcloneBot) -> None:
+    await bot.add_cog(Enroll(bot))

@@ -25,6 +25,7 @@ from bot.intake import DecodedAudio, decode_audio_async
 from bot.policy import Actor, Policy
 from storage import Challenge, ConsentRecord, ReferenceClip, Repositories, VoiceProfile
 from storage.errors import ChallengeMissing
+from storage.repos.profiles import MAX_RECORDING_BYTES
 from worker.service import SpeechService
 from worker.types import PhraseMatch, QualityReport, SpeakerCheck, SpeechRequest
 from worker.verify import make_consent_phrase
@@ -34,7 +35,8 @@ log = logging.getLogger("voxclone.enrollment")
 STATEMENT_VERSION: Final = "2026-11-26.1"
 INTAKE_RATE: Final = 24_000  # Hz: decoded uploads; the worker resamples for analysis
 MAX_CLIP_SECONDS: Final = 120.0  # s: a consent reading or a reference clip
-MAX_CLIP_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit
+MAX_CLIP_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit (reference clips)
+MAX_CONSENT_BYTES: Final = MAX_RECORDING_BYTES  # bytes: the consent recording is kept, so it is capped lower
 PREVIEW_TOKENS: Final = 60  # audio tokens: about 2.8 s of preview
 PREVIEW_TEXT: Final = "Hello! This is how my cloned voice sounds on this server."
 CONSENT_LANGUAGE: Final = "en"  # the phrase is English

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.enrollment import (
     MAX_CLIP_BYTES,
+    MAX_CONSENT_BYTES,
     STAGE_TEXT,
     EnrollmentResult,
     Stage,
@@ -51,12 +52,15 @@ def _looks_like_audio(att: discord.Attachment) -> bool:
     return not kind and att.filename.lower().endswith(AUDIO_EXTENSIONS)
 
 
-async def read_upload(att: discord.Attachment, message: discord.Message | None = None) -> Upload:
+async def read_upload(
+    att: discord.Attachment, message: discord.Message | None = None, *, max_bytes: int = MAX_CONSENT_BYTES
+) -> Upload:
     """Check size and type before downloading; re-fetch the message if the attachment URL expired."""
-    if att.size > MAX_CLIP_BYTES:
+    if att.size > max_bytes:
         raise AudioTooLarge(
-            f"That file is {att.size / 1e6:.1f} MB; recordings up to {MAX_CLIP_BYTES / 1e6:.0f} MB "
-            "are accepted. A minute or two of speech is plenty."
+            f"`{discord.utils.escape_markdown(att.filename)}` is {att.size / 1e6:.1f} MB; recordings up to "
+            f"{max_bytes / 1e6:.0f} MB are accepted. A minute of speech as a voice message, ogg, m4a or mp3 "
+            "is far smaller."
         )
     if not _looks_like_audio(att):
         raise NotAudio(
@@ -141,7 +145,7 @@ class Enroll(commands.Cog):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         upload = await read_upload(clip)
-        ref = await read_upload(reference) if reference is not None else None
+        ref = await read_upload(reference, max_bytes=MAX_CLIP_BYTES) if reference is not None else None
         await self._run(interaction, actor, upload, ref)
 
     async def enroll_message(self, interaction: discord.Interaction, message: discord.Message) -> None:

@@ -5,11 +5,13 @@
 ends without an exception and rolls back otherwise.
 
 SQLite specifics, set on every new connection: WAL journal, ``foreign_keys=ON`` (cascading
-deletes), a busy timeout and ``synchronous=FULL`` (consent and deletion records survive a power
-cut). The sqlite3 driver's own transaction handling is switched off and SQLAlchemy emits
-``BEGIN IMMEDIATE`` for write transactions (the documented pattern for pysqlite/aiosqlite): the
-write lock is taken, or waited for, before anything is read, so two processes writing at once
-queue on the busy timeout instead of failing with "database is locked".
+deletes), a busy timeout, ``synchronous=FULL`` (consent and deletion records survive a power
+cut) and ``secure_delete`` (deleted voices and consent recordings are zeroed in the file, not
+left in free pages; older copies in the WAL file last until it is overwritten, or removed when
+the last connection closes). The sqlite3 driver's own transaction handling is switched off and
+SQLAlchemy emits ``BEGIN IMMEDIATE`` for write transactions (the documented pattern for
+pysqlite/aiosqlite): the write lock is taken, or waited for, before anything is read, so two
+processes writing at once queue on the busy timeout instead of failing with "database is locked".
 """
 
 from __future__ import annotations
@@ -207,6 +209,9 @@ def _install_sqlite_events(engine: AsyncEngine, busy_timeout_s: float, *, foreig
                 )
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
             cursor.execute("PRAGMA synchronous = FULL")
+            # Deleted voices and consent recordings are overwritten in the file, not only unlinked
+            # (many builds default to this; some do not).
+            cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()
 

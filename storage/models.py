@@ -1,13 +1,14 @@
 """What the repositories return: frozen dataclasses, never rows or dicts.
 
 Times are aware UTC datetimes; Discord ids are ints. ``MemberExport.to_dict`` is the JSON-safe
-form that ``/voice export`` hands to a member.
+form that ``/voice export`` hands to a member (bytes as base64).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -84,7 +85,13 @@ class StoredVoice:
 
 @dataclass(frozen=True)
 class ConsentRecord:
-    """A member reading the consent phrase: kept as long as the voice it allowed."""
+    """A member reading the consent phrase: kept as long as the voice it allowed.
+
+    ``recording`` is the clip exactly as uploaded (e.g. OGG/Opus), ``recording_mime`` its type;
+    both None for a record without one. Only the export and ``ProfileRepo.consent_recording``
+    load the bytes: records read for display have ``recording=None`` while ``recording_mime``
+    still says whether one is kept. The bytes never appear in ``repr`` (no member audio in logs).
+    """
 
     statement_version: str
     phrase: str
@@ -94,6 +101,8 @@ class ConsentRecord:
     recorded_at: datetime
     clip_hash: str
     id: int | None = None  # set once stored
+    recording: bytes | None = field(default=None, repr=False)
+    recording_mime: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,7 +194,11 @@ class MemberExport:
     audit_entries: tuple[AuditEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: datetimes as ISO 8601, arrays as base64 little-endian float32 with shapes."""
+        """JSON-safe: datetimes as ISO 8601, arrays as base64 little-endian float32 with shapes.
+
+        Each consent record's ``recording`` is inline as standard base64 (padded) of the bytes
+        exactly as uploaded, beside its ``recording_mime``; None where no recording is kept.
+        """
         out: dict[str, Any] = _jsonable(dataclasses.asdict(dataclasses.replace(self, embedding=None)))
         out["embedding"] = self.embedding.to_wire() if self.embedding is not None else None
         return out
@@ -194,6 +207,8 @@ class MemberExport:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

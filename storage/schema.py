@@ -8,7 +8,8 @@ profile id can never name a newer row.
 
 The audit log has no foreign key to profiles on purpose: it records deletions and must outlive
 what it describes. Everything else about a voice hangs off ``voice_profiles`` with
-``ON DELETE CASCADE``, so deleting the profile row deletes the voice in one statement.
+``ON DELETE CASCADE``, so deleting the profile row deletes the voice in one statement, the
+consent recordings (kept in ``consent_records``) included.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sqlalchemy import (
 from storage.types import SurrogateKey, UTCDateTime
 
 VOICE_MESSAGE_MODES: Final = ("off", "transcribe", "relay", "assistant")
+MIME_CHARS: Final = 100  # longest stored MIME type, parameters included
 
 # Constraint names follow one convention so migrations can refer to them on both databases.
 metadata = MetaData(
@@ -131,6 +133,10 @@ consent_records = Table(
     Column("speaker_similarity", Float, nullable=True),
     Column("recorded_at", UTCDateTime, nullable=False),
     Column("clip_hash", String(64), nullable=False),
+    # The consent clip exactly as the member uploaded it (e.g. OGG/Opus), the record's evidence.
+    Column("recording", LargeBinary, nullable=True),
+    Column("recording_mime", String(MIME_CHARS), nullable=True),
+    CheckConstraint("(recording IS NULL) = (recording_mime IS NULL)", name="recording_mime"),
     Index(None, "profile_id"),
     sqlite_autoincrement=True,
 )

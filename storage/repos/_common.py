@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
-from sqlalchemy import Row, Table, select
+from sqlalchemy import Row, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.errors import StorageError
 from storage.models import AuditEntry, Challenge, ConsentRecord, VoiceProfile, VoiceShare
-from storage.schema import voice_profiles
+from storage.schema import consent_records, voice_profiles
 from worker.types import FloatArray
 
 STORED_DTYPE: Final = "<f4"  # little-endian float32, whatever the machine's byte order
@@ -81,8 +81,16 @@ def profile_from_row(row: Row[Any]) -> VoiceProfile:
     )
 
 
+def consent_query(*, with_recording: bool) -> Select[Any]:
+    """``consent_records`` oldest first; the recording BLOB only when ``with_recording``."""
+    columns = [c for c in consent_records.c if with_recording or c.name != "recording"]
+    return select(*columns).order_by(consent_records.c.recorded_at, consent_records.c.id)
+
+
 def consent_from_row(row: Row[Any]) -> ConsentRecord:
+    """A consent record from a :func:`consent_query` row (``recording`` None if not selected)."""
     m = row._mapping
+    recording = m.get("recording")
     return ConsentRecord(
         id=m["id"],
         statement_version=m["statement_version"],
@@ -92,6 +100,8 @@ def consent_from_row(row: Row[Any]) -> ConsentRecord:
         speaker_similarity=m["speaker_similarity"],
         recorded_at=m["recorded_at"],
         clip_hash=m["clip_hash"],
+        recording=bytes(recording) if recording is not None else None,
+        recording_mime=m["recording_mime"],
     )
 
 

@@ -1,7 +1,8 @@
 """One-time consent phrases: issued to one member, valid for a few minutes, usable once.
 
 Consuming is one conditional ``UPDATE ... RETURNING`` (unused, unexpired, this member's), so two
-recordings racing for the same phrase cannot both pass, on SQLite or on PostgreSQL.
+recordings racing for the same phrase cannot both pass, on SQLite or on PostgreSQL. The same
+statement (:func:`consume_challenge`) runs inside the enrollment's transaction.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import Database
 from storage.errors import ChallengeExpired, ChallengeMissing, ChallengeUsed
@@ -89,31 +91,8 @@ class ChallengeRepo:
         Raises :class:`ChallengeMissing` (unknown, or not this member's), :class:`ChallengeUsed`
         or :class:`ChallengeExpired`.
         """
-        now = now or utcnow()
-        mine = (
-            consent_challenges.c.id == challenge_id,
-            consent_challenges.c.guild_id == guild_id,
-            consent_challenges.c.user_id == user_id,
-        )
         async with self._db.write() as conn:
-            row = (
-                await conn.execute(
-                    update(consent_challenges)
-                    .where(
-                        *mine, consent_challenges.c.used_at.is_(None), consent_challenges.c.expires_at > now
-                    )
-                    .values(used_at=now)
-                    .returning(*consent_challenges.c)
-                )
-            ).first()
-            if row is not None:
-                return challenge_from_row(row)
-            found = (await conn.execute(select(consent_challenges).where(*mine))).first()
-        if found is None:
-            raise ChallengeMissing()
-        if challenge_from_row(found).used_at is not None:
-            raise ChallengeUsed()
-        raise ChallengeExpired()
+            return await consume_challenge(conn, challenge_id, guild_id=guild_id, user_id=user_id, now=now)
 
     async def purge_expired(self, now: datetime | None = None, *, grace: timedelta = PURGE_GRACE) -> int:
         """Delete phrases that expired more than ``grace`` ago; returns how many."""
@@ -123,3 +102,35 @@ class ChallengeRepo:
                 delete(consent_challenges).where(consent_challenges.c.expires_at < cutoff)
             )
             return max(int(result.rowcount), 0)
+
+
+async def consume_challenge(
+    conn: AsyncConnection, challenge_id: int, *, guild_id: int, user_id: int, now: datetime | None = None
+) -> Challenge:
+    """:meth:`ChallengeRepo.consume` inside the caller's write transaction.
+
+    ``ProfileRepo.save_enrollment`` uses it so the phrase is spent in the same transaction that
+    stores the voice: a failed save leaves it usable, a spent one never stores a second voice.
+    """
+    now = now or utcnow()
+    mine = (
+        consent_challenges.c.id == challenge_id,
+        consent_challenges.c.guild_id == guild_id,
+        consent_challenges.c.user_id == user_id,
+    )
+    row = (
+        await conn.execute(
+            update(consent_challenges)
+            .where(*mine, consent_challenges.c.used_at.is_(None), consent_challenges.c.expires_at > now)
+            .values(used_at=now)
+            .returning(*consent_challenges.c)
+        )
+    ).first()
+    if row is not None:
+        return challenge_from_row(row)
+    found = (await conn.execute(select(consent_challenges).where(*mine))).first()
+    if found is None:
+        raise ChallengeMissing()
+    if challenge_from_row(found).used_at is not None:
+        raise ChallengeUsed()
+    raise ChallengeExpired()

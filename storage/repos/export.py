@@ -1,8 +1,8 @@
 """Collecting everything stored about one member in one server, for ``/voice export``.
 
 Reads inside the caller's (read-only) transaction, so the export is one consistent snapshot:
-profile, voice arrays and their metadata, consent records, consent phrases, shares both ways,
-the assistant opt-in and the audit entries naming the member.
+profile, voice arrays and their metadata, consent records (with their recordings), consent
+phrases, shares both ways, the assistant opt-in and the audit entries naming the member.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import ConsentRecord, EmbeddingInfo, MemberExport
-from storage.repos._common import challenge_from_row, consent_from_row, find_profile, share_from_row
+from storage.repos._common import (
+    challenge_from_row,
+    consent_from_row,
+    consent_query,
+    find_profile,
+    share_from_row,
+)
 from storage.repos._voices import embedding_from_rows, embedding_info, embedding_rows
 from storage.repos.audit import member_audit
 from storage.schema import (
@@ -50,9 +56,7 @@ async def collect_member_export(conn: AsyncConnection, guild_id: int, user_id: i
         embedding = embedding_from_rows(rows)
         infos = tuple(embedding_info(r) for r in rows)
         consent_rows = await conn.execute(
-            select(consent_records)
-            .where(consent_records.c.profile_id == profile.id)
-            .order_by(consent_records.c.recorded_at, consent_records.c.id)
+            consent_query(with_recording=True).where(consent_records.c.profile_id == profile.id)
         )
         consents = tuple(consent_from_row(r) for r in consent_rows)
     challenge_rows = await conn.execute(

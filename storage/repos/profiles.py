@@ -2,16 +2,18 @@
 
 Re-enrolling replaces the old voice only once the new one passed: ``save_enrollment`` is called
 after every check succeeded and swaps the arrays in one transaction, so a failed or interrupted
-enrollment leaves the previous voice untouched. Consent records accumulate (one per enrollment)
-and are deleted with the profile.
+enrollment leaves the previous voice untouched, and the consent phrase it consumes stays unused.
+Consent records (with the consent recording as uploaded) accumulate, one per enrollment, and
+are deleted with the profile.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 
 from storage.db import Database
 from storage.models import (
@@ -24,18 +26,30 @@ from storage.models import (
     VoiceProfile,
     quality_to_json,
 )
-from storage.repos._common import encode_array, find_profile, profile_from_row, upsert
+from storage.repos._common import (
+    consent_from_row,
+    consent_query,
+    encode_array,
+    find_profile,
+    profile_from_row,
+    upsert,
+)
 from storage.repos._deletion import delete_guild_data, delete_member_data
 from storage.repos._voices import load_voice
 from storage.repos.audit import VOICE_ENROLLED, append_audit
+from storage.repos.challenges import consume_challenge
 from storage.repos.export import collect_member_export
-from storage.schema import consent_records, embeddings, guild_settings, voice_profiles
+from storage.schema import MIME_CHARS, consent_records, embeddings, guild_settings, voice_profiles
 from storage.types import UTCDateTime, utcnow
 from worker.types import VoiceEmbedding
 
 MAX_LANGUAGE_CHARS: Final = 16
 MAX_MODEL_ID_CHARS: Final = 200
 DELETE_REASONS: Final = frozenset({"member_request", "admin", "member_left", "retention"})
+MAX_RECORDING_BYTES: Final = 8 * 1024 * 1024  # a consent clip is seconds long; this is generous
+_MIME: Final = re.compile(
+    r"[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+\-\"]+)*", re.ASCII
+)  # "audio/ogg; codecs=opus"
 
 
 class ProfileRepo:
@@ -72,18 +86,32 @@ class ProfileRepo:
         clip: ReferenceClip,
         consent: ConsentRecord,
         now: datetime | None = None,
+        challenge_id: int | None = None,
     ) -> VoiceProfile:
         """Create or re-enroll the member's voice with its consent record, all in one transaction.
 
-        Raises ``ValueError`` for arrays that are not finite float32 or out-of-range fields.
+        With ``challenge_id`` the consent phrase is consumed in that same transaction (the rules of
+        :meth:`ChallengeRepo.consume`), so either the phrase is spent and the voice stored, or
+        neither: raises :class:`ChallengeMissing`, :class:`ChallengeUsed` or
+        :class:`ChallengeExpired` and stores nothing. ``consent.phrase`` must be that phrase.
+
+        Raises ``ValueError`` for arrays that are not finite float32, out-of-range fields, or a
+        consent recording that is empty, larger than 8 MiB or without a MIME type.
         """
         arrays = _validated_arrays(embedding)
         if not 0 < len(language) <= MAX_LANGUAGE_CHARS:
             raise ValueError(f"language must be 1-{MAX_LANGUAGE_CHARS} characters, got {language!r}")
         if clip.speech_seconds < 0 or len(clip.clip_hash) != 64:
             raise ValueError("clip needs a sha256 hex clip_hash and non-negative speech_seconds")
+        _check_recording(consent)
         now = now or utcnow()
         async with self._db.write() as conn:
+            if challenge_id is not None:
+                challenge = await consume_challenge(
+                    conn, challenge_id, guild_id=guild_id, user_id=user_id, now=now
+                )
+                if challenge.phrase != consent.phrase:
+                    raise ValueError(f"consent.phrase is not the phrase of consent challenge {challenge_id}")
             stmt = upsert(conn, voice_profiles).values(
                 guild_id=guild_id, user_id=user_id, language=language, created_at=now, enrolled_at=now
             )
@@ -121,6 +149,8 @@ class ProfileRepo:
                     speaker_similarity=consent.speaker_similarity,
                     recorded_at=consent.recorded_at,
                     clip_hash=consent.clip_hash,
+                    recording=consent.recording,
+                    recording_mime=consent.recording_mime,
                 )
             )
             await append_audit(
@@ -133,6 +163,27 @@ class ProfileRepo:
                 at=now,
             )
         return profile
+
+    async def consent_records(self, guild_id: int, user_id: int) -> list[ConsentRecord]:
+        """The member's consent records, oldest first, for display: the recordings are not loaded."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                _member_consents(consent_query(with_recording=False), guild_id, user_id)
+            )
+            return [consent_from_row(r) for r in rows]
+
+    async def consent_recording(self, guild_id: int, user_id: int) -> tuple[bytes, str] | None:
+        """(bytes as uploaded, MIME type) of the newest consent record: the current voice's.
+
+        None if the member has no voice here or that record kept no recording.
+        """
+        query = select(consent_records.c.recording, consent_records.c.recording_mime)
+        newest = _member_consents(query, guild_id, user_id).order_by(consent_records.c.id.desc()).limit(1)
+        async with self._db.read() as conn:
+            row = (await conn.execute(newest)).first()
+        if row is None or row.recording is None:
+            return None
+        return bytes(row.recording), str(row.recording_mime)
 
     async def touch_last_used(self, guild_id: int, user_id: int, now: datetime | None = None) -> bool:
         """Note that the voice spoke (retention counts from here). False if there is no profile."""
@@ -205,3 +256,26 @@ def _validated_arrays(embedding: VoiceEmbedding) -> dict[str, tuple[bytes, list[
         "gpt_cond_latent": encode_array("gpt_cond_latent", embedding.gpt_cond_latent),
         "speaker_embedding": encode_array("speaker_embedding", embedding.speaker_embedding),
     }
+
+
+def _check_recording(consent: ConsentRecord) -> None:
+    recording, mime = consent.recording, consent.recording_mime
+    if recording is None:
+        if mime is not None:
+            raise ValueError("consent.recording_mime is set but there is no recording")
+        return
+    if not isinstance(recording, bytes) or not recording:
+        raise ValueError("consent.recording must be non-empty bytes (the clip as uploaded)")
+    if len(recording) > MAX_RECORDING_BYTES:
+        raise ValueError(
+            f"consent.recording is {len(recording)} bytes; at most {MAX_RECORDING_BYTES} (8 MiB) are kept"
+        )
+    if mime is None or not _MIME.fullmatch(mime) or len(mime) > MIME_CHARS:
+        raise ValueError(f"consent.recording_mime must be a MIME type like 'audio/ogg', got {mime!r}")
+
+
+def _member_consents(query: Select[Any], guild_id: int, user_id: int) -> Select[Any]:
+    """``query`` over consent_records narrowed to one member's profile in one server."""
+    return query.join(voice_profiles, voice_profiles.c.id == consent_records.c.profile_id).where(
+        voice_profiles.c.guild_id == guild_id, voice_profiles.c.user_id == user_id
+    )

@@ -67,15 +67,19 @@ async def enroll(
     at: datetime = T0,
     full_size: bool = False,
     language: str = "en",
+    consent: ConsentRecord | None = None,
+    challenge_id: int | None = None,
 ) -> VoiceProfile:
+    """Store a voice made from ``seed``; the consent record is ``make_consent`` unless given."""
     return await repos.profiles.save_enrollment(
         guild_id,
         user_id,
         language=language,
         embedding=make_embedding(seed, full_size=full_size),
         clip=ReferenceClip(clip_hash=clip_hash(f"clip-{seed}"), speech_seconds=11.5, quality=make_quality()),
-        consent=make_consent(f"phrase number {seed}", at=at),
+        consent=consent or make_consent(f"phrase number {seed}", at=at),
         now=at,
+        challenge_id=challenge_id,
     )
 
 

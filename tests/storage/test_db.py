@@ -147,13 +147,20 @@ async def test_sqlite_connection_settings(sqlite_url: str) -> None:
             async with ctx as conn:
                 pragmas = {
                     name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
-                    for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+                    for name in (
+                        "journal_mode",
+                        "foreign_keys",
+                        "synchronous",
+                        "busy_timeout",
+                        "secure_delete",
+                    )
                 }
             assert pragmas == {
                 "journal_mode": "wal",
                 "foreign_keys": 1,
                 "synchronous": 2,
                 "busy_timeout": 10000,
+                "secure_delete": 1,
             }
 
 

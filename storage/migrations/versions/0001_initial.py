@@ -107,7 +107,12 @@ def upgrade() -> None:
         sa.Column("speaker_similarity", sa.Float, nullable=True),
         sa.Column("recorded_at", UTCDateTime, nullable=False),
         sa.Column("clip_hash", sa.String(64), nullable=False),
+        sa.Column("recording", sa.LargeBinary, nullable=True),
+        sa.Column("recording_mime", sa.String(100), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_consent_records"),
+        sa.CheckConstraint(
+            "(recording IS NULL) = (recording_mime IS NULL)", name="ck_consent_records_recording_mime"
+        ),
         sqlite_autoincrement=True,
     )
     op.create_index("ix_consent_records_profile_id", "consent_records", ["profile_id"])

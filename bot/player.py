@@ -149,6 +149,23 @@ class GuildPlayer:
             dropped += 1
         return dropped
 
+    def drop_voice(self, owner_id: int) -> int:
+        """Remove every queued utterance in ``owner_id``'s voice and skip it if playing; returns how many."""
+        kept: deque[Utterance] = deque()
+        dropped = 0
+        for item in self.queue:
+            if item.voice_owner_id == owner_id:
+                item.error = "voice deleted"
+                item.finished.set()
+                dropped += 1
+            else:
+                kept.append(item)
+        self.queue = kept
+        if self.current is not None and self.current.voice_owner_id == owner_id:
+            self.skip()
+            dropped += 1
+        return dropped
+
     async def leave(self) -> None:
         """Stop everything and disconnect; the player can be used again afterwards."""
         self.stop()

@@ -79,10 +79,20 @@ async def _fallback(
     return None
 
 
+class Refused(app_commands.CheckFailure):
+    """A check (e.g. a cog's ``interaction_check``) refused with one of our user-facing errors."""
+
+    def __init__(self, error: VoxcloneError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def user_message(error: BaseException) -> str:
     """A sentence a member can act on; never a traceback, token or internal id."""
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
+    if isinstance(error, Refused):
+        error = error.error
     if isinstance(error, QualityRejected):
         report = error.details.get("report")
         reasons = list(getattr(report, "reasons", None) or error.details.get("reasons") or [])

@@ -93,6 +93,13 @@ class SpeakingService:
         self.policy = policy
         self.players = players
 
+    async def forget_voice(self, guild_id: int, owner_id: int) -> int:
+        """A voice was deleted: drop its queued utterances and stop it if it is speaking. Returns how many."""
+        player = self.players.existing(guild_id)
+        if player is None:
+            return 0
+        return player.drop_voice(owner_id)
+
     async def say(
         self,
         requester: discord.Member,

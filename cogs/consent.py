@@ -1,0 +1,256 @@
+"""``/consent``: a server's admins decide whether cloning is allowed, for whom, and how; purge; audit.
+
+Manage Server is checked by the bot itself (the policy), not only by Discord's default permissions,
+which a server can override.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import PolicyError, VoxcloneError
+from bot.policy import Actor
+from bot.replies import Refused, guild_member, respond
+from storage import AuditEntry, GuildSettings
+
+if TYPE_CHECKING:
+    from bot.client import VoxcloneBot
+
+log = logging.getLogger("voxclone.cogs.consent")
+
+ACTIONS = {
+    "voice.enrolled": "enrolled a voice",
+    "voice.deleted": "voice deleted",
+    "voice.shared": "shared a voice",
+    "voice.unshared": "stopped sharing a voice",
+    "assistant.opted_in": "let the assistant use their voice",
+    "assistant.opted_out": "stopped the assistant using their voice",
+    "settings.updated": "changed settings",
+    "guild.purged": "server data purged",
+}
+
+
+def _ids(ids: tuple[int, ...], fmt: str) -> str:
+    return ", ".join(fmt.format(i) for i in ids) if ids else "everyone"
+
+
+def settings_embed(s: GuildSettings, *, message_content_intent: bool) -> discord.Embed:
+    embed = discord.Embed(
+        title="Voice cloning settings",
+        colour=discord.Colour.green() if s.cloning_enabled else discord.Colour.dark_grey(),
+    )
+    embed.add_field(name="Cloning", value="on" if s.cloning_enabled else "off (nobody can enroll)")
+    embed.add_field(name="Who may enroll", value=_ids(s.enroll_role_ids, "<@&{}>"))
+    embed.add_field(name="Who may speak", value=_ids(s.speak_role_ids, "<@&{}>"))
+    embed.add_field(name="Sharing voices", value="allowed" if s.allow_sharing else "not allowed")
+    embed.add_field(name="Announce cloned speech", value="yes" if s.announce else "no")
+    embed.add_field(name="Max text length", value=f"{s.max_text_length} characters")
+    embed.add_field(name="Cooldown", value=f"{s.cooldown_s:.0f} s per member")
+    embed.add_field(
+        name="Retention",
+        value=f"{s.retention_days} days after last use" if s.retention_days else "until deleted",
+    )
+    channels = _ids(s.voice_message_channel_ids, "<#{}>") if s.voice_message_channel_ids else "none"
+    embed.add_field(name="Voice messages", value=f"{s.voice_message_mode} in {channels}")
+    if s.voice_message_mode != "off" and not message_content_intent:
+        embed.add_field(
+            name="⚠ Automatic voice messages are not active",
+            value=(
+                "The bot runs without the Message Content intent, so it can't read voice messages on its "
+                "own. Members can still use the message commands **Transcribe** and **Answer**. The bot's "
+                "operator can enable the intent in the developer portal and set "
+                "`MESSAGE_CONTENT_INTENT=true`."
+            ),
+            inline=False,
+        )
+    if s.updated_at is not None:
+        who = f" by <@{s.updated_by}>" if s.updated_by else ""
+        embed.set_footer(text=f"Last changed {s.updated_at:%Y-%m-%d %H:%M} UTC{who}")
+    return embed
+
+
+def audit_line(entry: AuditEntry) -> str:
+    when = f"<t:{int(entry.at.timestamp())}:f>"
+    who = f"<@{entry.actor_id}>" if entry.actor_id else "voxclone"
+    what = ACTIONS.get(entry.action, entry.action)
+    subject = f" <@{entry.subject_id}>" if entry.subject_id and entry.subject_id != entry.actor_id else ""
+    reason = entry.details.get("reason")
+    fields = entry.details.get("fields")
+    extra = f" ({reason})" if reason else f" ({', '.join(fields)})" if fields else ""
+    return f"{when} {who}: {what}{subject}{extra}"
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class Consent(commands.GroupCog, group_name="consent", group_description="Voice cloning settings for admins"):
+    def __init__(self, bot: VoxcloneBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        _, member = guild_member(interaction)
+        try:
+            self.bot.policy.check_admin(Actor.from_member(member))
+        except VoxcloneError as exc:
+            raise Refused(exc) from None
+        return True
+
+    @app_commands.command(name="show")
+    async def show(self, interaction: discord.Interaction) -> None:
+        """Show this server's voice cloning settings."""
+        guild, _ = guild_member(interaction)
+        settings = await self.bot.repos.settings.get(guild.id)
+        intent = self.bot.intents.message_content
+        await respond(
+            interaction, embed=settings_embed(settings, message_content_intent=intent), ephemeral=True
+        )
+
+    @app_commands.command(name="set")
+    @app_commands.describe(
+        cloning="Allow members to enroll and use cloned voices",
+        sharing="Let members share their voice with other members",
+        announce="Post a line naming whose cloned voice is speaking (recommended)",
+        max_text_length="Longest /speak text, in characters",
+        cooldown="Seconds a member waits between two messages (admins are exempt)",
+        retention_days="Delete voices unused for this many days (0 = keep until deleted)",
+    )
+    async def set_(
+        self,
+        interaction: discord.Interaction,
+        cloning: bool | None = None,
+        sharing: bool | None = None,
+        announce: bool | None = None,
+        max_text_length: app_commands.Range[int, 20, 2000] | None = None,
+        cooldown: app_commands.Range[int, 0, 3600] | None = None,
+        retention_days: app_commands.Range[int, 0, 36500] | None = None,
+    ) -> None:
+        """Change voice cloning settings (only the options you give)."""
+        changes: dict[str, Any] = {}
+        for name, value in (
+            ("cloning_enabled", cloning),
+            ("allow_sharing", sharing),
+            ("announce", announce),
+            ("max_text_length", max_text_length),
+            ("cooldown_s", cooldown),
+        ):
+            if value is not None:
+                changes[name] = value
+        if retention_days is not None:
+            changes["retention_days"] = retention_days or None
+        await self._update(interaction, changes)
+
+    @app_commands.command(name="roles")
+    @app_commands.describe(
+        kind="Which right the role list controls",
+        role="The role to add or remove (leave out with action 'clear')",
+        action="add (default), remove, or clear the list (= everyone)",
+    )
+    async def roles(
+        self,
+        interaction: discord.Interaction,
+        kind: Literal["enroll", "speak"],
+        role: discord.Role | None = None,
+        action: Literal["add", "remove", "clear"] = "add",
+    ) -> None:
+        """Limit who may enroll or speak to members with certain roles."""
+        guild, _ = guild_member(interaction)
+        current = await self.bot.repos.settings.get(guild.id)
+        field = f"{kind}_role_ids"
+        await self._update(interaction, {field: _edit_ids(getattr(current, field), role, action, "role")})
+
+    @app_commands.command(name="voice-messages")
+    @app_commands.describe(
+        mode="What happens to voice messages: off, transcribe, relay (author's voice) or assistant",
+        channel="A channel to add or remove (voice messages are handled only in listed channels)",
+        action="add (default), remove, or clear the channel list",
+    )
+    async def voice_messages(
+        self,
+        interaction: discord.Interaction,
+        mode: Literal["off", "transcribe", "relay", "assistant"] | None = None,
+        channel: discord.TextChannel | None = None,
+        action: Literal["add", "remove", "clear"] = "add",
+    ) -> None:
+        """Choose how voice messages are handled, and in which channels."""
+        guild, _ = guild_member(interaction)
+        current = await self.bot.repos.settings.get(guild.id)
+        changes: dict[str, Any] = {}
+        if mode is not None:
+            changes["voice_message_mode"] = mode
+        if channel is not None or action == "clear":
+            changes["voice_message_channel_ids"] = _edit_ids(
+                current.voice_message_channel_ids, channel, action, "channel"
+            )
+        await self._update(interaction, changes)
+
+    @app_commands.command(name="purge")
+    @app_commands.describe(member="The member whose voice data is deleted now, completely")
+    async def purge(self, interaction: discord.Interaction, member: discord.User) -> None:
+        """Delete a member's voice data in this server now."""
+        guild, admin = guild_member(interaction)
+        report = await self.bot.repos.profiles.delete(guild.id, member.id, actor_id=admin.id, reason="admin")
+        await self.bot.speaking.forget_voice(guild.id, member.id)
+        if not report.anything:
+            await respond(interaction, f"{member.mention} has no voice data in this server.", ephemeral=True)
+            return
+        shares = report.shares_granted + report.shares_received
+        voice = "removed" if report.profile_deleted else "none"
+        records = report.consent_records
+        text = (
+            f"Deleted {member.mention}'s voice data: voice {voice}, {records} consent record(s), "
+            f"{shares} share(s)."
+        )
+        await respond(interaction, text, ephemeral=True)
+
+    @app_commands.command(name="audit")
+    @app_commands.describe(limit="How many recent entries to show")
+    async def audit(
+        self, interaction: discord.Interaction, limit: app_commands.Range[int, 1, 50] = 20
+    ) -> None:
+        """Recent enrolments, deletions, shares and setting changes, with who and when."""
+        guild, _ = guild_member(interaction)
+        entries = await self.bot.repos.audit.recent(guild.id, limit)
+        text = "\n".join(audit_line(e) for e in entries) or "Nothing has happened yet."
+        embed = discord.Embed(title="Voice cloning audit log", description=text[:4000])
+        await respond(interaction, embed=embed, ephemeral=True)
+
+    async def _update(self, interaction: discord.Interaction, changes: dict[str, Any]) -> None:
+        guild, admin = guild_member(interaction)
+        if not changes:
+            await respond(interaction, "Nothing to change: give at least one option.", ephemeral=True)
+            return
+        settings = await self.bot.repos.settings.update(guild.id, updated_by=admin.id, **changes)
+        log.info(
+            "settings changed", extra={"guild_id": guild.id, "user_id": admin.id, "fields": sorted(changes)}
+        )
+        intent = self.bot.intents.message_content
+        await respond(
+            interaction,
+            "Saved.",
+            embed=settings_embed(settings, message_content_intent=intent),
+            ephemeral=True,
+        )
+
+
+def _edit_ids(
+    current: tuple[int, ...], target: discord.abc.Snowflake | None, action: str, what: str
+) -> list[int]:
+    if action == "clear":
+        return []
+    if target is None:
+        raise PolicyError(f"Give a {what} to {action}, or use action `clear`.")
+    ids = set(current)
+    if action == "add":
+        ids.add(target.id)
+    else:
+        ids.discard(target.id)
+    return sorted(ids)
+
+
+async def setup(bot: VoxcloneBot) -> None:
+    await bot.add_cog(Consent(bot))

@@ -1,0 +1,190 @@
+"""The speech engines in this process: the :class:`~worker.service.SpeechService` the bot uses by default.
+
+:class:`LocalSpeechService` wires the XTTS engine (behind :class:`~worker.scheduler.SynthesisScheduler`),
+the quality gate, Whisper, speaker verification and the watermark together. Every blocking call leaves
+the event loop (``asyncio.to_thread``); synthesis streams chunks as they are made. ``voxclone worker``
+serves the same object over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from worker.audio import ACCEPTED_INPUT_RATES
+from worker.errors import InvalidAudio, QualityRejected
+from worker.scheduler import DEFAULT_BUFFER_CHUNKS, SynthesisScheduler
+from worker.types import (
+    EmbeddingResult,
+    FloatArray,
+    PhraseMatch,
+    QualityReport,
+    SpeakerCheck,
+    SpeechRequest,
+    Transcription,
+    WatermarkResult,
+)
+from worker.xtts import XttsEngine, validate_pcm
+
+if TYPE_CHECKING:
+    from worker.asr import Transcriber
+    from worker.quality import QualityGate
+    from worker.verify import SpeakerVerifier
+    from worker.watermark import Watermarker
+
+log = logging.getLogger(__name__)
+
+_RATES_TEXT = ", ".join(f"{rate / 1000:g}" for rate in sorted(ACCEPTED_INPUT_RATES))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is usable, else ``cpu``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_input(pcm: Any, sample_rate: int) -> FloatArray:
+    """PCM from a caller: mono float32, finite, non-empty, at a rate the API accepts; else InvalidAudio."""
+    if sample_rate not in ACCEPTED_INPUT_RATES:
+        raise InvalidAudio(f"Audio at {sample_rate} Hz is not accepted: send {_RATES_TEXT} kHz PCM.")
+    return validate_pcm(pcm, sample_rate)
+
+
+class LocalSpeechService:
+    """Every speech operation, run by engines loaded in this process."""
+
+    def __init__(
+        self,
+        *,
+        xtts: XttsEngine,
+        quality_gate: QualityGate,
+        transcriber: Transcriber,
+        verifier: SpeakerVerifier,
+        watermarker: Watermarker,
+        max_queue: int = 32,
+        buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
+    ) -> None:
+        self.xtts = xtts
+        self.quality_gate = quality_gate
+        self.transcriber = transcriber
+        self.verifier = verifier
+        self.watermarker = watermarker
+        # Every synthesized chunk carries the watermark: the engine applies it before a chunk leaves.
+        xtts.watermark = watermarker
+        self.scheduler = SynthesisScheduler(xtts, max_queue, buffer_chunks=buffer_chunks)
+        self._closed = False
+
+    @classmethod
+    async def load(
+        cls,
+        xtts_dir: Path,
+        *,
+        asr_backend: str = "faster-whisper",
+        asr_model: str = "small",
+        device: str = "auto",
+        max_queue: int = 32,
+        download_root: Path | None = None,
+    ) -> LocalSpeechService:
+        """Load every engine (in worker threads, side by side) and start the synthesis thread."""
+        from worker.asr import load_transcriber
+        from worker.quality import QualityGate
+        from worker.verify import SpeakerVerifier
+        from worker.watermark import Watermarker
+
+        resolved = resolve_device(device)
+        log.info("loading speech engines on %s", resolved)
+        xtts, gate, transcriber, verifier, watermarker = await asyncio.gather(
+            asyncio.to_thread(XttsEngine.load, Path(xtts_dir), resolved),
+            asyncio.to_thread(QualityGate),
+            asyncio.to_thread(load_transcriber, asr_backend, asr_model, resolved, download_root),
+            asyncio.to_thread(SpeakerVerifier),
+            asyncio.to_thread(Watermarker),
+        )
+        return cls(
+            xtts=xtts,
+            quality_gate=gate,
+            transcriber=transcriber,
+            verifier=verifier,
+            watermarker=watermarker,
+            max_queue=max_queue,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        """Synthesis requests waiting for the engine (exported as a metric by the HTTP worker)."""
+        return self.scheduler.queue_depth
+
+    async def check_quality(self, pcm: FloatArray, sample_rate: int) -> QualityReport:
+        audio = check_input(pcm, sample_rate)
+        return await asyncio.to_thread(self.quality_gate.analyze, audio, sample_rate)
+
+    async def embed(self, pcm: FloatArray, sample_rate: int) -> EmbeddingResult:
+        """Quality gate, then XTTS latents from the best ≤ 30 s of speech it kept."""
+        from worker.quality import extract_kept
+
+        audio = check_input(pcm, sample_rate)
+        report = await asyncio.to_thread(self.quality_gate.analyze, audio, sample_rate)
+        if not report.accepted:
+            reason = report.reasons[0] if report.reasons else "The recording cannot be used to clone a voice."
+            raise QualityRejected(reason, report=report)
+        speech = extract_kept(audio, sample_rate, report.kept)
+        embedding = await asyncio.to_thread(self.xtts.embed, speech, sample_rate)
+        return EmbeddingResult(embedding=embedding, quality=report)
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+        """24 kHz mono s16le chunks; closing this iterator (or cancelling its reader) stops the GPU work."""
+        stream = self.scheduler.submit(request)
+        try:
+            async for chunk in stream:
+                yield chunk.astype("<i2", copy=False).tobytes()
+        finally:
+            stream.cancel()
+
+    async def transcribe(
+        self, pcm: FloatArray, sample_rate: int, language: str | None = None
+    ) -> Transcription:
+        from worker.quality import to_analysis_rate
+
+        audio = check_input(pcm, sample_rate)
+        pcm16k = await asyncio.to_thread(to_analysis_rate, audio, sample_rate)
+        return await asyncio.to_thread(self.transcriber.transcribe, pcm16k, language)
+
+    async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
+        a = check_input(pcm_a, sample_rate)
+        b = check_input(pcm_b, sample_rate)
+        return await asyncio.to_thread(self.verifier.compare, a, b, sample_rate)
+
+    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
+        from worker.verify import match_phrase
+
+        return match_phrase(expected, heard)
+
+    async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
+        audio = check_input(pcm, sample_rate)
+        return await asyncio.to_thread(self.watermarker.detect, audio, sample_rate)
+
+    async def ready(self) -> bool:
+        return not self._closed
+
+    async def aclose(self) -> None:
+        """Cancel running and queued synthesis and stop the engine thread."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self.scheduler.close)
+
+
+def pcm16_to_float(data: bytes) -> FloatArray:
+    """s16le bytes (as :meth:`LocalSpeechService.synthesize` yields them) as float32 in [-1, 1]."""
+    return (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
+
+
+__all__ = ["LocalSpeechService", "check_input", "pcm16_to_float", "resolve_device"]

@@ -37,7 +37,6 @@ INTAKE_RATE: Final = 24_000  # Hz: decoded uploads; the worker resamples for ana
 MAX_CLIP_SECONDS: Final = 120.0  # s: a consent reading or a reference clip
 MAX_CLIP_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit (reference clips)
 MAX_CONSENT_BYTES: Final = MAX_RECORDING_BYTES  # bytes: the consent recording is kept, so it is capped lower
-PREVIEW_TOKENS: Final = 60  # audio tokens: about 2.8 s of preview
 PREVIEW_TEXT: Final = "Hello! This is how my cloned voice sounds on this server."
 CONSENT_LANGUAGE: Final = "en"  # the phrase is English
 
@@ -205,16 +204,12 @@ class EnrollmentService:
         """A short WAV in the voice; None if the engine could not make one (the enrolment still stands)."""
         from worker.errors import SpeechError
 
-        if request.max_new_tokens is None:
-            request = SpeechRequest(
-                request.text, request.language, request.embedding, max_new_tokens=PREVIEW_TOKENS, seed=0
-            )
         chunks: list[bytes] = []
         try:
             async for chunk in self.speech.synthesize(request):
                 chunks.append(chunk)
         except SpeechError as exc:
-            log.warning("preview failed", extra={"code": exc.code})
+            log.warning("preview failed: %s", exc.code, extra={"code": exc.code})
             return None
         return wav_bytes(b"".join(chunks), 24_000)
 

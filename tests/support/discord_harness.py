@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import threading
+from datetime import UTC, datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 APPLICATION_ID = 900000000000000001
 BOT_USER_ID = 900000000000000001
-_ids = itertools.count(1_100_000_000_000_000_000)
+_ids = itertools.count(1)
 
 # Permission bits (https://discord.com/developers/docs/topics/permissions)
 ADMINISTRATOR = 1 << 3
@@ -45,7 +46,8 @@ MEMBER_DEFAULT = (
 
 
 def snowflake() -> int:
-    return next(_ids)
+    """A unique id whose embedded time is now (interaction tokens expire 15 minutes after their id's time)."""
+    return discord.utils.time_snowflake(datetime.now(UTC)) + next(_ids) % (1 << 22)
 
 
 @dataclass

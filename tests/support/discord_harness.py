@@ -15,9 +15,9 @@ import asyncio
 import itertools
 import json
 import threading
-from datetime import UTC, datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import discord

@@ -37,7 +37,7 @@ from worker.service import SpeechService
 from worker.types import FloatArray, QualityReport, SpeechRequest
 
 if TYPE_CHECKING:
-    from worker.factory import SpeechTools
+    from worker.service import SpeechTools
 
 log = logging.getLogger("voxclone.worker.cli")
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from worker.client import HttpSpeechService
 from worker.errors import ModelNotReady, SpeechError
@@ -92,24 +92,6 @@ async def load_local_service(settings: Settings, models: LocalModels) -> SpeechS
         max_queue=settings.worker_max_queue,
         download_root=settings.model_cache_dir,
     )
-
-
-class SpeechTools(Protocol):
-    """The part of ``SpeechService`` the one-engine command-line tools use."""
-
-    async def check_quality(self, pcm: FloatArray, sample_rate: int) -> QualityReport: ...
-
-    async def transcribe(
-        self, pcm: FloatArray, sample_rate: int, language: str | None = None
-    ) -> Transcription: ...
-
-    async def compare_speakers(
-        self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int
-    ) -> SpeakerCheck: ...
-
-    async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult: ...
-
-    async def aclose(self) -> None: ...
 
 
 class LocalTools:

@@ -22,20 +22,11 @@ from worker.types import (
 )
 
 
-@runtime_checkable
-class SpeechService(Protocol):
-    """Every speech operation the bot needs. PCM is mono float32 at ``sample_rate`` Hz."""
+class SpeechTools(Protocol):
+    """The analysis part of the service: what the one-engine command-line tools need."""
 
     async def check_quality(self, pcm: FloatArray, sample_rate: int) -> QualityReport:
         """Run the quality gate only (no cloning)."""
-        ...
-
-    async def embed(self, pcm: FloatArray, sample_rate: int) -> EmbeddingResult:
-        """Quality gate, then XTTS conditioning latents; raises ``QualityRejected`` with the report."""
-        ...
-
-    def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
-        """Stream 24 kHz mono s16le PCM chunks; closing the iterator cancels the GPU work."""
         ...
 
     async def transcribe(
@@ -46,12 +37,25 @@ class SpeechService(Protocol):
         self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int
     ) -> SpeakerCheck: ...
 
-    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch: ...
-
     async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SpeechService(SpeechTools, Protocol):
+    """Every speech operation the bot needs. PCM is mono float32 at ``sample_rate`` Hz."""
+
+    async def embed(self, pcm: FloatArray, sample_rate: int) -> EmbeddingResult:
+        """Quality gate, then XTTS conditioning latents; raises ``QualityRejected`` with the report."""
+        ...
+
+    def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+        """Stream 24 kHz mono s16le PCM chunks; closing the iterator cancels the GPU work."""
+        ...
+
+    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch: ...
 
     async def ready(self) -> bool:
         """True once the models are loaded and requests will be served."""
         ...
-
-    async def aclose(self) -> None: ...

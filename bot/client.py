@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxclone.bot")
 
 # One module per concern; each defines `async def setup(bot)`. Loaded in this order.
-EXTENSIONS: tuple[str, ...] = ("cogs.consent", "cogs.enroll", "cogs.speak")
+EXTENSIONS: tuple[str, ...] = (
+    "cogs.consent",
+    "cogs.enroll",
+    "cogs.speak",
+    "cogs.voice",
+    "cogs.lifecycle",
+    "cogs.voice_messages",
+)
 
 
 def intents_for(settings: Settings) -> discord.Intents:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot.errors import (
+    AssistantVoiceNotOptedIn,
     CloningDisabled,
     CooldownActive,
     NotAdmin,
     NoVoiceProfile,
+    PolicyError,
     RoleNotAllowed,
     SharingDisabled,
     TextRejected,
@@ -106,8 +108,7 @@ class Policy:
 
     # ---- speaking ---------------------------------------------------------------------------------
 
-    def check_speak(self, actor: Actor, rules: ServerRules, voice: VoiceFacts) -> None:
-        """May ``actor`` make the bot speak in ``voice`` here?"""
+    def _check_may_use_voices(self, actor: Actor, rules: ServerRules) -> None:
         if not rules.cloning_enabled:
             raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
         allowed = set(rules.speak_role_ids)
@@ -116,6 +117,10 @@ class Policy:
                 "In this server only members with one of these roles can use cloned voices: "
                 f"{_role_list(allowed)}."
             )
+
+    def check_speak(self, actor: Actor, rules: ServerRules, voice: VoiceFacts) -> None:
+        """May ``actor`` make the bot speak in ``voice`` here?"""
+        self._check_may_use_voices(actor, rules)
         own = voice.owner_id == actor.user_id
         if not voice.has_profile:
             if own:
@@ -130,6 +135,51 @@ class Policy:
                 f"{voice.owner_name} hasn't shared their voice with you. "
                 "They can do that with `/voice share`."
             )
+
+    def check_assistant_voice(
+        self, actor: Actor, rules: ServerRules, voice: VoiceFacts, *, owner_opted_in: bool
+    ) -> None:
+        """May the assistant answer ``actor`` in ``voice`` here?
+
+        The asking member's own voice is theirs to use (as with ``/speak``); anyone else's voice only
+        when its owner opted in with ``/voice assistant-optin``. Sharing settings do not apply.
+        """
+        self._check_may_use_voices(actor, rules)
+        own = voice.owner_id == actor.user_id
+        if not voice.has_profile:
+            if own:
+                raise NoVoiceProfile(
+                    "You haven't enrolled a voice in this server yet, and the assistant answers in your "
+                    "voice here: start with `/enroll`, or ask an admin to pick an assistant voice."
+                )
+            raise NoVoiceProfile(
+                f"The assistant voice, {voice.owner_name}, has no enrolled voice in this server. "
+                "An admin can choose another with `/consent assistant`."
+            )
+        if not own and not owner_opted_in:
+            raise AssistantVoiceNotOptedIn(
+                f"{voice.owner_name} hasn't allowed the assistant to use their voice "
+                "(they can with `/voice assistant-optin`). An admin can choose another assistant voice "
+                "with `/consent assistant`."
+            )
+
+    def check_share(
+        self, actor: Actor, rules: ServerRules, *, target_id: int, target_is_bot: bool, has_profile: bool
+    ) -> None:
+        """May ``actor`` share their voice with the target member here?"""
+        if not rules.cloning_enabled:
+            raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
+        if not rules.allow_sharing:
+            raise SharingDisabled(
+                "This server doesn't allow sharing voices. A server admin can allow it with "
+                "`/consent set sharing:True`."
+            )
+        if target_id == actor.user_id:
+            raise PolicyError("You can always use your own voice: no need to share it with yourself.")
+        if target_is_bot:
+            raise PolicyError("Voices can only be shared with members, not with bots.")
+        if not has_profile:
+            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
 
     def check_text(self, text: str, rules: ServerRules) -> None:
         if not text.strip():

@@ -154,3 +154,30 @@ def test_cooldown_per_member_and_admin_exempt() -> None:
     policy.check_cooldown(5, actor(admin=True), rules)  # admins are exempt
     now[0] += 10.5
     policy.check_cooldown(5, actor(), rules)
+
+
+SHARE_CASES = [
+    # (name, rules, target, target is a bot, sharer has a voice, expected error or None)
+    ("allowed", Rules(), OTHER, False, True, None),
+    ("cloning off", Rules(cloning_enabled=False), OTHER, False, True, CloningDisabled),
+    ("sharing off", Rules(allow_sharing=False), OTHER, False, True, SharingDisabled),
+    ("with yourself", Rules(), OWNER, False, True, PolicyError),
+    ("with a bot", Rules(), OTHER, True, True, PolicyError),
+    ("no voice to share", Rules(), OTHER, False, False, NoVoiceProfile),
+]
+
+
+@pytest.mark.parametrize(
+    ("rules", "target", "is_bot", "has_voice", "error"),
+    [c[1:] for c in SHARE_CASES],
+    ids=[c[0] for c in SHARE_CASES],
+)
+def test_share(
+    rules: Rules, target: int, is_bot: bool, has_voice: bool, error: type[PolicyError] | None
+) -> None:
+    check = Policy().check_share
+    if error is None:
+        check(actor(), rules, target_id=target, target_is_bot=is_bot, has_profile=has_voice)
+    else:
+        with pytest.raises(error):
+            check(actor(), rules, target_id=target, target_is_bot=is_bot, has_profile=has_voice)

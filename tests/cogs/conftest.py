@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 import pytest_asyncio
 
@@ -68,9 +69,9 @@ class World:
 
     def __init__(self, bot: VoxcloneBot, harness: Harness, fx: GuildFixture, tmp: Path) -> None:
         self.bot, self.harness, self.fx, self.tmp = bot, harness, fx, tmp
-        self.admin = fx.guild.get_member(ADMIN_ID)
-        self.ada = fx.guild.get_member(ADA_ID)
-        self.bob = fx.guild.get_member(BOB_ID)
+        self.admin = _member(fx, ADMIN_ID)
+        self.ada = _member(fx, ADA_ID)
+        self.bob = _member(fx, BOB_ID)
         self.last_utterance: Utterance | None = None
         original = bot.speaking.say
 
@@ -103,6 +104,13 @@ class World:
         for call in self.harness.calls:
             out.update(call.files)
         return out
+
+
+def _member(fx: GuildFixture, user_id: int) -> discord.Member:
+    member = fx.guild.get_member(user_id)
+    if member is None:
+        raise LookupError(f"member {user_id} is not in the test server")
+    return member
 
 
 ADMIN_ID, ADA_ID, BOB_ID = snowflake(), snowflake(), snowflake()

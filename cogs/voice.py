@@ -1,0 +1,373 @@
+"""``/voice``: a member's rights over their own voice data in a server: see, hear, export, share, delete."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Final
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from discord.utils import format_dt
+
+from bot.enrollment import PREVIEW_TEXT
+from bot.errors import NoVoiceProfile, VoxcloneError
+from bot.policy import Actor, VoiceFacts
+from bot.replies import guild_member, respond, user_message
+from storage import Challenge, DeletionReport, GuildSettings, MemberExport, StoredVoice, VoiceProfile
+from worker.types import SpeechRequest
+
+if TYPE_CHECKING:
+    from bot.client import VoxcloneBot
+
+log = logging.getLogger("voxclone.cogs.voice")
+
+CONFIRM_TIMEOUT_S: Final = 60.0  # s: how long the Delete / Cancel buttons wait for an answer
+CONFIRM_ID: Final = "voxclone:voice-delete:confirm"
+CANCEL_ID: Final = "voxclone:voice-delete:cancel"
+EXPORT_FILENAME: Final = "voxclone-voice-data.json"
+RECORDING_EXTENSIONS: Final = {
+    "audio/ogg": "ogg", "audio/opus": "opus", "audio/mpeg": "mp3", "audio/mp4": "m4a", "audio/x-m4a": "m4a",
+    "audio/aac": "aac", "audio/wav": "wav", "audio/x-wav": "wav", "audio/flac": "flac", "audio/webm": "webm",
+    "video/webm": "webm", "video/mp4": "mp4",
+}  # fmt: skip
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _mentions(user_ids: list[int]) -> str:
+    return ", ".join(f"<@{uid}>" for uid in user_ids) or "nobody"
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What is stored about one member in one server (counts and ids; no arrays, no recordings)."""
+
+    profile: VoiceProfile | None
+    consent_records: int
+    shared_with: list[int]  # members who may use this member's voice
+    shared_by: list[int]  # members whose voices this member may use
+    assistant_opt_in: bool
+    open_phrase: Challenge | None
+
+    @property
+    def anything(self) -> bool:
+        return bool(
+            self.profile or self.shared_with or self.shared_by or self.assistant_opt_in or self.open_phrase
+        )
+
+
+def status_embed(
+    guild: discord.Guild, held: Holdings, voice: StoredVoice | None, rules: GuildSettings
+) -> discord.Embed:
+    """``/voice status``: everything stored, in figures a member can read."""
+    embed = discord.Embed(title=f"Your voice data in {guild.name}", colour=discord.Colour.blurple())
+    profile = held.profile
+    if profile is None:
+        embed.description = "You have no cloned voice in this server. `/enroll` creates one."
+    else:
+        used = profile.last_used_at
+        embed.add_field(name="Enrolled", value=format_dt(profile.enrolled_at, "f"))
+        embed.add_field(name="Last used", value=format_dt(used, "R") if used else "never")
+        keep = "until you delete it"
+        if rules.retention_days:
+            due = (used or profile.enrolled_at) + timedelta(days=rules.retention_days)
+            keep = f"until {format_dt(due, 'D')} unless used ({_n(rules.retention_days, 'day')} unused)"
+        embed.add_field(name="Kept", value=keep)
+        embed.add_field(name="Consent records", value=str(held.consent_records))
+    if voice is not None:
+        embed.add_field(name="Model", value=f"`{voice.embedding.model_id}`")
+        embed.add_field(name="Speech used", value=f"{voice.clip.speech_seconds:.1f} s")
+        q = voice.clip.quality
+        if q is not None:
+            embed.add_field(
+                name="Quality",
+                value=f"level {q.level_dbfs:.0f} dBFS, noise {q.noise_dbfs:.0f} dBFS, SNR {q.snr_db:.0f} dB",
+            )
+    embed.add_field(name="You share your voice with", value=_mentions(held.shared_with), inline=False)
+    embed.add_field(name="Voices shared with you by", value=_mentions(held.shared_by), inline=False)
+    embed.add_field(name="The assistant may use your voice", value="yes" if held.assistant_opt_in else "no")
+    if held.open_phrase is not None:
+        expires = format_dt(held.open_phrase.expires_at, "R")
+        embed.add_field(name="Open consent phrase", value=f"expires {expires}")
+    embed.set_footer(text="/voice export downloads all of it; /voice delete removes it now.")
+    return embed
+
+
+def confirmation_text(guild: discord.Guild, held: Holdings, timeout_s: float) -> str:
+    items = []
+    if held.profile is not None:
+        items.append("your cloned voice")
+        items.append(f"{_n(held.consent_records, 'consent record')} with the recording")
+    if held.shared_with:
+        items.append(f"your voice shares with {_n(len(held.shared_with), 'member')}")
+    if held.shared_by:
+        items.append(f"access to {_n(len(held.shared_by), 'voice')} shared with you")
+    if held.assistant_opt_in:
+        items.append("your assistant opt-in")
+    if held.open_phrase is not None:
+        items.append("your open consent phrase")
+    return (
+        f"**Delete your voice data in {guild.name}?**\n"
+        f"This removes, immediately and for good: {', '.join(items)}. "
+        "Anything queued in your voice stops. You can enroll again later with `/enroll`.\n"
+        f"These buttons stay active for {timeout_s:.0f} s."
+    )
+
+
+def deletion_text(report: DeletionReport, stopped: int) -> str:
+    if not report.anything:
+        return "There was nothing left to delete: your voice data here was already gone."
+    items = []
+    if report.profile_deleted:
+        items.append(f"your cloned voice ({_n(report.embeddings, 'stored array')})")
+    if report.consent_records:
+        items.append(f"{_n(report.consent_records, 'consent record')} with the recording")
+    shares = report.shares_granted + report.shares_received
+    if shares:
+        items.append(_n(shares, "voice share"))
+    if report.assistant_opt_in:
+        items.append("your assistant opt-in")
+    if report.challenges:
+        items.append(_n(report.challenges, "consent phrase"))
+    text = (
+        f"Deleted {', '.join(items)}. Nothing else about your voice is kept in this server; "
+        "the audit log only notes that a deletion happened."
+    )
+    if report.was_assistant_voice:
+        text += " Your voice was this server's assistant voice: the admins will need to choose another."
+    if stopped:
+        text += f" I also stopped {_n(stopped, 'message')} queued in your voice."
+    return text
+
+
+def export_files(export: MemberExport, limit_bytes: int) -> tuple[list[discord.File], str]:
+    """The JSON file, plus the current consent recording as its own file when it fits the upload limit."""
+    data = json.dumps(export.to_dict(), indent=2, ensure_ascii=False).encode("utf-8")
+    files = [discord.File(io.BytesIO(data), filename=EXPORT_FILENAME)]
+    note = "Everything stored about you in this server."
+    newest = export.consent_records[-1] if export.consent_records else None
+    if newest is not None and newest.recording is not None:
+        mime = (newest.recording_mime or "").split(";")[0].strip().lower()
+        name = f"consent-recording.{RECORDING_EXTENSIONS.get(mime, 'bin')}"
+        if len(data) + len(newest.recording) <= limit_bytes:
+            files.append(discord.File(io.BytesIO(newest.recording), filename=name))
+            note += " Your consent recording is attached as you sent it."
+        else:
+            note += " Your consent recording is inside the JSON file (base64): too large to attach twice."
+    return files, note
+
+
+class ConfirmDelete(discord.ui.View):
+    """Delete / Cancel under a ``/voice delete`` prompt; only the member who asked can press them."""
+
+    def __init__(self, cog: Voice, origin: discord.Interaction, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.cog = cog
+        self.origin = origin
+        self.owner_id = origin.user.id
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id == self.owner_id:
+            return True
+        await respond(
+            interaction,
+            "These buttons belong to the member who ran `/voice delete`. "
+            "To delete your own voice data, run `/voice delete` yourself.",
+            ephemeral=True,
+        )
+        return False
+
+    @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger, custom_id=CONFIRM_ID)
+    async def confirm(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmDelete]) -> None:
+        self.stop()  # first: a double click must not run a second deletion
+        guild, member = guild_member(interaction)
+        await interaction.response.defer()
+        text = await self.cog.delete_member(guild.id, member.id)
+        await interaction.edit_original_response(content=text, view=None)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id=CANCEL_ID)
+    async def cancel(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmDelete]) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None)
+
+    async def on_timeout(self) -> None:
+        try:
+            await self.origin.edit_original_response(
+                content="No answer in time: nothing was deleted. Run `/voice delete` again when you're sure.",
+                view=None,
+            )
+        except discord.HTTPException:
+            log.debug("could not edit an expired deletion prompt")
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[ConfirmDelete]
+    ) -> None:
+        where = {"guild_id": interaction.guild_id, "user_id": interaction.user.id}
+        if isinstance(error, VoxcloneError):  # an expected refusal: its sentence says it all
+            log.info("deletion button refused", extra={**where, "code": error.code})
+        else:
+            log.error(
+                "deletion button failed", exc_info=(type(error), error, error.__traceback__), extra=where
+            )
+        await respond(interaction, user_message(error), ephemeral=True)
+
+
+@app_commands.guild_only()
+class Voice(
+    commands.GroupCog,
+    group_name="voice",
+    group_description="Your cloned voice: see, hear, share, export, delete",
+):
+    def __init__(self, bot: VoxcloneBot) -> None:
+        self.bot = bot
+        self.confirm_timeout_s = CONFIRM_TIMEOUT_S
+        super().__init__()
+
+    async def holdings(self, guild_id: int, user_id: int) -> Holdings:
+        repos = self.bot.repos
+        profile = await repos.profiles.get(guild_id, user_id)
+        records = await repos.profiles.consent_records(guild_id, user_id) if profile else []
+        return Holdings(
+            profile=profile,
+            consent_records=len(records),
+            shared_with=[s.grantee_user_id for s in await repos.shares.granted(guild_id, user_id)],
+            shared_by=[s.owner_user_id for s in await repos.shares.received(guild_id, user_id)],
+            assistant_opt_in=await repos.assistant.is_opted_in(guild_id, user_id),
+            open_phrase=await repos.challenges.active(guild_id, user_id),
+        )
+
+    async def delete_member(self, guild_id: int, user_id: int) -> str:
+        """Delete now, stop anything queued in that voice, and say what went."""
+        report = await self.bot.repos.profiles.delete(
+            guild_id, user_id, actor_id=user_id, reason="member_request"
+        )
+        stopped = await self.bot.speaking.forget_voice(guild_id, user_id)
+        log.info("voice data deleted on request", extra={"guild_id": guild_id, "user_id": user_id})
+        return deletion_text(report, stopped)
+
+    @app_commands.command(name="status")
+    async def status(self, interaction: discord.Interaction) -> None:
+        """What is stored about you in this server, and who may use your voice."""
+        guild, member = guild_member(interaction)
+        held = await self.holdings(guild.id, member.id)
+        voice = await self.bot.repos.profiles.get_voice(guild.id, member.id) if held.profile else None
+        rules = await self.bot.repos.settings.get(guild.id)
+        await respond(interaction, embed=status_embed(guild, held, voice, rules), ephemeral=True)
+
+    @app_commands.command(name="preview")
+    async def preview(self, interaction: discord.Interaction) -> None:
+        """Hear a short sample of your cloned voice (only you get it)."""
+        guild, member = guild_member(interaction)
+        rules = await self.bot.repos.settings.get(guild.id)
+        actor = Actor.from_member(member)
+        voice = await self.bot.repos.profiles.get_voice(guild.id, member.id)
+        facts = VoiceFacts(member.id, member.display_name, voice is not None, shared_with_actor=False)
+        self.bot.policy.check_speak(actor, rules, facts)
+        self.bot.policy.check_cooldown(guild.id, actor, rules)
+        if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
+            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        self.bot.policy.record_spoke(guild.id, actor)
+        request = SpeechRequest(PREVIEW_TEXT, voice.profile.language, voice.embedding)
+        wav = await self.bot.enrollment.preview(request)
+        if wav is None:
+            await respond(
+                interaction,
+                "I couldn't make a preview right now: the speech engine didn't answer. "
+                "Your voice is still stored; try again in a minute.",
+                ephemeral=True,
+            )
+            return
+        await self.bot.repos.profiles.touch_last_used(guild.id, member.id)
+        file = discord.File(io.BytesIO(wav), filename="voice-preview.wav")
+        await respond(interaction, f"“{PREVIEW_TEXT}”", files=[file], ephemeral=True)
+
+    @app_commands.command(name="delete")
+    async def delete(self, interaction: discord.Interaction) -> None:
+        """Delete your cloned voice and everything stored with it, now (asks to confirm)."""
+        guild, member = guild_member(interaction)
+        held = await self.holdings(guild.id, member.id)
+        if not held.anything:
+            await respond(interaction, "Nothing is stored about you in this server.", ephemeral=True)
+            return
+        view = ConfirmDelete(self, interaction, timeout=self.confirm_timeout_s)
+        text = confirmation_text(guild, held, self.confirm_timeout_s)
+        await respond(interaction, text, view=view, ephemeral=True)
+
+    @app_commands.command(name="export")
+    async def export(self, interaction: discord.Interaction) -> None:
+        """Download everything stored about you in this server as a JSON file (only you get it)."""
+        guild, member = guild_member(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        export = await self.bot.repos.profiles.export_member(guild.id, member.id)
+        files, note = export_files(export, interaction.filesize_limit)
+        await respond(interaction, note, files=files, ephemeral=True)
+
+    @app_commands.command(name="share")
+    @app_commands.describe(member="The member who may then make the bot speak in your voice")
+    async def share(self, interaction: discord.Interaction, member: discord.Member) -> None:
+        """Let another member speak with your cloned voice in this server."""
+        guild, owner = guild_member(interaction)
+        rules = await self.bot.repos.settings.get(guild.id)
+        profile = await self.bot.repos.profiles.get(guild.id, owner.id)
+        me = self.bot.user
+        self.bot.policy.check_share(
+            Actor.from_member(owner),
+            rules,
+            target_id=member.id,
+            target_is_bot=member.bot or (me is not None and member.id == me.id),
+            has_profile=profile is not None,
+        )
+        await self.bot.repos.shares.grant(guild.id, owner.id, member.id)
+        await respond(
+            interaction,
+            f"{member.mention} can now speak with your voice here (`/speak voice:`). "
+            "Undo it any time with `/voice unshare`.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="unshare")
+    @app_commands.describe(member="The member who may no longer use your voice")
+    async def unshare(self, interaction: discord.Interaction, member: discord.User) -> None:
+        """Stop another member from speaking with your cloned voice."""
+        guild, owner = guild_member(interaction)
+        if await self.bot.repos.shares.revoke(guild.id, owner.id, member.id):
+            text = f"{member.mention} can no longer use your voice."
+        else:
+            text = f"You weren't sharing your voice with {member.mention}."
+        await respond(interaction, text, ephemeral=True)
+
+    @app_commands.command(name="assistant-optin")
+    async def assistant_optin(self, interaction: discord.Interaction) -> None:
+        """Allow the server's voice assistant to answer in your cloned voice."""
+        guild, member = guild_member(interaction)
+        if await self.bot.repos.profiles.get(guild.id, member.id) is None:
+            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+        await self.bot.repos.assistant.opt_in(guild.id, member.id)
+        await respond(
+            interaction,
+            "The assistant may now speak in your voice here, if an admin picks it as the assistant voice. "
+            "`/voice assistant-optout` withdraws this.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="assistant-optout")
+    async def assistant_optout(self, interaction: discord.Interaction) -> None:
+        """Stop the server's voice assistant from using your cloned voice."""
+        guild, member = guild_member(interaction)
+        if await self.bot.repos.assistant.opt_out(guild.id, member.id):
+            text = "The assistant will no longer use your voice."
+        else:
+            text = "The assistant wasn't allowed to use your voice: nothing changed."
+        await respond(interaction, text, ephemeral=True)
+
+
+async def setup(bot: VoxcloneBot) -> None:
+    await bot.add_cog(Voice(bot))

@@ -39,6 +39,14 @@ def cmd_bot(args: argparse.Namespace) -> int:
     return run_bot(settings)
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Register slash commands with Discord (a deliberate act, not done at every start)."""
+    settings = _settings()
+    from bot.runtime import sync_commands
+
+    return sync_commands(settings, args.guild)
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from storage.migrate import upgrade
 
@@ -74,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         "bot", help="run the Discord bot", description="Run the Discord bot. Needs DISCORD_TOKEN."
     )
     p_bot.set_defaults(func=cmd_bot)
+
+    p_sync = sub.add_parser(
+        "sync-commands",
+        help="register the slash commands with Discord",
+        description="Register the slash commands with Discord: globally, or in one server with --guild "
+        "(instant; DEV_GUILD_ID does this at every start).",
+    )
+    p_sync.add_argument("--guild", type=int, help="a server id: register there only")
+    p_sync.set_defaults(func=cmd_sync)
 
     p_db = sub.add_parser("db", help="database migrations and health", description="Manage the database.")
     db_sub = p_db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

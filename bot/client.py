@@ -45,7 +45,9 @@ def intents_for(settings: Settings) -> discord.Intents:
 class VoxcloneBot(commands.Bot):
     """The bot. Storage and the speech service exist after ``setup_hook`` and close with the bot."""
 
-    def __init__(self, settings: Settings, *, speech: SpeechService | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, speech: SpeechService | None = None, commands_only: bool = False
+    ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents_for(settings),
@@ -54,6 +56,8 @@ class VoxcloneBot(commands.Bot):
             tree_cls=VoxcloneTree,
         )
         self.settings = settings
+        # commands_only: load the command tree and nothing else (syncing commands needs no models).
+        self.commands_only = commands_only
         self.policy = Policy()
         # The voice connection class; tests put a recorded one here.
         self.voice_cls: type[discord.VoiceProtocol] = discord.VoiceClient
@@ -103,6 +107,9 @@ class VoxcloneBot(commands.Bot):
         return self._speaking
 
     async def setup_hook(self) -> None:
+        if self.commands_only:
+            await self.load_cogs()
+            return
         from storage import Database, Repositories, upgrade
         from worker.factory import create_speech_service
 
@@ -114,13 +121,16 @@ class VoxcloneBot(commands.Bot):
         if self._speech is None:
             self._speech = await create_speech_service(self.settings)
         self._create_services()
+        await self.load_cogs()
+        await self._sync_commands()
+
+    async def load_cogs(self) -> None:
         for name in EXTENSIONS:
             try:
                 await self.load_extension(name)
             except commands.ExtensionError:
                 log.exception("failed to load extension %s", name)
                 raise
-        await self._sync_commands()
 
     def _create_services(self) -> None:
         from bot.enrollment import EnrollmentService

@@ -59,3 +59,33 @@ def run_bot(settings: Settings) -> int:
     except KeyboardInterrupt:
         log.info("shutdown requested")
     return 0
+
+
+def sync_commands(settings: Settings, guild_id: int | None) -> int:
+    """Register the slash commands with Discord: in one server (instant) or globally (up to an hour)."""
+    token = settings.require_discord_token().get_secret_value()
+    configure_logging(settings.log_level, settings.log_format, secrets=[token])
+    import discord
+
+    from bot.client import VoxcloneBot
+
+    async def _main() -> int:
+        async with VoxcloneBot(settings, commands_only=True) as bot:
+            await bot.login(token)
+            if guild_id is not None:
+                guild = discord.Object(id=guild_id)
+                bot.tree.copy_global_to(guild=guild)
+                synced = await bot.tree.sync(guild=guild)
+                where = f"server {guild_id}"
+            else:
+                synced = await bot.tree.sync()
+                where = "every server (global commands can take up to an hour to appear)"
+            print(f"registered {len(synced)} commands in {where}")
+        return 0
+
+    try:
+        return asyncio.run(_main())
+    except discord.LoginFailure:
+        raise ConfigError(
+            "Discord refused DISCORD_TOKEN: copy a fresh token from the developer portal (Bot > Reset Token)."
+        ) from None

@@ -83,7 +83,8 @@ class GuildPlayer:
         self.current: Utterance | None = None
         self.channel_id: int | None = None
         self._wakeup = asyncio.Event()
-        self._skip = asyncio.Event()
+        self._skip = asyncio.Event()  # set by skip() and when playback ends early: stop the stream
+        self._skip_requested = False  # a member asked (skip/stop), as opposed to the connection dropping
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -131,6 +132,7 @@ class GuildPlayer:
         if self.current is None:
             raise NothingPlaying("Nothing is playing right now.")
         current = self.current
+        self._skip_requested = True
         self._skip.set()
         voice = self.voice
         if voice is not None and hasattr(voice, "stop"):
@@ -219,6 +221,7 @@ class GuildPlayer:
                 self.current = None
                 item.finished.set()
                 self._skip.clear()
+                self._skip_requested = False
 
     async def _connect(self) -> discord.VoiceProtocol:
         channel = self.guild.get_channel(self.channel_id or 0)
@@ -237,12 +240,19 @@ class GuildPlayer:
         buffer = FrameBuffer(loop, capacity_bytes=int(DEFAULT_BUFFER_SECONDS * OUTPUT_RATE * 4))
         upsampler = Upsampler2x()
         done = asyncio.Event()
+        stream_ended = False
         playback_error: list[BaseException] = []
+
+        def ended() -> None:  # on the loop: playback stopped, normally or not
+            done.set()
+            if not stream_ended:  # stopped before synthesis finished: stop synthesizing too
+                buffer.close()
+                self._skip.set()
 
         def after(error: Exception | None) -> None:  # called from discord.py's player thread
             if error is not None:
                 playback_error.append(error)
-            loop.call_soon_threadsafe(done.set)
+            loop.call_soon_threadsafe(ended)
 
         try:
             first = await _next_chunk(stream, self._skip)
@@ -258,6 +268,7 @@ class GuildPlayer:
             while (chunk := await _next_chunk(stream, self._skip)) is not None:
                 item.samples_synthesized += len(chunk) // 2
                 await buffer.write(to_discord_pcm(chunk, upsampler))
+            stream_ended = not self._skip.is_set()
             buffer.finish()
             waiter = asyncio.create_task(done.wait())
             skipper = asyncio.create_task(self._skip.wait())
@@ -270,6 +281,8 @@ class GuildPlayer:
             item.frames_played = buffer.frames_read
         if playback_error:
             raise discord.ClientException(f"playback ended with {type(playback_error[0]).__name__}")
+        if done.is_set() and not stream_ended and not self._skip_requested:
+            raise discord.ClientException("the voice connection ended during playback")
 
     async def _safe_notify(self, channel_id: int, text: str) -> None:
         try:

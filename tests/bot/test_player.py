@@ -168,3 +168,29 @@ async def test_missing_voice_permission_is_named(setup) -> None:
     player = GuildPlayer(fx.guild, ToneService(1.0), notify, voice_cls=HarnessVoiceClient)
     with pytest.raises(MissingVoicePermissions, match="Speak"):
         await player.enqueue(fx.voice_channel, _utterance(fx))
+
+
+async def test_voice_disconnect_mid_playback_ends_cleanly(setup) -> None:
+    """Discord drops the voice connection: synthesis stops, the member is told, nothing is left running."""
+    import threading
+
+    _, fx, notify, posted = setup
+    service = ToneService(seconds=30.0, delay_s=0.01)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient)
+    threads_before = {t.ident for t in threading.enumerate()}
+    item = _utterance(fx)
+    await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(item.started.wait(), 5)
+    voice = HarnessVoiceClient.instances[-1]
+    await voice.disconnect(force=True)  # what a dropped connection does to the player
+    await asyncio.wait_for(item.finished.wait(), 5)
+    made = service.chunks_made
+    await asyncio.sleep(0.2)
+    assert service.chunks_made == made < 300 and service.closed == 1
+    assert item.error is not None
+    assert any("lost the voice connection" in text for _, text in posted)
+    await player.close()
+    await asyncio.sleep(0.1)
+    leftover = [t for t in threading.enumerate() if t.ident not in threads_before and t.is_alive()]
+    assert not leftover, leftover
+    assert all(not t.done() or t.cancelled() or t.exception() is None for t in asyncio.all_tasks())

@@ -194,3 +194,16 @@ async def test_voice_disconnect_mid_playback_ends_cleanly(setup) -> None:
     leftover = [t for t in threading.enumerate() if t.ident not in threads_before and t.is_alive()]
     assert not leftover, leftover
     assert all(not t.done() or t.cancelled() or t.exception() is None for t in asyncio.all_tasks())
+
+
+async def test_leaves_after_idle_timeout(setup) -> None:
+    _, fx, notify, _ = setup
+    player = GuildPlayer(fx.guild, ToneService(0.2), notify, voice_cls=HarnessVoiceClient, idle_timeout_s=0.3)
+    item = _utterance(fx)
+    await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(item.finished.wait(), 5)
+    voice = HarnessVoiceClient.instances[-1]
+    assert voice.disconnects == 0
+    await asyncio.sleep(0.6)
+    assert voice.disconnects == 1 and player.channel_id is None
+    await player.close()

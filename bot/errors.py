@@ -20,17 +20,24 @@
     │   ├── VoiceNotShared           not_shared
     │   ├── SharingDisabled          sharing_disabled
     │   ├── CooldownActive           cooldown
-    │   └── TextRejected             text_rejected     empty, or longer than the server's limit
+    │   ├── TextRejected             text_rejected     empty, or longer than the server's limit
+    │   └── AssistantVoiceNotOptedIn assistant_not_opted_in  the assistant voice's owner did not opt in
     ├── EnrollmentError              (per subclass)    (no or expired phrase: storage.errors.Challenge*)
     │   ├── PhraseMismatch           phrase_mismatch
     │   ├── NotOwnRecording          not_own_recording
     │   └── ReferenceMismatch        reference_mismatch  the extra clip is another speaker
-    └── VoiceChannelError            (per subclass)
-        ├── NotInVoiceChannel        not_in_voice
-        ├── MissingVoicePermissions  voice_permissions
-        ├── BusyElsewhere            busy_elsewhere
-        ├── QueueFull                queue_full
-        └── NothingPlaying           nothing_playing
+    ├── VoiceChannelError            (per subclass)
+    │   ├── NotInVoiceChannel        not_in_voice
+    │   ├── MissingVoicePermissions  voice_permissions
+    │   ├── BusyElsewhere            busy_elsewhere
+    │   ├── QueueFull                queue_full
+    │   └── NothingPlaying           nothing_playing
+    └── AssistantError               (per subclass)    the chat-completions endpoint failed (bot.assistant)
+        ├── AssistantNotConfigured   assistant_not_configured  no LLM_BASE_URL
+        ├── AssistantUnavailable     assistant_unavailable     down or unreachable
+        ├── AssistantTimeout         assistant_timeout         connect, first word or next chunk too slow
+        ├── AssistantRefused         assistant_refused         401/403/404/429/5xx from the endpoint
+        └── AssistantBadResponse     assistant_bad_response    not the chat completions protocol, or empty
 
 Speech-worker failures are ``worker.errors.SpeechError``; the bot's error handler shows both kinds.
 """
@@ -150,6 +157,10 @@ class ReferenceMismatch(EnrollmentError):
     code = "reference_mismatch"
 
 
+class AssistantVoiceNotOptedIn(PolicyError):
+    code = "assistant_not_opted_in"
+
+
 class VoiceChannelError(VoxcloneError):
     code = "voice_channel"
 
@@ -172,3 +183,31 @@ class QueueFull(VoiceChannelError):
 
 class NothingPlaying(VoiceChannelError):
     code = "nothing_playing"
+
+
+class AssistantError(VoxcloneError):
+    code = "assistant"
+
+
+class AssistantNotConfigured(AssistantError):
+    code = "assistant_not_configured"
+
+
+class AssistantUnavailable(AssistantError):
+    code = "assistant_unavailable"
+
+
+class AssistantTimeout(AssistantError):
+    code = "assistant_timeout"
+
+
+class AssistantRefused(AssistantError):
+    code = "assistant_refused"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AssistantBadResponse(AssistantError):
+    code = "assistant_bad_response"

@@ -1,22 +1,24 @@
-"""Speaking in a cloned voice: the path every utterance takes (``/speak``, relayed voice messages).
+"""Speaking in a cloned voice: the path every utterance takes (``/speak``, voice messages, the assistant).
 
 :meth:`SpeakingService.say` checks the policy (cloning on, roles, own or shared voice, text limits,
 cooldown), normalises the text, loads the voice and queues it on the server's player, which announces
-whose cloned voice is speaking. Nothing reaches the player without passing here.
+whose cloned voice is speaking. :meth:`SpeakingService.assistant_voice` does the same checks once for an
+assistant answer (the voice's owner must have opted in) and then queues its sentences as they arrive.
+Nothing reaches the player without passing here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import discord
 
 from bot.errors import NotInVoiceChannel
 from bot.player import GuildPlayer, Utterance
-from bot.policy import Actor, Policy, VoiceFacts
+from bot.policy import Actor, Policy, ServerRules, VoiceFacts
 from bot.text import NameResolver, normalize_for_speech
 from storage import Repositories
 from worker.service import SpeechService
@@ -87,6 +89,46 @@ class Players:
             await self.discard(guild_id)
 
 
+@dataclass
+class AssistantVoice:
+    """A voice checked for one assistant answer: :meth:`say` queues each sentence as it arrives, in order."""
+
+    speaking: SpeakingService
+    requester: discord.Member
+    owner: discord.Member | discord.User
+    channel: discord.VoiceChannel
+    text_channel_id: int
+    rules: ServerRules
+    announcement: str | None
+    queued: list[Utterance] = field(default_factory=list)
+    stopped: str | None = None  # why later sentences are not spoken (voice deleted meanwhile)
+
+    async def say(self, sentence: str) -> Utterance | None:
+        """Queue one sentence; None when it has nothing to say or the voice was deleted meanwhile."""
+        if self.stopped is not None:
+            return None
+        guild = self.requester.guild
+        spoken = normalize_for_speech(sentence, names_for(guild))
+        if not spoken:
+            return None
+        self.speaking.policy.check_text(spoken, self.rules)
+        # Re-read the voice for every sentence: a /voice delete in the middle of an answer wins.
+        voice = await self.speaking.repos.profiles.get_voice(guild.id, self.owner.id)
+        if voice is None:
+            self.stopped = "the voice was deleted"
+            return None
+        utterance = Utterance(
+            request=SpeechRequest(spoken, voice.profile.language, voice.embedding),
+            requester_id=self.requester.id,
+            voice_owner_id=self.owner.id,
+            text_channel_id=self.text_channel_id,
+            announcement=None if self.queued else self.announcement,
+        )
+        await self.speaking.players.get(guild).enqueue(self.channel, utterance)
+        self.queued.append(utterance)
+        return utterance
+
+
 class SpeakingService:
     def __init__(self, repos: Repositories, policy: Policy, players: Players) -> None:
         self.repos = repos
@@ -146,3 +188,41 @@ class SpeakingService:
             extra={"guild_id": guild.id, "user_id": requester.id, "owner_id": owner.id, "chars": len(spoken)},
         )
         return Queued(utterance, position, channel)
+
+    async def assistant_voice(
+        self,
+        requester: discord.Member,
+        owner: discord.Member | discord.User,
+        *,
+        text_channel_id: int,
+        channel: discord.VoiceChannel | None = None,
+    ) -> AssistantVoice:
+        """Check once that the assistant may answer ``requester`` in ``owner``'s voice where they are.
+
+        The same checks as :meth:`say` (cloning on, roles, an enrolled voice, cooldown, Connect/Speak),
+        with the assistant's rule for the voice: the requester's own, or one whose owner opted in.
+        """
+        guild = requester.guild
+        channel = channel or member_voice_channel(requester)
+        rules = await self.repos.settings.get(guild.id)
+        actor = Actor.from_member(requester)
+        voice = await self.repos.profiles.get(guild.id, owner.id)
+        opted_in = owner.id != requester.id and await self.repos.assistant.is_opted_in(guild.id, owner.id)
+        facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared_with_actor=False)
+        self.policy.check_assistant_voice(actor, rules, facts, owner_opted_in=opted_in)
+        self.policy.check_cooldown(guild.id, actor, rules)
+        self.players.get(guild).check_can_join(channel)
+        self.policy.record_spoke(guild.id, actor)
+        await self.repos.profiles.touch_last_used(guild.id, owner.id)
+        announcement = None
+        if rules.announce:
+            whose = "their own" if owner.id == requester.id else f"{owner.display_name}'s"
+            announcement = (
+                f"🔊 The assistant is answering {requester.display_name} in {whose} cloned voice "
+                "(AI-generated)."
+            )
+        log.info(
+            "assistant voice checked",
+            extra={"guild_id": guild.id, "user_id": requester.id, "owner_id": owner.id},
+        )
+        return AssistantVoice(self, requester, owner, channel, text_channel_id, rules, announcement)

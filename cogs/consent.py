@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import PolicyError, VoxcloneError
+from bot.errors import AssistantVoiceNotOptedIn, PolicyError, VoxcloneError
 from bot.policy import Actor
 from bot.replies import Refused, guild_member, respond
 from storage import AuditEntry, GuildSettings
@@ -187,6 +187,54 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
                 current.voice_message_channel_ids, channel, action, "channel"
             )
         await self._update(interaction, changes)
+
+    @app_commands.command(name="assistant")
+    @app_commands.describe(
+        voice="The member whose cloned voice the assistant answers in (they must have opted in)",
+        prompt="Instructions for the assistant: its system prompt",
+        reset="Back to the default: voice (each member's own), prompt, or both",
+    )
+    async def assistant(
+        self,
+        interaction: discord.Interaction,
+        voice: discord.Member | None = None,
+        prompt: app_commands.Range[str, 1, 4000] | None = None,
+        reset: Literal["voice", "prompt", "both"] | None = None,
+    ) -> None:
+        """Choose the voice assistant's voice and its instructions."""
+        guild, admin = guild_member(interaction)
+        changes: dict[str, Any] = {}
+        if reset in ("voice", "both"):
+            changes["assistant_voice_user_id"] = None
+        if reset in ("prompt", "both"):
+            changes["llm_system_prompt"] = None
+        if voice is not None:
+            if not await self.bot.repos.assistant.is_opted_in(guild.id, voice.id):
+                raise AssistantVoiceNotOptedIn(
+                    f"{voice.display_name} hasn't allowed the assistant to use their voice. Ask them first: "
+                    "they can allow it with `/voice assistant-optin`."
+                )
+            changes["assistant_voice_user_id"] = voice.id
+        if prompt is not None:
+            changes["llm_system_prompt"] = prompt
+        if not changes:
+            await respond(interaction, "Nothing to change: give a voice, a prompt, or reset.", ephemeral=True)
+            return
+        s = await self.bot.repos.settings.update(guild.id, updated_by=admin.id, **changes)
+        log.info("assistant settings changed", extra={"guild_id": guild.id, "fields": sorted(changes)})
+        whose = (
+            f"<@{s.assistant_voice_user_id}>'s voice"
+            if s.assistant_voice_user_id
+            else "the asker's own voice"
+        )
+        instructions = "your instructions" if s.llm_system_prompt else "the default instructions"
+        text = f"Saved. The assistant answers in {whose}, with {instructions}."
+        if s.voice_message_mode != "assistant":
+            text += (
+                " Voice messages are answered automatically once "
+                "`/consent voice-messages mode:assistant` is set."
+            )
+        await respond(interaction, text, ephemeral=True)
 
     @app_commands.command(name="purge")
     @app_commands.describe(member="The member whose voice data is deleted now, completely")

@@ -10,16 +10,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.attachments import read_upload, voice_attachment
 from bot.enrollment import (
     MAX_CLIP_BYTES,
-    MAX_CONSENT_BYTES,
     STAGE_TEXT,
     EnrollmentResult,
     Stage,
     Upload,
     consent_statement,
 )
-from bot.errors import AudioTooLarge, NotAudio, NotOwnRecording
+from bot.errors import NotOwnRecording
 from bot.policy import Actor
 from bot.replies import guild_member, respond
 
@@ -29,66 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxclone.cogs.enroll")
 
 STAGES: tuple[Stage, ...] = ("checking", "transcribing", "comparing", "cloning", "preview")
-AUDIO_EXTENSIONS = (
-    ".ogg",
-    ".oga",
-    ".opus",
-    ".mp3",
-    ".m4a",
-    ".aac",
-    ".wav",
-    ".flac",
-    ".webm",
-    ".mp4",
-    ".mkv",
-    ".mov",
-)
-
-
-def _looks_like_audio(att: discord.Attachment) -> bool:
-    kind = (att.content_type or "").split(";")[0].strip().lower()
-    if kind.startswith(("audio/", "video/")):
-        return True
-    return not kind and att.filename.lower().endswith(AUDIO_EXTENSIONS)
-
-
-async def read_upload(
-    att: discord.Attachment, message: discord.Message | None = None, *, max_bytes: int = MAX_CONSENT_BYTES
-) -> Upload:
-    """Check size and type before downloading; re-fetch the message if the attachment URL expired."""
-    if att.size > max_bytes:
-        raise AudioTooLarge(
-            f"`{discord.utils.escape_markdown(att.filename)}` is {att.size / 1e6:.1f} MB; recordings up to "
-            f"{max_bytes / 1e6:.0f} MB are accepted. A minute of speech as a voice message, ogg, m4a or mp3 "
-            "is far smaller."
-        )
-    if not _looks_like_audio(att):
-        raise NotAudio(
-            f"`{discord.utils.escape_markdown(att.filename)}` doesn't look like audio. "
-            "Send a voice message or an mp3/ogg/m4a/wav file."
-        )
-    try:
-        data = await att.read()
-    except discord.NotFound:
-        if message is None:
-            raise
-        # Attachment URLs are signed and expire; the message gives fresh ones.
-        fresh = await message.channel.fetch_message(message.id)
-        match = next((a for a in fresh.attachments if a.id == att.id), None)
-        if match is None:
-            raise NotAudio("That recording was deleted from the message. Send it again.") from None
-        data = await match.read()
-    return Upload(data=data, filename=att.filename, content_type=att.content_type)
-
-
-def voice_attachment(message: discord.Message) -> discord.Attachment:
-    """The audio attachment of a message (a voice message has exactly one)."""
-    for att in message.attachments:
-        if message.flags.voice or _looks_like_audio(att):
-            return att
-    raise NotAudio(
-        "That message has no voice recording. Record a voice message, or upload a file with `/enroll clip:`."
-    )
 
 
 def result_embed(result: EnrollmentResult) -> discord.Embed:

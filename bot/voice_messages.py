@@ -43,8 +43,9 @@ from worker.service import SpeechService
 log = logging.getLogger("voxclone.voice_messages")
 
 TRANSCRIBE_RATE: Final = 16_000  # Hz: what Whisper works at
-MAX_SECONDS: Final = 300.0  # s: the longest voice message handled (a 20-minute one is refused unread)
-MAX_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit
+MAX_SECONDS: Final = 300.0  # s: default longest voice message handled (a 20-minute one is refused unread)
+MAX_BYTES: Final = 25 * 1024 * 1024  # bytes: default, Discord's upload limit
+MEGABYTE: Final = 1024 * 1024
 SEEN_MESSAGES: Final = 4096  # message ids remembered to ignore repeated events
 CACHED_TRANSCRIPTS: Final = 256  # transcripts kept for the message commands
 DISCORD_LIMIT: Final = 1900  # characters of a reply, below Discord's 2000 with room for the framing
@@ -60,8 +61,10 @@ class VoiceMessageLimits:
 
 
 def limits_for(rules: GuildSettings) -> VoiceMessageLimits:
-    """The server's limits. Every server has the defaults until the settings table has columns for them."""
-    return VoiceMessageLimits()
+    """The server's limits (``/consent voice-messages max_minutes: max_mb:``)."""
+    return VoiceMessageLimits(
+        max_seconds=float(rules.voice_message_max_seconds), max_bytes=rules.voice_message_max_mb * MEGABYTE
+    )
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,13 @@ def settings_embed(s: GuildSettings, *, message_content_intent: bool) -> discord
     )
     channels = _ids(s.voice_message_channel_ids, "<#{}>") if s.voice_message_channel_ids else "none"
     embed.add_field(name="Voice messages", value=f"{s.voice_message_mode} in {channels}")
+    embed.add_field(
+        name="Voice message limits",
+        value=f"{s.voice_message_max_seconds / 60:g} min, {s.voice_message_max_mb} MB",
+    )
+    assistant_voice = f"<@{s.assistant_voice_user_id}>" if s.assistant_voice_user_id else "the asker's own"
+    prompt = "custom" if s.llm_system_prompt else "default"
+    embed.add_field(name="Assistant", value=f"voice: {assistant_voice}; system prompt: {prompt}")
     if s.voice_message_mode != "off" and not message_content_intent:
         embed.add_field(
             name="⚠ Automatic voice messages are not active",
@@ -168,6 +175,8 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         mode="What happens to voice messages: off, transcribe, relay (author's voice) or assistant",
         channel="A channel to add or remove (voice messages are handled only in listed channels)",
         action="add (default), remove, or clear the channel list",
+        max_minutes="Longest voice message handled, in minutes (default 5)",
+        max_mb="Largest voice message or audio file handled, in MB (default 25)",
     )
     async def voice_messages(
         self,
@@ -175,6 +184,8 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         mode: Literal["off", "transcribe", "relay", "assistant"] | None = None,
         channel: discord.TextChannel | None = None,
         action: Literal["add", "remove", "clear"] = "add",
+        max_minutes: app_commands.Range[int, 1, 30] | None = None,
+        max_mb: app_commands.Range[int, 1, 100] | None = None,
     ) -> None:
         """Choose how voice messages are handled, and in which channels."""
         guild, _ = guild_member(interaction)
@@ -182,6 +193,10 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         changes: dict[str, Any] = {}
         if mode is not None:
             changes["voice_message_mode"] = mode
+        if max_minutes is not None:
+            changes["voice_message_max_seconds"] = max_minutes * 60
+        if max_mb is not None:
+            changes["voice_message_max_mb"] = max_mb
         if channel is not None or action == "clear":
             changes["voice_message_channel_ids"] = _edit_ids(
                 current.voice_message_channel_ids, channel, action, "channel"

@@ -32,6 +32,8 @@ class GuildSettings:
     max_text_length: int = 300  # characters per /speak
     cooldown_s: float = 5.0  # per member, between two utterances
     retention_days: int | None = None  # None: voices are kept until deleted
+    voice_message_max_seconds: int = 300  # longest voice message handled (transcribe/relay/assistant)
+    voice_message_max_mb: int = 25  # largest voice message or audio attachment handled, in MB
     assistant_voice_user_id: int | None = None
     llm_system_prompt: str | None = None
     updated_at: datetime | None = None  # None: never changed (defaults)

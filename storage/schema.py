@@ -67,6 +67,8 @@ guild_settings = Table(
     Column("max_text_length", Integer, nullable=False, server_default=text("300")),
     Column("cooldown_s", Float, nullable=False, server_default=text("5.0")),
     Column("retention_days", Integer, nullable=True),
+    Column("voice_message_max_seconds", Integer, nullable=False, server_default=text("300")),
+    Column("voice_message_max_mb", Integer, nullable=False, server_default=text("25")),
     Column("assistant_voice_user_id", BigInteger, nullable=True),
     Column("llm_system_prompt", Text, nullable=True),
     Column("updated_at", UTCDateTime, nullable=True),
@@ -77,6 +79,8 @@ guild_settings = Table(
     CheckConstraint("max_text_length > 0", name="max_text_length"),
     CheckConstraint("cooldown_s >= 0", name="cooldown_s"),
     CheckConstraint("retention_days IS NULL OR retention_days > 0", name="retention_days"),
+    CheckConstraint("voice_message_max_seconds > 0", name="voice_message_max_seconds"),
+    CheckConstraint("voice_message_max_mb > 0", name="voice_message_max_mb"),
 )
 
 voice_profiles = Table(

@@ -29,6 +29,10 @@ _EDITABLE: Final = frozenset(
 )
 _ID_LISTS: Final = frozenset({"enroll_role_ids", "speak_role_ids", "voice_message_channel_ids"})
 _BOOLS: Final = frozenset({"cloning_enabled", "allow_sharing", "announce"})
+_LIMITS: Final = {  # name: (lowest, highest, unit)
+    "voice_message_max_seconds": (5, 1800, "seconds"),
+    "voice_message_max_mb": (1, 100, "MB"),
+}
 
 
 class GuildSettingsRepo:
@@ -87,6 +91,8 @@ def _from_row(row: Row[Any]) -> GuildSettings:
         max_text_length=int(m["max_text_length"]),
         cooldown_s=float(m["cooldown_s"]),
         retention_days=m["retention_days"],
+        voice_message_max_seconds=int(m["voice_message_max_seconds"]),
+        voice_message_max_mb=int(m["voice_message_max_mb"]),
         assistant_voice_user_id=m["assistant_voice_user_id"],
         llm_system_prompt=m["llm_system_prompt"],
         updated_at=m["updated_at"],
@@ -124,6 +130,11 @@ def _validate(name: str, value: Any) -> Any:
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 3600:
             raise ValueError("cooldown_s must be a number of seconds from 0 to 3600")
         return float(value)
+    if name in _LIMITS:
+        low, high, unit = _LIMITS[name]
+        if not _is_int(value) or not low <= value <= high:
+            raise ValueError(f"{name} must be a whole number of {unit} from {low} to {high}")
+        return value
     if name == "retention_days":
         if value is not None and (not _is_int(value) or not 1 <= value <= 36500):
             raise ValueError("retention_days must be empty (keep until deleted) or 1 to 36500 days")

@@ -257,6 +257,12 @@ async def test_not_audio_and_too_long_are_refused(vm: World) -> None:
     assert "20 min 0 s long; the limit is 5 min 0 s" in replies(vm)[-1].content, dump(vm)
     assert time.monotonic() - started < 5.0
 
+    # The limit is the server's: an admin lowers it to one minute and a 3-minute message is refused.
+    await h.slash(vm.fx, vm.admin, "consent voice-messages", {"max_minutes": 1})
+    assert "1 min" in h.last_text()
+    await deliver(vm, message_with(vm, BOB_ID, b"OggS", "voice-message.ogg", "audio/ogg", duration_s=180.0))
+    assert "up to 1 min 0 s" in replies(vm)[-1].content, dump(vm)
+
 
 # ---- relay ------------------------------------------------------------------------------------------
 

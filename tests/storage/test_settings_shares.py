@@ -124,3 +124,20 @@ async def test_audit_append_and_recent(repos: Repositories) -> None:
         await repos.audit.recent(GUILD, limit=0)
     with pytest.raises(ValueError):
         await repos.audit.append(GUILD, "", actor_id=None)
+
+
+async def test_voice_message_limits_are_per_server_and_validated(repos: Repositories) -> None:
+    default = await repos.settings.get(GUILD)
+    assert (default.voice_message_max_seconds, default.voice_message_max_mb) == (300, 25)
+    changed = await repos.settings.update(
+        GUILD, updated_by=ALICE, voice_message_max_seconds=60, voice_message_max_mb=8
+    )
+    assert (changed.voice_message_max_seconds, changed.voice_message_max_mb) == (60, 8)
+    assert (await repos.settings.get(GUILD + 1)).voice_message_max_seconds == 300
+    for bad in (
+        {"voice_message_max_seconds": 0},
+        {"voice_message_max_seconds": 4000},
+        {"voice_message_max_mb": 1.5},
+    ):
+        with pytest.raises(ValueError, match="voice_message_max"):
+            await repos.settings.update(GUILD, updated_by=ALICE, **bad)

@@ -49,6 +49,8 @@ def upgrade() -> None:
         sa.Column("max_text_length", sa.Integer, nullable=False, server_default=sa.text("300")),
         sa.Column("cooldown_s", sa.Float, nullable=False, server_default=sa.text("5.0")),
         sa.Column("retention_days", sa.Integer, nullable=True),
+        sa.Column("voice_message_max_seconds", sa.Integer, nullable=False, server_default=sa.text("300")),
+        sa.Column("voice_message_max_mb", sa.Integer, nullable=False, server_default=sa.text("25")),
         sa.Column("assistant_voice_user_id", sa.BigInteger, nullable=True),
         sa.Column("llm_system_prompt", sa.Text, nullable=True),
         sa.Column("updated_at", UTCDateTime, nullable=True),
@@ -63,6 +65,10 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "retention_days IS NULL OR retention_days > 0", name="ck_guild_settings_retention_days"
         ),
+        sa.CheckConstraint(
+            "voice_message_max_seconds > 0", name="ck_guild_settings_voice_message_max_seconds"
+        ),
+        sa.CheckConstraint("voice_message_max_mb > 0", name="ck_guild_settings_voice_message_max_mb"),
     )
     op.create_table(
         "voice_profiles",

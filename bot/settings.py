@@ -100,6 +100,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected http:// or https:// URLs separated by commas, got {url!r}")
         return [u.rstrip("/") for u in urls]
 
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_llm_url(cls, url: str | None) -> str | None:
+        if url is not None and url.strip() and not url.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL such as https://api.openai.com/v1")
+        return url.strip().rstrip("/") or None if url is not None else None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

@@ -36,6 +36,7 @@ def test_worker_urls_are_comma_separated() -> None:
         ({"WORKER_URLS": "gpu-1:8765"}, "WORKER_URLS"),
         ({"DEVICE": "tpu"}, "DEVICE"),
         ({"DEV_GUILD_ID": "my server"}, "DEV_GUILD_ID"),
+        ({"LLM_BASE_URL": "localhost:11434"}, "LLM_BASE_URL"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], name: str) -> None:

@@ -79,6 +79,17 @@ def _role_list(role_ids: Collection[int]) -> str:
     return ", ".join(f"<@&{rid}>" for rid in sorted(role_ids))
 
 
+def _check_gate(actor: Actor, rules: ServerRules, role_ids: Collection[int], doing: str) -> None:
+    """Cloning must be on, and the actor must hold one of ``role_ids`` when the list is not empty."""
+    if not rules.cloning_enabled:
+        raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
+    allowed = set(role_ids)
+    if allowed and not (allowed & actor.role_ids):
+        raise RoleNotAllowed(
+            f"In this server only members with one of these roles can {doing}: {_role_list(allowed)}."
+        )
+
+
 class Policy:
     """Decisions; each ``check_*`` returns None or raises a ``PolicyError`` with what to do."""
 
@@ -97,26 +108,12 @@ class Policy:
     # ---- enrolment --------------------------------------------------------------------------------
 
     def check_enroll(self, actor: Actor, rules: ServerRules) -> None:
-        if not rules.cloning_enabled:
-            raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
-        allowed = set(rules.enroll_role_ids)
-        if allowed and not (allowed & actor.role_ids):
-            raise RoleNotAllowed(
-                "In this server only members with one of these roles can enroll a voice: "
-                f"{_role_list(allowed)}."
-            )
+        _check_gate(actor, rules, rules.enroll_role_ids, "enroll a voice")
 
     # ---- speaking ---------------------------------------------------------------------------------
 
     def _check_may_use_voices(self, actor: Actor, rules: ServerRules) -> None:
-        if not rules.cloning_enabled:
-            raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
-        allowed = set(rules.speak_role_ids)
-        if allowed and not (allowed & actor.role_ids):
-            raise RoleNotAllowed(
-                "In this server only members with one of these roles can use cloned voices: "
-                f"{_role_list(allowed)}."
-            )
+        _check_gate(actor, rules, rules.speak_role_ids, "use cloned voices")
 
     def check_speak(self, actor: Actor, rules: ServerRules, voice: VoiceFacts) -> None:
         """May ``actor`` make the bot speak in ``voice`` here?"""

@@ -7,6 +7,7 @@ resemble-perth) load once per session; each test gets a fresh bot with its own S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -117,9 +118,12 @@ ADMIN_ID, ADA_ID, BOB_ID = snowflake(), snowflake(), snowflake()
 ADMIN_ROLE = snowflake()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def world(speech: LocalSpeechService, tmp_path: Path) -> AsyncIterator[World]:
-    settings = load_settings({"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/voxclone.db", "DEVICE": "cpu"})
+@contextlib.asynccontextmanager
+async def open_world(speech: LocalSpeechService, tmp: Path, **env: str) -> AsyncIterator[World]:
+    """A fresh bot (own SQLite file, the shared engines) in a test server, with the environment given."""
+    settings = load_settings(
+        {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/voxclone.db", "DEVICE": "cpu", **env}
+    )
     bot = build_bot(settings, speech=speech)
     bot.voice_cls = HarnessVoiceClient
     harness = Harness(bot)
@@ -128,12 +132,19 @@ async def world(speech: LocalSpeechService, tmp_path: Path) -> AsyncIterator[Wor
         members=[(ADMIN_ID, "admin", [ADMIN_ROLE]), (ADA_ID, "ada", []), (BOB_ID, "bob", [])],
     )
     await bot.setup_hook()
+    bot.loop = asyncio.get_running_loop()  # set by a real login; gateway events are scheduled on it
     bot.enrollment.make_phrase = lambda: TEST_PHRASE
     try:
-        yield World(bot, harness, fx, tmp_path)
+        yield World(bot, harness, fx, tmp)
     finally:
         await bot.close()
         harness.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def world(speech: LocalSpeechService, tmp_path: Path) -> AsyncIterator[World]:
+    async with open_world(speech, tmp_path) as w:
+        yield w
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:

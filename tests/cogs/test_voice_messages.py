@@ -21,11 +21,9 @@ import pytest
 import pytest_asyncio
 
 from bot.assistant import DEFAULT_SYSTEM_PROMPT, AssistantClient
-from bot.client import build_bot
 from bot.player import Utterance
-from bot.settings import load_settings
-from tests.cogs.conftest import ADA_ID, ADMIN_ID, ADMIN_ROLE, BOB_ID, TEST_PHRASE, World, dump, wait_for
-from tests.support.discord_harness import MANAGE_GUILD, MEMBER_DEFAULT, Harness, HarnessVoiceClient, Recorded
+from tests.cogs.conftest import ADA_ID, ADMIN_ID, BOB_ID, World, dump, open_world, wait_for
+from tests.support.discord_harness import Recorded
 from tests.support.fake_llm import FakeLLM, Reply, closed_port_url
 from worker.local import LocalSpeechService
 from worker.verify import normalize_text
@@ -43,27 +41,6 @@ ANSWER = ["Paris is the capital of France.", "It is known for the Eiffel Tower."
 async def llm() -> AsyncIterator[FakeLLM]:
     async with FakeLLM() as server:
         yield server
-
-
-@contextlib.asynccontextmanager
-async def open_world(speech: LocalSpeechService, tmp: Path, **env: str) -> AsyncIterator[World]:
-    """Like the ``world`` fixture, with the environment given (intent, LLM settings)."""
-    settings = load_settings({"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/vm.db", "DEVICE": "cpu", **env})
-    bot = build_bot(settings, speech=speech)
-    bot.voice_cls = HarnessVoiceClient
-    harness = Harness(bot)
-    fx = harness.add_guild(
-        roles=[(ADMIN_ROLE, "Admins", MANAGE_GUILD | MEMBER_DEFAULT)],
-        members=[(ADMIN_ID, "admin", [ADMIN_ROLE]), (ADA_ID, "ada", []), (BOB_ID, "bob", [])],
-    )
-    await bot.setup_hook()
-    bot.loop = asyncio.get_running_loop()  # set by a real login; gateway events are scheduled on it
-    bot.enrollment.make_phrase = lambda: TEST_PHRASE
-    try:
-        yield World(bot, harness, fx, tmp)
-    finally:
-        await bot.close()
-        harness.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -141,7 +141,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         lines = []
         for err in exc.errors():
             name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            lines.append(f"{name}: {err['msg']} (got {_safe_input(name, err.get('input'))})")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{name}: {message} (got {_safe_input(name, err.get('input'))})")
         raise ConfigError("; ".join(lines)) from None
 
 

@@ -285,6 +285,9 @@ class Harness:
         self._record(
             Recorded("http", route.method, path, payload, {f.filename: _read_file(f) for f in files or []})
         )
+        if route.method == "POST" and path == "/users/@me/channels":  # opening a DM
+            recipient = int((payload or {}).get("recipient_id", 0))
+            return {"id": str(snowflake()), "type": 1, "recipients": [self.user_payload(recipient, "member")]}
         if route.method == "POST" and path.endswith("/messages"):
             channel_id = int(path.split("/")[2])
             return self.message_payload(channel_id, payload or {}, author_id=BOT_USER_ID)

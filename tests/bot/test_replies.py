@@ -106,6 +106,8 @@ def test_missing_voice_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None
     from bot.errors import ConfigError
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "davey" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "davey" else real(name, *a)
+    )
     with pytest.raises(ConfigError, match=r"davey.*pip install 'discord.py\[voice\]"):
         check_voice_dependencies()

@@ -202,3 +202,24 @@ async def test_leaves_when_alone_in_the_channel(world: World) -> None:
     cog = world.bot.get_cog("Speak")
     await cog.on_voice_state_update(world.ada, before, after)  # type: ignore[union-attr]
     assert not vc.is_connected() and vc.disconnects == 1
+
+
+async def test_expired_attachment_url_is_fetched_again_from_the_message(world: World) -> None:
+    h, fx = world.harness, world.fx
+    await world.enable_cloning()
+    await h.slash(fx, world.ada, "enroll")
+    fresh = world.attach(world.voice_message("consent", TEST_PHRASE))
+    message = h.message_payload(
+        fx.text_channel.id,
+        {},
+        author_id=world.ada.id,
+        attachments=[fresh],
+        flags=1 << 13,
+        guild_id=fx.guild.id,
+    )
+    stale_url = fresh["url"].replace("/attachments/", "/expired/")
+    stale = {**message, "attachments": [{**fresh, "url": stale_url, "proxy_url": stale_url}]}
+    await h.message_command(fx, world.ada, "Enroll this voice message", stale)
+    assert "Your voice is enrolled" in h.last_text(), dump(world)
+    assert h.cdn_fetches[-2:] == [stale_url, fresh["url"]]
+    assert any(c.method == "GET" and c.path.endswith(f"/messages/{message['id']}") for c in h.calls)

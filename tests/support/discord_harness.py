@@ -117,7 +117,7 @@ class _RecordingWebhookAdapter(AsyncWebhookAdapter):
         rec = Recorded(
             "webhook",
             route.method,
-            route.path.format_map(_Args(route)),
+            _path(route),
             payload,
             {f.filename: _read_file(f) for f in files or []},
         )
@@ -147,12 +147,9 @@ class _RecordingWebhookAdapter(AsyncWebhookAdapter):
         return None
 
 
-class _Args(dict):  # type: ignore[type-arg]
-    def __init__(self, route: Route) -> None:
-        super().__init__(route.__dict__)
-
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+def _path(route: Route) -> str:
+    """The request path with its parameters filled in, as Discord would receive it."""
+    return route.url.removeprefix(Route.BASE)
 
 
 class _Speak:
@@ -281,7 +278,7 @@ class Harness:
             for part in form:
                 if part.get("name") == "payload_json":
                     payload = json.loads(part["value"])
-        path = route.path.format_map(_Args(route))
+        path = _path(route)
         self._record(
             Recorded("http", route.method, path, payload, {f.filename: _read_file(f) for f in files or []})
         )

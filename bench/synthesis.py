@@ -1,15 +1,13 @@
 """Synthesis benchmark: this worker against stock coqui-tts ``inference_stream``, side by side, one run.
 
-Both engines serve the same random-weight XTTS-v2 checkpoint through the same
-``worker.scheduler.SynthesisScheduler`` (one model, one GPU thread, as ``voxclone worker`` runs it), with
-1, 4 and 16 requests submitted at once. Reported per engine and concurrency: time to first chunk
-(including the wait in the queue), per-stream real-time factor (compute seconds per audio second),
-aggregate throughput (audio seconds per wall second) and, on CUDA, peak GPU memory.
-Lengths are pinned (``--tokens`` audio tokens per request): random weights never stop on their own.
-
-usage: python bench/synthesis.py [--size tiny|full] [--device cpu|cuda] [--tokens 100]
-                                 [--concurrency 1,4,16] [--model-dir DIR] [--watermark] [--out FILE.json]
-Prints a table last; writes JSON to --out, or to $OUT/synthesis_<size>.json when $OUT is set.
+All engines serve one random-weight XTTS-v2 checkpoint through ``worker.scheduler.SynthesisScheduler``
+(one engine thread, as ``voxclone worker`` runs it), N requests submitted at once: ``voxclone``
+(continuous batching; CUDA graphs + float16 on a GPU), ``vox-serial`` (same code, ``max_batch=1``),
+``vox-eager`` (CUDA only: batching without graphs, float32) and ``stock`` (it cannot batch). Reported:
+time to first chunk (queue wait included), per-stream real-time factor, aggregate throughput (audio s
+per wall s), peak GPU memory and memory per extra stream; the GPT decode step alone per batch size; how
+closely the batched path reproduces the one-request reference (greedy). Lengths are pinned (--tokens).
+Commands in bench/README.md. Prints a table last; JSON to --out, or to $OUT/synthesis_<size>.json.
 """
 
 from __future__ import annotations
@@ -26,20 +24,27 @@ import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from worker.batch_graphs import FastDecode
 from worker.scheduler import SynthesisScheduler
 from worker.testmodel import make_test_model
 from worker.types import SpeechRequest, VoiceEmbedding
 from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
+from worker.xtts_gpt import SamplingParams, decode_step, new_sequence, text_prefix
 
 TEXT = "Hello world, this is a test of the voice model, and it goes on for a while."
 LANGUAGE = "en"
-RATE = 24_000  # Hz output
+WARMUP_TOKENS = 12
+
+
+def request(voice: VoiceEmbedding, tokens: int, seed: int) -> SpeechRequest:
+    return SpeechRequest(TEXT, LANGUAGE, voice, max_new_tokens=tokens, min_new_tokens=tokens, seed=seed)
 
 
 class StockEngine:
@@ -58,15 +63,11 @@ class StockEngine:
         stats = stats if stats is not None else StreamStats()
         stats.started = time.perf_counter()
         torch.manual_seed(speech.seed)
+        most, least = speech.max_tokens, speech.min_tokens
         chunks = self.ours.model.inference_stream(
-            TEXT,
-            LANGUAGE,
-            speech.gpt_cond_latent,
-            speech.speaker_embedding,
-            stream_chunk_size=self.chunk_tokens,
-            max_new_tokens=speech.max_tokens,
-            min_new_tokens=speech.min_tokens,
-        )
+            TEXT, LANGUAGE, speech.gpt_cond_latent, speech.speaker_embedding,
+            stream_chunk_size=self.chunk_tokens, max_new_tokens=most, min_new_tokens=least,
+        )  # fmt: skip
         for wav in chunks:
             if cancel.is_set():
                 return
@@ -88,19 +89,25 @@ class Row:
     audio_s_per_request: float
     ttfc_ms_p50: float
     ttfc_ms_max: float
-    rtf_p50: float  # compute seconds per audio second of one stream (queue wait excluded)
+    rtf_p50: float  # seconds from a stream's start to its end per audio second (queue wait excluded)
+    rtf_max: float
     throughput_x: float  # audio seconds produced per wall-clock second, all streams together
     wall_s: float
     peak_gpu_mem_gb: float | None = None
 
 
+@dataclass
+class DecodeRow:
+    batch: int
+    ms_per_step: float
+    tokens_per_s: float
+    speedup_vs_batch1: float
+
+
 async def one_level(scheduler: SynthesisScheduler, voice: VoiceEmbedding, n: int, tokens: int) -> Row:
     async def one(seed: int) -> tuple[float, StreamStats]:
         submitted = time.perf_counter()
-        request = SpeechRequest(
-            TEXT, LANGUAGE, voice, max_new_tokens=tokens, min_new_tokens=tokens, seed=seed
-        )
-        stream = scheduler.submit(request)
+        stream = scheduler.submit(request(voice, tokens, seed))
         first: float | None = None
         async for _chunk in stream:
             if first is None:
@@ -111,40 +118,120 @@ async def one_level(scheduler: SynthesisScheduler, voice: VoiceEmbedding, n: int
     results = await asyncio.gather(*(one(seed) for seed in range(n)))
     wall = time.perf_counter() - started
     ttfc = [r[0] for r in results]
-    stats = [r[1] for r in results]
-    audio = sum(s.audio_s for s in stats)
+    rtf = [s.elapsed_s / s.audio_s for _, s in results]
+    audio = sum(s.audio_s for _, s in results)
     return Row(
         engine="",
         concurrency=n,
         requests=n,
-        audio_s_per_request=stats[0].audio_s,
+        audio_s_per_request=results[0][1].audio_s,
         ttfc_ms_p50=1000 * statistics.median(ttfc),
         ttfc_ms_max=1000 * max(ttfc),
-        rtf_p50=statistics.median(s.elapsed_s / s.audio_s for s in stats),
+        rtf_p50=statistics.median(rtf),
+        rtf_max=max(rtf),
         throughput_x=audio / wall,
         wall_s=wall,
     )
 
 
 async def measure(
-    engine: object, name: str, voice: VoiceEmbedding, levels: list[int], tokens: int
+    engine: Any, name: str, voice: VoiceEmbedding, levels: list[int], tokens: int, max_batch: int
 ) -> list[Row]:
+    """Each level on one scheduler (its decoder and graphs are built once), after a warm-up at that level."""
     rows = []
-    for n in levels:
-        scheduler = SynthesisScheduler(engine, max_queue=max(n, 1))  # type: ignore[arg-type]
-        try:
-            await one_level(scheduler, voice, 1, min(tokens, 20))  # warm-up
+    scheduler = SynthesisScheduler(engine, max_queue=max(levels), max_batch=max_batch)
+    try:
+        for n in levels:
+            await one_level(scheduler, voice, n if max_batch > 1 else 1, WARMUP_TOKENS)
             if torch.cuda.is_available():
+                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             row = await one_level(scheduler, voice, n, tokens)
-        finally:
-            scheduler.close()
-        row.engine = name
-        if torch.cuda.is_available():
-            row.peak_gpu_mem_gb = torch.cuda.max_memory_allocated() / 1e9
-        print(f"  {name:9s} x{n:<3d} {row.wall_s:7.1f} s", file=sys.stderr, flush=True)
-        rows.append(row)
+            row.engine = name
+            if torch.cuda.is_available():
+                row.peak_gpu_mem_gb = torch.cuda.max_memory_allocated() / 1e9
+            print(f"  {name:10s} x{n:<3d} {row.wall_s:7.1f} s", file=sys.stderr, flush=True)
+            rows.append(row)
+    finally:
+        scheduler.close()
     return rows
+
+
+def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], steps: int) -> list[DecodeRow]:
+    """The batched GPT decode step alone (no vocoder), as the scheduler's decoder runs it."""
+    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, max_new_tokens=steps + 1, seed=0))
+    with torch.inference_mode():
+        prefix = text_prefix(engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0])
+    out: list[DecodeRow] = []
+    for batch in levels:
+        session = engine.open_batch(max(levels))
+        decoder = session.decoder
+        slots = [decoder.claim() for _ in range(batch)]
+        decoder.prefill(slots, [prefix] * batch, [steps + 1] * batch, [0.5] * batch)
+        for _ in range(3):
+            decoder.step([True] * batch, [0.5] * batch)
+        started = time.perf_counter()
+        for _ in range(steps):
+            decoder.step([True] * batch, [0.5] * batch)
+        ms = 1000 * (time.perf_counter() - started) / steps
+        for slot in reversed(slots):
+            decoder.release(slot)
+        session.close()
+        base = out[0].ms_per_step if out else ms
+        out.append(DecodeRow(batch, ms, 1000 * batch / ms, base * batch / ms))
+    return out
+
+
+def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -> float:
+    """ms per token of the one-request reference loop (HF GPT-2 forward with a dynamic cache, float32)."""
+    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0))
+    gen = torch.Generator().manual_seed(0)
+    state = new_sequence(
+        engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0],
+        min_tokens=steps + 3, max_tokens=steps + 3, generator=gen,
+    )  # fmt: skip
+    for _ in range(3):
+        decode_step(engine.model.gpt, state, engine.sampling)
+    started = time.perf_counter()
+    for _ in range(steps):
+        decode_step(engine.model.gpt, state, engine.sampling)
+    return 1000 * (time.perf_counter() - started) / steps
+
+
+def agreement(engine: XttsEngine, voice: VoiceEmbedding, tokens: int) -> dict[str, object]:
+    """Greedy: the batched fast path (3 rows at once) against the one-request float32 reference path."""
+    params = SamplingParams(greedy=True, repetition_penalty=engine.sampling.repetition_penalty)
+    greedy = XttsEngine(
+        engine.model, engine.model_id, engine.device, sampling=params, fast_decode=engine.fast_decode
+    )
+    requests = [request(voice, tokens, seed) for seed in range(3)]
+    reference = np.concatenate(list(greedy.stream(requests[0], threading.Event()))).astype(np.int32)
+
+    ours = asyncio.run(_collect_batched(greedy, requests))
+    n = min(ours.size, reference.size)
+    diff = np.abs(ours[:n] - reference[:n])
+    off = np.nonzero(diff > 64)[0]  # 64 LSB ≈ -54 dBFS: beyond rounding, a different token upstream
+    return {
+        "decode": greedy.fast_decode.label,
+        "same_length": bool(ours.size == reference.size),
+        "max_abs_diff_lsb": int(diff.max()) if n else None,
+        "identical_until_s": round((off[0] if off.size else n) / 24_000, 3),
+        "audio_s": round(reference.size / 24_000, 3),
+    }
+
+
+async def _collect_batched(engine: XttsEngine, requests: list[SpeechRequest]) -> np.ndarray:
+    """The first request's audio, made while the others share its decode steps."""
+
+    async def read(scheduler: SynthesisScheduler, request: SpeechRequest) -> list[Int16Array]:
+        return [chunk async for chunk in scheduler.submit(request)]
+
+    scheduler = SynthesisScheduler(engine, max_queue=len(requests), max_batch=len(requests))
+    try:
+        outs = await asyncio.gather(*(read(scheduler, r) for r in requests))
+    finally:
+        scheduler.close()
+    return np.concatenate(outs[0]).astype(np.int32)
 
 
 def reference_voice(engine: XttsEngine) -> VoiceEmbedding:
@@ -152,44 +239,91 @@ def reference_voice(engine: XttsEngine) -> VoiceEmbedding:
     sr = 22_050
     t = np.arange(sr * 6) / sr
     rng = np.random.default_rng(0)
-    wav = 0.3 * np.sin(2 * np.pi * 140 * t) * (
-        1 + 0.5 * np.sin(2 * np.pi * 3 * t)
-    ) + 0.02 * rng.standard_normal(t.size)
+    vowel = 0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    wav = vowel + 0.02 * rng.standard_normal(t.size)
     return engine.embed(wav.astype(np.float32), sr)
 
 
-def print_table(meta: dict[str, object], rows: list[Row]) -> None:
+def ratios(rows: list[Row]) -> list[dict[str, object]]:
+    """voxclone against stock, and batched against serial, at each concurrency both were run at."""
+    by = {(r.engine, r.concurrency): r for r in rows}
+    out: list[dict[str, object]] = []
+    for other in ("stock", "vox-serial", "vox-eager"):
+        for n in sorted({r.concurrency for r in rows}):
+            ours, base = by.get(("voxclone", n)), by.get((other, n))
+            if ours and base:
+                out.append({"vs": other, "concurrency": n,
+                            "throughput_x": ours.throughput_x / base.throughput_x,
+                            "ttfc_p50_x_faster": base.ttfc_ms_p50 / ours.ttfc_ms_p50,
+                            "ttfc_max_x_faster": base.ttfc_ms_max / ours.ttfc_ms_max})  # fmt: skip
+    return out
+
+
+def memory_per_stream(rows: list[Row], kv_bytes: int) -> dict[str, float] | None:
+    """GPU memory one more concurrent stream costs: its KV-cache slot plus what the peak grows by."""
+    ours = [r for r in rows if r.engine == "voxclone" and r.peak_gpu_mem_gb is not None]  # by concurrency
+    if len(ours) < 2:
+        return None
+    lo, hi = ours[0], ours[-1]
+    grown = (hi.peak_gpu_mem_gb or 0.0) - (lo.peak_gpu_mem_gb or 0.0)
+    return {
+        "kv_cache_mb_per_stream": kv_bytes / 1e6,  # preallocated for every row of the batch
+        "peak_growth_mb_per_stream": 1000 * grown / (hi.concurrency - lo.concurrency),
+    }
+
+
+def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -> None:
     marked = "on" if meta["watermark"] else "off"
     print(
         f"\n== XTTS-v2 {meta['size']} (random weights) on {meta['device_name']}, {meta['tokens']} tokens "
         f"= {meta['audio_s_per_request']:.2f} s audio per request, watermark {marked}, "
-        f"torch {meta['torch']} =="
+        f"decode {meta['decode']}, torch {meta['torch']} =="
     )
-    head = f"{'engine':9s} {'conc':>4s} {'TTFC p50 ms':>11s} {'TTFC max ms':>11s} {'RTF p50':>8s} "
-    print(head + f"{'throughput ×RT':>14s} {'wall s':>7s} {'GPU GB':>7s}")
+    head = f"{'engine':10s} {'conc':>4s} {'TTFC p50 ms':>11s} {'TTFC max ms':>11s} {'RTF p50':>8s} "
+    print(head + f"{'RTF max':>8s} {'throughput ×RT':>14s} {'wall s':>7s} {'GPU GB':>7s}")
     for r in rows:
         mem = f"{r.peak_gpu_mem_gb:7.2f}" if r.peak_gpu_mem_gb is not None else f"{'-':>7s}"
         print(
-            f"{r.engine:9s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_max:11.0f} {r.rtf_p50:8.3f} "
-            f"{r.throughput_x:14.2f} {r.wall_s:7.1f} {mem}"
+            f"{r.engine:10s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_max:11.0f} {r.rtf_p50:8.3f} "
+            f"{r.rtf_max:8.3f} {r.throughput_x:14.2f} {r.wall_s:7.1f} {mem}"
         )
-    by = {(r.engine, r.concurrency): r for r in rows}
-    for n in sorted({r.concurrency for r in rows}):
-        ours, stock = by.get(("voxclone", n)), by.get(("stock", n))
-        if ours and stock:
-            print(
-                f"ratio x{n:<3d} throughput {ours.throughput_x / stock.throughput_x:5.2f}×   "
-                f"TTFC p50 {stock.ttfc_ms_p50 / ours.ttfc_ms_p50:5.2f}× faster   "
-                f"RTF {stock.rtf_p50 / ours.rtf_p50:5.2f}× lower"
-            )
+    for q in result["ratios"]:
+        print(
+            f"ratio vs {q['vs']:10s} x{q['concurrency']:<3d} throughput {q['throughput_x']:6.2f}×   "
+            f"TTFC p50 {q['ttfc_p50_x_faster']:6.2f}× faster   TTFC max {q['ttfc_max_x_faster']:6.2f}× faster"
+        )
+    reference = result["reference_ms_per_token"]
+    print(f"\nGPT decode step alone ({meta['decode']}; the one-request loop: {reference:.2f} ms/token):")
+    for d in result["decode"]:
+        print(
+            f"  batch {d['batch']:3d}: {d['ms_per_step']:7.2f} ms/step  {d['tokens_per_s']:9.0f} tokens/s  "
+            f"{d['speedup_vs_batch1']:5.2f}× batch 1's throughput"
+        )
+    if result["memory"]:
+        m = result["memory"]
+        print(
+            f"GPU memory per extra stream: {m['kv_cache_mb_per_stream']:.0f} MB KV cache (preallocated) "
+            f"+ {m['peak_growth_mb_per_stream']:.1f} MB peak growth"
+        )
+    c = result["check"]
+    print(
+        f"batched ({c['decode']}) vs one-request reference, greedy: same length {c['same_length']}, "
+        f"max diff {c['max_abs_diff_lsb']} LSB, identical for {c['identical_until_s']} of {c['audio_s']} s"
+    )
 
 
 def main() -> None:
+    cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if cuda else "cpu")
     ap.add_argument("--tokens", type=int, default=100, help="audio tokens per request (46.4 ms each)")
-    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--concurrency", default="1,4,8,16,32" if cuda else "1,4,8,16")
+    ap.add_argument("--serial-at", default="8", help="levels to also run one request at a time ('' for none)")
+    ap.add_argument(
+        "--eager-at", default="1,32" if cuda else "", help="CUDA: levels to also run without graphs"
+    )
+    ap.add_argument("--skip-stock", action="store_true", help="leave out stock coqui (quick runs)")
     ap.add_argument("--stock-chunk", type=int, default=20, help="stock stream_chunk_size (its default)")
     ap.add_argument("--model-dir", type=Path, help="reuse a checkpoint instead of generating one")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -200,6 +334,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     levels = [int(x) for x in args.concurrency.split(",")]
+    serial_levels = [int(x) for x in args.serial_at.split(",") if x]
+    eager_levels = [int(x) for x in args.eager_at.split(",") if x]
 
     started = time.perf_counter()
     model_dir = args.model_dir or make_test_model(Path(tempfile.mkdtemp()), size=args.size)
@@ -210,12 +346,32 @@ def main() -> None:
         engine.watermark = Watermarker(device=args.device)
     print(f"checkpoint ready and loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     voice = reference_voice(engine)
-    rows = asyncio.run(measure(engine, "voxclone", voice, levels, args.tokens))
-    rows += asyncio.run(measure(StockEngine(engine, args.stock_chunk), "stock", voice, levels, args.tokens))
-    rows.sort(key=lambda r: (r.concurrency, r.engine != "voxclone"))
+    session = engine.open_batch(max(levels))  # builds the decoder (and captures graphs) before timing
+    decode_label = FastDecode(session.graphs, engine.fast_decode.dtype).label  # graphs may have failed
+    kv_bytes = session.decoder.kv_bytes_per_slot
+    session.close()
+    rows = asyncio.run(measure(engine, "voxclone", voice, levels, args.tokens, max(levels)))
+    if serial_levels:
+        rows += asyncio.run(measure(engine, "vox-serial", voice, serial_levels, args.tokens, 1))
+    if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
+        eager = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=FastDecode())
+        rows += asyncio.run(measure(eager, "vox-eager", voice, eager_levels, args.tokens, max(eager_levels)))
+    if not args.skip_stock:
+        rows += asyncio.run(
+            measure(StockEngine(engine, args.stock_chunk), "stock", voice, levels, args.tokens, 1)
+        )
+    order = {"voxclone": 0, "vox-serial": 1, "vox-eager": 2, "stock": 3}
+    rows.sort(key=lambda r: (r.concurrency, order[r.engine]))
+    result: dict[str, Any] = {
+        "ratios": ratios(rows),
+        "decode": [asdict(d) for d in decode_steps(engine, voice, levels, steps=50)],
+        "reference_ms_per_token": reference_decode_ms(engine, voice, steps=30),
+        "memory": memory_per_stream(rows, kv_bytes) if cuda and args.device.startswith("cuda") else None,
+        "check": agreement(engine, voice, tokens=min(args.tokens, 100)),
+    }
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    meta: dict[str, object] = {
+    meta: dict[str, Any] = {
         "size": args.size,
         "device": args.device,
         "device_name": f"{device_name} ({torch.get_num_threads()} threads)"
@@ -224,16 +380,19 @@ def main() -> None:
         "tokens": args.tokens,
         "audio_s_per_request": rows[0].audio_s_per_request,
         "torch": torch.__version__,
+        "decode": decode_label,
+        "max_batch": max(levels),
         "stock_chunk_tokens": args.stock_chunk,
         "our_chunk_tokens": [engine.chunks.first_tokens, engine.chunks.tokens],
         "watermark": args.watermark,
+        "total_s": round(time.perf_counter() - started, 1),
     }
     out = args.out or (
         Path(os.environ["OUT"]) / f"synthesis_{args.size}.json" if os.environ.get("OUT") else None
     )
     if out is not None:
-        out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
-    print_table(meta, rows)
+        out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], **result}, indent=1))
+    print_table(meta, rows, result)
 
 
 if __name__ == "__main__":

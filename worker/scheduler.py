@@ -1,14 +1,14 @@
 """One thread owns the speech model; asyncio callers queue synthesis jobs and stream their chunks back.
 
-The GPU runs one decode loop at a time, so synthesis jobs wait in a bounded queue; when it is full,
-:meth:`SynthesisScheduler.submit` raises :class:`~worker.errors.WorkerBusy` at once instead of letting
-the backlog (and everyone's latency) grow. Chunks travel back to the event loop through a bounded
-per-request channel (``loop.call_soon_threadsafe``); a consumer that closes its stream sets the job's
-cancel event, and the engine stops within one decode step.
+Jobs wait in a bounded queue; when it is full, :meth:`SynthesisScheduler.submit` raises
+:class:`~worker.errors.WorkerBusy` at once instead of letting the backlog (and everyone's latency) grow.
+Chunks travel back to the event loop through a bounded per-request channel
+(``loop.call_soon_threadsafe``); a consumer that closes its stream sets the job's cancel event, and
+the engine stops that request within one decode step.
 
-The policy "one request at a time" lives in :meth:`SynthesisScheduler._serve` alone. Continuous batching
-(issue 6) replaces it with a loop that admits queued jobs between decode steps and advances all their
-``worker.xtts_gpt.SequenceState`` rows together; submission, channels and cancellation stay as they are.
+An engine that can batch (``XttsEngine``) is served by continuous batching (:mod:`worker.batch_serve`):
+up to ``max_batch`` requests decode together, joining and leaving between steps. Any other engine is
+served one job at a time, in arrival order, by :meth:`SynthesisScheduler._serve`.
 """
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from worker.errors import InternalWorkerError, SpeechError, SynthesisCancelled, WorkerBusy
 from worker.types import SpeechRequest
 from worker.xtts import Int16Array, PreparedSpeech, StreamStats
+
+if TYPE_CHECKING:
+    from worker.batch import BatchSynthesis
+    from worker.batch_serve import BatchLoop
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,20 @@ class SpeechEngine(Protocol):
     ) -> Generator[Int16Array, None, None]: ...
 
 
+@runtime_checkable
+class BatchingEngine(SpeechEngine, Protocol):
+    """An engine that can also decode several requests together (continuous batching)."""
+
+    @property
+    def default_max_batch(self) -> int: ...
+
+    def open_batch(self, capacity: int) -> BatchSynthesis: ...
+
+
+def _nothing() -> None:
+    return None
+
+
 class _End:
     """Marks the end of a channel; carries the error that ended it, if any."""
 
@@ -59,13 +77,21 @@ class _End:
 class ChunkChannel(Generic[T]):
     """A bounded hand-off from one producer thread to one asyncio consumer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, capacity: int, on_take: Callable[[], None] = _nothing
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._loop = loop
         self._items: asyncio.Queue[T | _End] = asyncio.Queue()
         self._slots = threading.Semaphore(capacity)
         self._ended = False
+        self._on_take = on_take  # tells the producer a slot came free
+        self.gone = False  # the consumer's event loop is closed: nobody will read
+
+    def try_put(self, item: T) -> bool:
+        """Hand ``item`` over if the consumer has room, without waiting; False when full or gone."""
+        return self._slots.acquire(blocking=False) and self._send(item)
 
     def put(self, item: T, cancel: threading.Event, stall_timeout_s: float = STALL_TIMEOUT_S) -> bool:
         """Hand ``item`` over, waiting while the consumer is behind; False when nobody will read it."""
@@ -90,6 +116,7 @@ class ChunkChannel(Generic[T]):
         try:
             self._loop.call_soon_threadsafe(self._items.put_nowait, item)
         except RuntimeError:  # the event loop is closed: the consumer is gone
+            self.gone = True
             return False
         return True
 
@@ -102,6 +129,7 @@ class ChunkChannel(Generic[T]):
                 raise item.error
             return None
         self._slots.release()
+        self._on_take()
         return item
 
 
@@ -112,6 +140,7 @@ class SynthesisJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     stats: StreamStats = field(default_factory=StreamStats)
     queued_at: float = field(default_factory=time.perf_counter)
+    notify: Callable[[], None] = _nothing  # wakes the engine thread (a cancel needs no poll to be seen)
 
 
 class SynthesisStream:
@@ -135,36 +164,63 @@ class SynthesisStream:
 
     def cancel(self) -> None:
         self._job.cancel.set()
+        self._job.notify()
 
     async def aclose(self) -> None:
         self.cancel()
 
 
 class SynthesisScheduler:
-    """Runs synthesis jobs on one worker thread, at most ``max_queue`` waiting behind the current one."""
+    """Runs synthesis on one worker thread: up to ``max_batch`` at once, ``max_queue`` more waiting."""
 
     def __init__(
-        self, engine: SpeechEngine, max_queue: int, *, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
+        self,
+        engine: SpeechEngine,
+        max_queue: int,
+        *,
+        buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
+        max_batch: int | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        batching = isinstance(engine, BatchingEngine)
+        if max_batch is not None and (max_batch < 1 or (max_batch > 1 and not batching)):
+            raise ValueError("max_batch must be at least 1, and 1 for an engine that cannot batch")
         self.engine = engine
         self.max_queue = max_queue
+        self.max_batch = max_batch or (engine.default_max_batch if batching else 1)  # type: ignore[attr-defined]
         self.buffer_chunks = buffer_chunks
-        self._queue: queue.Queue[SynthesisJob] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[SynthesisJob] = queue.Queue()  # bounded by submit()
+        self._submit_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set on new work, a freed channel slot, a cancel, shutdown
         self._current: SynthesisJob | None = None
-        self._thread = threading.Thread(target=self._serve, name="voxclone-synthesis", daemon=True)
+        self._batch: BatchLoop | None = None
+        target = self._serve
+        if batching:
+            from worker.batch_serve import BatchLoop
+
+            self._batch = BatchLoop(engine, self._queue, self.max_batch, self._stopping, self._wake)  # type: ignore[arg-type]
+            target = self._batch.run
+        self._thread = threading.Thread(target=target, name="voxclone-synthesis", daemon=True)
         self._thread.start()
 
     @property
     def queue_depth(self) -> int:
-        """Jobs waiting for the engine (not counting the one it is running)."""
+        """Jobs waiting for the engine (not counting those it is running)."""
         return self._queue.qsize()
 
     @property
     def running(self) -> bool:
+        """Whether the engine is working on (or still handing over) at least one job."""
+        if self._batch is not None:
+            return self._batch.busy
         return self._current is not None
+
+    def _free_rows(self) -> int:
+        """Jobs the engine can start right now without waiting for another to finish."""
+        in_use = len(self._batch.running) if self._batch is not None else int(self._current is not None)
+        return max(0, self.max_batch - in_use)
 
     def submit(self, request: SpeechRequest) -> SynthesisStream:
         """Validate ``request`` and queue it; call from the event loop that will read the stream.
@@ -174,19 +230,24 @@ class SynthesisScheduler:
         if self._stopping.is_set():
             raise SynthesisCancelled("The speech engine is shutting down: try again in a moment.")
         speech = self.engine.prepare(request)
-        job = SynthesisJob(speech, ChunkChannel(asyncio.get_running_loop(), self.buffer_chunks))
-        try:
+        channel = ChunkChannel[Int16Array](asyncio.get_running_loop(), self.buffer_chunks, self._wake.set)
+        job = SynthesisJob(speech, channel, notify=self._wake.set)
+        with self._submit_lock:
+            # Room for ``max_queue`` waiting jobs beyond those the engine will admit as soon as it looks.
+            if self._queue.qsize() >= self.max_queue + self._free_rows():
+                raise WorkerBusy(BUSY_MESSAGE, queue_depth=self.max_queue)
             self._queue.put_nowait(job)
-        except queue.Full:
-            raise WorkerBusy(BUSY_MESSAGE, queue_depth=self.max_queue) from None
+        self._wake.set()
         return SynthesisStream(job)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread: cancel the running job and every waiting one."""
+        """Stop the thread: cancel the running jobs and every waiting one."""
         self._stopping.set()
         current = self._current
         if current is not None:
             current.cancel.set()
+        if self._batch is not None:
+            self._batch.cancel_all()
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -194,10 +255,11 @@ class SynthesisScheduler:
                 break
             job.cancel.set()
             job.channel.end(SynthesisCancelled("The speech engine shut down before this request ran."))
+        self._wake.set()
         self._thread.join(timeout)
 
     def _serve(self) -> None:
-        """The worker thread: one job at a time, in arrival order."""
+        """The worker thread for an engine that cannot batch: one job at a time, in arrival order."""
         while not self._stopping.is_set():
             try:
                 job = self._queue.get(timeout=0.2)

@@ -1,12 +1,14 @@
 """The XTTS-v2 engine: load a checkpoint folder, clone a voice from PCM, stream speech in that voice.
 
 A small typed adapter over coqui-tts's ``Xtts``. Loading goes through coqui's own path
-(``Xtts(config)`` + ``load_checkpoint``); generation does not use ``inference_stream``: the GPT is driven
-one token at a time by :mod:`worker.xtts_gpt` (per-request KV cache and sampling state, so nothing is
-stored on the shared module) and HiFi-GAN decodes only new frames via :mod:`worker.xtts_vocoder`, so
-the vocoder's work is linear in the length. With a watermarker (``LocalSpeechService`` always gives it
-one) every sample is marked before it leaves the engine. Generation keeps all its state per call, but
-the engine is meant to be driven by one thread (:mod:`worker.scheduler`) that owns the device.
+(``Xtts(config)`` + ``load_checkpoint``); generation does not use ``inference_stream``. Two paths make
+the same audio: :meth:`XttsEngine.generate` drives the GPT one token at a time for one request
+(:mod:`worker.xtts_gpt`, per-request KV cache and sampling state, nothing stored on the shared module);
+:meth:`XttsEngine.open_batch` decodes many requests together over a static KV cache (:mod:`worker.batch`,
+CUDA graphs and float16 on a GPU). Either way HiFi-GAN decodes only new frames
+(:mod:`worker.xtts_vocoder`), so the vocoder's work is linear in the length, and with a watermarker
+(``LocalSpeechService`` always gives it one) every sample is marked before it leaves the engine. The
+engine is meant to be driven by one thread (:mod:`worker.scheduler`) that owns the device.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy.typing as npt
 import torch
 
 from worker.audio import OUTPUT_SAMPLE_RATE
+from worker.batch import BatchSynthesis, ChunkWriter, DecoderPool
+from worker.batch_graphs import FastDecode, resolve_fast_decode
 from worker.errors import (
     IncompatibleVoice,
     InvalidAudio,
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 
 MIN_REFERENCE_SECONDS = 0.5  # s: XTTS needs 0.33 s per conditioning chunk; less is not a voice
 MAX_TEXT_CHARS = 4000  # characters per request: two Discord messages' worth
+MAX_BATCH_CUDA = 32  # streams per decode step on a GPU: a step at 32 costs about what one at 1 does
+MAX_BATCH_CPU = 4  # on a CPU the vocoder's compute dominates: more rows only slow every stream down
 _FRONTEND_PACKAGES = {"ja": "cutlet", "zh-cn": "pypinyin"}  # text front-ends coqui imports lazily
 
 Int16Array = npt.NDArray[np.int16]
@@ -121,6 +127,7 @@ class XttsEngine:
         watermark: Watermarker | None = None,
         chunks: ChunkPlan | None = None,
         sampling: SamplingParams | None = None,
+        fast_decode: FastDecode | None = None,
     ) -> None:
         self.model = model
         self.model_id = model_id
@@ -137,6 +144,8 @@ class XttsEngine:
         self.languages: tuple[str, ...] = tuple(cfg.languages)
         self.max_tokens = int(model.gpt.max_gen_mel_tokens)  # audio tokens per sentence the model allows
         self.sample_rate = OUTPUT_SAMPLE_RATE
+        self.fast_decode = fast_decode or resolve_fast_decode(device)
+        self.decoders = DecoderPool(self)
 
     @classmethod
     def load(
@@ -147,10 +156,30 @@ class XttsEngine:
         watermark: Watermarker | None = None,
         chunks: ChunkPlan | None = None,
         sampling: SamplingParams | None = None,
+        fast_decode: FastDecode | None = None,
     ) -> XttsEngine:
         """Load an XTTS-v2 folder (``config.json``, ``model.pth``, ``vocab.json``) onto ``device``."""
         model, model_id = load_xtts(Path(model_dir), device)
-        return cls(model, model_id, device, watermark=watermark, chunks=chunks, sampling=sampling)
+        return cls(
+            model,
+            model_id,
+            device,
+            watermark=watermark,
+            chunks=chunks,
+            sampling=sampling,
+            fast_decode=fast_decode,
+        )
+
+    # ----- batching ----------------------------------------------------------------------------------
+
+    @property
+    def default_max_batch(self) -> int:
+        """Streams decoded together by default: many on a GPU; few on a CPU, where HiFi-GAN dominates."""
+        return MAX_BATCH_CUDA if torch.device(self.device).type == "cuda" else MAX_BATCH_CPU
+
+    def open_batch(self, capacity: int) -> BatchSynthesis:
+        """A continuous-batching session of up to ``capacity`` streams (:mod:`worker.batch`)."""
+        return self.decoders.open(capacity)
 
     # ----- cloning -----------------------------------------------------------------------------------
 
@@ -231,8 +260,8 @@ class XttsEngine:
         """
         stats = stats if stats is not None else StreamStats()
         stats.started = time.perf_counter()
-        out = _ChunkWriter(self.watermark, stats)
-        generator = torch.Generator(device=self.device).manual_seed(speech.seed)
+        out = ChunkWriter(self.watermark, stats)
+        generator = torch.Generator().manual_seed(speech.seed)  # CPU: same draws on every device
         try:
             for index, text_tokens in enumerate(speech.sentences):
                 first = self.chunks.first_tokens if index == 0 else self.chunks.tokens
@@ -300,7 +329,9 @@ class XttsEngine:
         d_vector = self.model.args.d_vector_dim
         cond = np.asarray(emb.gpt_cond_latent, dtype=np.float32)
         speaker = np.asarray(emb.speaker_embedding, dtype=np.float32)
-        if cond.ndim != 3 or cond.shape[0] != 1 or cond.shape[2] != dim or speaker.shape != (1, d_vector, 1):
+        positions = self._cond_positions
+        shape_ok = cond.ndim == 3 and cond.shape[0] == 1 and cond.shape[2] == dim
+        if not shape_ok or (positions and cond.shape[1] != positions) or speaker.shape != (1, d_vector, 1):
             raise IncompatibleVoice(
                 "This voice's data does not fit the speech model: re-enroll it with /enroll.",
                 gpt_cond_latent_shape=list(cond.shape),
@@ -309,6 +340,12 @@ class XttsEngine:
         if not (np.isfinite(cond).all() and np.isfinite(speaker).all()):
             raise IncompatibleVoice("This voice's data is damaged: re-enroll it with /enroll.")
         return torch.from_numpy(cond).to(self.device), torch.from_numpy(speaker).to(self.device)
+
+    @property
+    def _cond_positions(self) -> int | None:
+        """Conditioning latents per voice (32 with XTTS-v2's perceiver); None when not fixed."""
+        perceiver = getattr(self.model.gpt, "conditioning_perceiver", None)
+        return int(perceiver.latents.shape[0]) if perceiver is not None else None
 
     def _token_limits(self, request: SpeechRequest) -> tuple[int, int]:
         max_tokens = self.max_tokens if request.max_new_tokens is None else request.max_new_tokens
@@ -336,39 +373,6 @@ class XttsEngine:
         if not left or not right:
             raise InvalidRequest("A word in the text is too long to speak: split it up.")
         return self._tokenize(left, language) + self._tokenize(right, language)
-
-
-class _ChunkWriter:
-    """Vocoder audio → the stream's int16 chunks, watermarked without seams, counted in ``stats``."""
-
-    def __init__(self, watermarker: Watermarker | None, stats: StreamStats) -> None:
-        from worker.watermark import StreamWatermarker
-
-        self._marker = StreamWatermarker(watermarker, OUTPUT_SAMPLE_RATE) if watermarker is not None else None
-        self._stats = stats
-
-    def write(self, pcm: FloatArray) -> Int16Array:
-        """The part of ``pcm`` ready to send (the watermark holds back a short tail for the next chunk)."""
-        if self._marker is not None:
-            with torch.inference_mode():
-                pcm = self._marker.push(pcm)
-        return self._emit(pcm)
-
-    def flush(self) -> Int16Array:
-        """Whatever the watermark still holds, at the end of the stream."""
-        if self._marker is None:
-            return np.zeros(0, dtype=np.int16)
-        with torch.inference_mode():
-            return self._emit(self._marker.flush())
-
-    def _emit(self, pcm: FloatArray) -> Int16Array:
-        out = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
-        if out.size:
-            self._stats.chunks += 1
-            self._stats.samples += out.size
-            if self._stats.first_chunk_s is None:
-                self._stats.first_chunk_s = time.perf_counter() - self._stats.started
-        return out
 
 
 def validate_pcm(pcm: Any, sample_rate: int, *, min_seconds: float = 0.0) -> FloatArray:

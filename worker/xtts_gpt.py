@@ -3,12 +3,14 @@
 Stock coqui-tts runs generation through ``GPT2InferenceModel.generate``, which stores the text prefix on
 the shared module (``store_prefix_emb``) and can only run one request at a time. Here each sequence keeps
 its own KV cache, sampling state and random generator in a :class:`SequenceState`, and :func:`decode_step`
-advances one sequence by one token. That separation is what continuous batching (several sequences per
-step) builds on. Every step also returns the GPT latent that HiFi-GAN turns into audio.
+advances one sequence by one token: the one-request reference path (continuous batching,
+:mod:`worker.batch_gpt`, runs many sequences per step and chooses tokens with the same function). Every
+step also returns the GPT latent that HiFi-GAN turns into audio.
 
-Sampling follows HF's order for XTTS: repetition penalty over every token seen (including the prefix's
-placeholder token and the start token), the stop token masked until ``min_tokens``, then temperature,
-top-k and top-p; ``greedy`` takes the arg-max instead.
+Sampling (:func:`choose_tokens`) follows HF's order for XTTS: repetition penalty over every token seen
+(including the prefix's placeholder token and the start token), the stop token masked until
+``min_tokens``, then temperature, top-k and top-p, and one uniform draw per step from the sequence's
+own CPU generator picks the token from the resulting distribution; ``greedy`` takes the arg-max instead.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class SequenceState:
     """One sentence being generated: its KV cache, what to feed next and its own sampling state."""
 
     pending: torch.Tensor  # [1, n, D] embeddings to run through the GPT at the next step
-    seen: torch.Tensor  # [num_audio_tokens] bool: tokens the repetition penalty applies to
-    generator: torch.Generator
+    seen: torch.Tensor  # [1, num_audio_tokens] bool: tokens the repetition penalty applies to
+    generator: torch.Generator  # on the CPU: the same seed gives the same draws on every device
     min_tokens: int
     max_tokens: int
     cache: Any = None  # transformers Cache, created by the first step
@@ -73,6 +75,14 @@ def text_prefix(gpt: GPT, cond_latent: torch.Tensor, text_tokens: torch.Tensor) 
     return torch.cat([cond_latent.to(text_emb.dtype), text_emb, start_emb], dim=1)
 
 
+def initial_seen(gpt: GPT, rows: int, device: torch.device | str) -> torch.Tensor:
+    """``[rows, num_audio_tokens]`` repetition state of a fresh sentence (placeholder and start token)."""
+    seen = torch.zeros(rows, gpt.num_audio_tokens, dtype=torch.bool, device=device)
+    seen[:, PREFIX_PLACEHOLDER_TOKEN] = True
+    seen[:, gpt.start_audio_token] = True
+    return seen
+
+
 def new_sequence(
     gpt: GPT,
     cond_latent: torch.Tensor,
@@ -83,16 +93,18 @@ def new_sequence(
     generator: torch.Generator,
 ) -> SequenceState:
     """A sequence ready for its first :func:`decode_step` (which runs the whole prefix)."""
-    seen = torch.zeros(gpt.num_audio_tokens, dtype=torch.bool, device=text_tokens.device)
-    seen[PREFIX_PLACEHOLDER_TOKEN] = True
-    seen[gpt.start_audio_token] = True
     return SequenceState(
         pending=text_prefix(gpt, cond_latent, text_tokens),
-        seen=seen,
+        seen=initial_seen(gpt, 1, text_tokens.device),
         generator=generator,
         min_tokens=min_tokens,
         max_tokens=max_tokens,
     )
+
+
+def draw_uniform(generator: torch.Generator, params: SamplingParams) -> float:
+    """The one uniform number a sampling step consumes (none when greedy), from the sequence's generator."""
+    return 0.0 if params.greedy else float(torch.rand((), generator=generator))
 
 
 @torch.inference_mode()
@@ -107,51 +119,74 @@ def decode_step(gpt: GPT, state: SequenceState, params: SamplingParams) -> torch
     state.cache = out.past_key_values
     latent = gpt.final_norm(out.last_hidden_state[:, -1])  # [1, D]
     logits = gpt.mel_head(latent)  # [1, num_audio_tokens]
-    token = sample_token(logits[0], state, params, stop_token=gpt.stop_audio_token)
+    device = logits.device
+    uniform = torch.tensor([draw_uniform(state.generator, params)], device=device)
+    steps = torch.tensor([state.steps], device=device)
+    min_tokens = torch.tensor([state.min_tokens], device=device)
+    chosen = choose_tokens(
+        logits, state.seen, steps, min_tokens, uniform, params, stop_token=gpt.stop_audio_token
+    )
+    state.seen.scatter_(1, chosen[:, None], True)
+    token = int(chosen[0])
     state.steps += 1
     if token == gpt.stop_audio_token:
         state.finished = state.stopped_by_model = True
     elif state.steps >= state.max_tokens:
         state.finished = True
     else:
-        ids = torch.tensor([[token]], device=logits.device)
+        ids = torch.tensor([[token]], device=device)
         state.pending = gpt.mel_embedding(ids) + gpt.mel_pos_embedding.get_fixed_embedding(
-            state.steps, ids.device
+            state.steps, device
         )
     return latent[0]
 
 
-def sample_token(
-    logits: torch.Tensor, state: SequenceState, params: SamplingParams, *, stop_token: int
-) -> int:
-    """Choose the next token from one row of logits, updating the sequence's repetition state."""
-    scores = logits.float().clone()
+def choose_tokens(
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    steps: torch.Tensor,
+    min_tokens: torch.Tensor,
+    uniform: torch.Tensor,
+    params: SamplingParams,
+    *,
+    stop_token: int,
+) -> torch.Tensor:
+    """The next token of each row (``[B]`` long) from ``[B, V]`` logits; ``seen`` is not updated here.
+
+    Row-wise and free of host synchronisation, so a batch of sequences gives each row exactly what it
+    gets alone, and the whole function can be captured in a CUDA graph. Sampling inverts the row's
+    cumulative distribution at its own ``uniform`` draw (one per step, from the sequence's generator).
+    """
+    scores = logits.float()
     if params.repetition_penalty != 1.0:
-        seen = scores[state.seen]
-        penalised = torch.where(seen < 0, seen * params.repetition_penalty, seen / params.repetition_penalty)
-        scores[state.seen] = penalised
-    if state.steps < state.min_tokens:
-        scores[stop_token] = -torch.inf
-    if params.greedy:
-        token = int(torch.argmax(scores).item())
+        penalty = params.repetition_penalty
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        scores = torch.where(seen, penalised, scores)
     else:
-        scores = scores / params.temperature
-        if 0 < params.top_k < scores.numel():
-            kth = torch.topk(scores, params.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, -torch.inf)
-        if params.top_p < 1.0:
-            scores = _top_p(scores, params.top_p)
-        probs = torch.softmax(scores, dim=-1)
-        token = int(torch.multinomial(probs, 1, generator=state.generator).item())
-    state.seen[token] = True
-    return token
+        scores = scores.clone()
+    stop = scores[:, stop_token]
+    scores[:, stop_token] = torch.where(steps < min_tokens, torch.full_like(stop, -torch.inf), stop)
+    best = torch.argmax(scores, dim=-1)
+    if params.greedy:
+        return best
+    scores = scores / params.temperature
+    if 0 < params.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, -torch.inf)
+    if params.top_p < 1.0:
+        scores = _top_p(scores, params.top_p)
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+    target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    index = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    # Rounding can put the target at the very top of the distribution: take the likeliest token then.
+    return torch.where(index < scores.shape[-1], index, best)
 
 
 def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of tokens whose probabilities add up to ``top_p`` (HF's TopPLogitsWarper)."""
-    sorted_scores, order = torch.sort(scores, descending=False)
+    sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
     cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
     remove_sorted = cumulative <= (1 - top_p)
-    remove_sorted[-1] = False  # always keep the most likely token
-    remove = remove_sorted.scatter(0, order, remove_sorted)
+    remove_sorted[:, -1] = False  # always keep the most likely token
+    remove = remove_sorted.scatter(1, order, remove_sorted)
     return scores.masked_fill(remove, -torch.inf)

@@ -15,6 +15,7 @@ the output length plus ``2 × context_frames`` per chunk.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -143,21 +144,74 @@ class StreamingVocoder:
         # Hold back the last frames: their right-hand context is not known yet.
         return max(self.emitted_frames, self.grid.exact_frames(self.tokens) - self.context)
 
-    @torch.inference_mode()
-    def take(self, final: bool = False) -> torch.Tensor:
-        """New audio (1-D float tensor at 24 kHz); ``final`` flushes the sentence's end."""
+    def window(self, final: bool = False) -> VocoderWindow | None:
+        """What :meth:`take` would run HiFi-GAN on now (None when there is nothing new to emit)."""
         end = self._end_frame(final)
         start = self.emitted_frames
         if end <= start:
-            return torch.zeros(0)
+            return None
         tokens = self.tokens
         win_start = max(0, start - self.context)
         win_end = min(self.grid.frames(tokens), end + self.context)
         first, last = self.grid.latent_span(win_start, win_end, tokens)
-        latents = torch.stack(self._latents[first : last + 1])
-        z = self.grid.resample(latents, first, tokens, win_start, win_end)
-        wav = self.decoder.waveform_decoder(z, g=self.speaker).reshape(-1)
-        self.decoded_frames += win_end - win_start
-        self.emitted_frames = end
+        with torch.inference_mode():
+            latents = torch.stack(self._latents[first : last + 1])
+            z = self.grid.resample(latents, first, tokens, win_start, win_end)
+        return VocoderWindow(z, self.speaker, win_start, start, end, final)
+
+    def accept(self, window: VocoderWindow, wav: torch.Tensor) -> torch.Tensor:
+        """The new audio of ``window`` from HiFi-GAN's output over it (``wav``, 1-D); marks it emitted."""
+        self.decoded_frames += window.frames
+        self.emitted_frames = window.end
         hop = self.grid.hop
-        return wav[(start - win_start) * hop : (end - win_start) * hop]
+        return wav[(window.start - window.win_start) * hop : (window.end - window.win_start) * hop]
+
+    @torch.inference_mode()
+    def take(self, final: bool = False) -> torch.Tensor:
+        """New audio (1-D float tensor at 24 kHz); ``final`` flushes the sentence's end."""
+        window = self.window(final)
+        if window is None:
+            return torch.zeros(0)
+        return self.accept(window, self.decoder.waveform_decoder(window.z, g=window.speaker).reshape(-1))
+
+
+@dataclass(frozen=True)
+class VocoderWindow:
+    """Resampled latents for frames ``[win_start, win_start + frames)``, of which ``[start, end)`` are new."""
+
+    z: torch.Tensor  # [1, D, frames]
+    speaker: torch.Tensor  # [1, d_vector, 1]
+    win_start: int
+    start: int
+    end: int
+    final: bool  # reaches the sentence's end: HiFi-GAN must see the true boundary, not padding
+
+    @property
+    def frames(self) -> int:
+        return int(self.z.shape[-1])
+
+
+@torch.inference_mode()
+def decode_windows(decoder: HifiDecoder, windows: list[VocoderWindow], *, batch: bool) -> list[torch.Tensor]:
+    """HiFi-GAN over several streams' windows; with ``batch``, non-final ones share one padded call.
+
+    Right-padding a non-final window is exact: its new frames end ``context`` (≥ the receptive field)
+    frames before the window does. A final window ends at the sentence's real end, where padding would
+    change the last samples, so it always runs alone. (Batching pays on a GPU; on a CPU it is slower.)
+    """
+    out: list[torch.Tensor | None] = [None] * len(windows)
+    group = [i for i, w in enumerate(windows) if batch and not w.final]
+    if len(group) < 2:
+        group = []
+    for i, w in enumerate(windows):
+        if i not in group:
+            out[i] = decoder.waveform_decoder(w.z, g=w.speaker).reshape(-1)
+    if group:
+        width = max(windows[i].frames for i in group)
+        z = torch.cat([torch.nn.functional.pad(windows[i].z, (0, width - windows[i].frames)) for i in group])
+        speakers = torch.cat([windows[i].speaker for i in group])
+        wav = decoder.waveform_decoder(z, g=speakers)  # [n, 1, width * hop]
+        hop = wav.shape[-1] // width
+        for row, i in enumerate(group):
+            out[i] = wav[row, 0, : windows[i].frames * hop]
+    return [w for w in out if w is not None]

@@ -207,7 +207,8 @@ async def test_validation_errors_come_before_queueing(
 
 
 async def test_full_queue_answers_busy(service: LocalSpeechService, voice: VoiceEmbedding) -> None:
-    scheduler = SynthesisScheduler(service.xtts, max_queue=1, buffer_chunks=1)
+    # One stream at a time, so the second request must wait (batching: tests/worker/test_batching.py).
+    scheduler = SynthesisScheduler(service.xtts, max_queue=1, buffer_chunks=1, max_batch=1)
     try:
         running = scheduler.submit(request(voice, 300))
         await anext(running)  # it holds the engine and, unread, blocks on its one-chunk buffer

@@ -1,0 +1,402 @@
+"""Continuous batching on a generated tiny XTTS checkpoint: batched audio equals one-by-one audio.
+
+Every request decoded in a batch must come out as it does alone through ``XttsEngine.stream`` (same
+chunk sizes, samples within 2 LSB of int16): the batch changes only the shapes of the float32 matrix
+products, so latents differ by rounding (~1e-6), which HiFi-GAN carries to the waveform and int16
+quantisation turns into at most one step where a sample sits on a rounding boundary. A different token
+anywhere would change whole chunks by thousands of LSB. Rows join, leave, pause and are cancelled
+between steps without disturbing the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from worker.batch_gpt import BatchDecoder
+from worker.batch_graphs import FastDecode, resolve_fast_decode
+from worker.errors import InternalWorkerError, SynthesisCancelled, WorkerBusy
+from worker.scheduler import SynthesisScheduler, SynthesisStream
+from worker.types import SpeechRequest, VoiceEmbedding
+from worker.xtts import XttsEngine
+from worker.xtts_gpt import SamplingParams
+from worker.xtts_vocoder import StreamingVocoder, decode_windows
+
+TOLERANCE_LSB = 2  # int16 steps; see the module docstring
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_xtts_dir: Path) -> XttsEngine:
+    torch.set_num_threads(2)
+    return XttsEngine.load(tiny_xtts_dir, "cpu")
+
+
+@pytest.fixture(scope="module")
+def greedy(engine: XttsEngine) -> XttsEngine:
+    params = SamplingParams(greedy=True, repetition_penalty=engine.sampling.repetition_penalty)
+    return XttsEngine(engine.model, engine.model_id, "cpu", sampling=params)
+
+
+@pytest.fixture(scope="module")
+def voice(engine: XttsEngine) -> VoiceEmbedding:
+    rate = 22_050
+    t = np.arange(3 * rate) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    return engine.embed(tone.astype(np.float32), rate)
+
+
+def req(voice: VoiceEmbedding, text: str, tokens: int, seed: int, language: str = "en") -> SpeechRequest:
+    return SpeechRequest(text, language, voice, max_new_tokens=tokens, min_new_tokens=tokens, seed=seed)
+
+
+def mixed(voice: VoiceEmbedding) -> list[SpeechRequest]:
+    """Different text lengths, token counts, languages and sentence counts."""
+    return [
+        req(voice, "Hello world.", 16, 1),
+        req(voice, "Bonjour à tous. Ceci est une deuxième phrase.", 10, 2, "fr"),
+        req(voice, "Short!", 26, 3),
+        req(voice, "the quick brown fox jumps over the lazy dog", 7, 4),
+    ]
+
+
+def alone(engine: XttsEngine, request: SpeechRequest) -> list[np.ndarray]:
+    return list(engine.stream(request, threading.Event()))
+
+
+def assert_same_audio(batched: list[np.ndarray], reference: list[np.ndarray]) -> None:
+    assert [c.size for c in batched] == [c.size for c in reference]
+    diff = np.abs(np.concatenate(batched).astype(np.int32) - np.concatenate(reference).astype(np.int32))
+    assert diff.max() <= TOLERANCE_LSB
+    assert np.abs(np.concatenate(reference)).max() > 100  # real audio, not silence on both sides
+
+
+async def read_all(stream: SynthesisStream) -> list[np.ndarray]:
+    return [chunk async for chunk in stream]
+
+
+async def batched(
+    engine: XttsEngine, requests: list[SpeechRequest], max_batch: int
+) -> list[list[np.ndarray]]:
+    """The requests submitted at once to a batching scheduler, each stream read to its end."""
+    scheduler = SynthesisScheduler(engine, max_queue=len(requests), max_batch=max_batch)
+    try:
+        return await asyncio.gather(*(read_all(scheduler.submit(r)) for r in requests))
+    finally:
+        scheduler.close()
+
+
+async def until(condition: Any, timeout: float = 20.0) -> None:
+    """Wait until ``condition()`` holds (the engine thread moves on its own)."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out waiting for the scheduler")
+
+
+@pytest.fixture
+def rows_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How many rows each batched decode step advanced."""
+    seen: list[int] = []
+    original = BatchDecoder.step
+
+    def spy(self: BatchDecoder, active: list[bool], uniforms: list[float]) -> Any:
+        seen.append(sum(active))
+        return original(self, active, uniforms)
+
+    monkeypatch.setattr(BatchDecoder, "step", spy)
+    yield seen
+
+
+# ----- same audio, batched or not --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampling", ["greedy", "seeded"])
+async def test_batched_equals_one_by_one(
+    engine: XttsEngine, greedy: XttsEngine, voice: VoiceEmbedding, rows_seen: list[int], sampling: str
+) -> None:
+    chosen = greedy if sampling == "greedy" else engine
+    requests = mixed(voice)
+    outputs = await batched(chosen, requests, max_batch=4)
+    assert max(rows_seen) == 4  # all four really shared decode steps
+    for got, request in zip(outputs, requests, strict=True):
+        assert_same_audio(got, alone(chosen, request))
+
+
+async def test_rows_join_and_leave_mid_flight(
+    engine: XttsEngine, voice: VoiceEmbedding, rows_seen: list[int]
+) -> None:
+    first = [
+        req(voice, "Hello world.", 8, 5),
+        req(voice, "Short!", 40, 6),
+        req(voice, "Good morning.", 24, 7),
+    ]
+    late = req(voice, "the lazy dog sleeps", 10, 8)
+    scheduler = SynthesisScheduler(engine, max_queue=4, max_batch=3)
+    try:
+        streams = [scheduler.submit(r) for r in first]
+        tasks = [asyncio.create_task(read_all(s)) for s in streams]
+        short = await tasks[0]  # the first row leaves: the last row moves into its slot
+        tokens_when_joining = streams[1].stats.tokens
+        late_audio = await read_all(scheduler.submit(late))
+        results = [short, *(await asyncio.gather(*tasks[1:])), late_audio]
+    finally:
+        scheduler.close()
+    assert 0 < tokens_when_joining < 40  # the late request joined a batch still decoding
+    assert 3 in rows_seen
+    for got, request in zip(results, [*first, late], strict=True):
+        assert_same_audio(got, alone(engine, request))
+
+
+async def test_cancelling_one_leaves_the_others_intact(engine: XttsEngine, voice: VoiceEmbedding) -> None:
+    keep = [req(voice, "Hello world.", 24, 9), req(voice, "Good morning.", 20, 10)]
+    scheduler = SynthesisScheduler(engine, max_queue=4, max_batch=3)
+    try:
+        doomed = scheduler.submit(req(voice, "Short!", 300, 11))
+        kept = [asyncio.create_task(read_all(scheduler.submit(r))) for r in keep]
+        await anext(doomed)
+        doomed.cancel()
+        with pytest.raises(SynthesisCancelled):
+            await read_all(doomed)
+        results = await asyncio.gather(*kept)
+    finally:
+        scheduler.close()
+    assert doomed.stats.cancelled and doomed.stats.tokens < 100
+    for got, request in zip(results, keep, strict=True):
+        assert_same_audio(got, alone(engine, request))
+
+
+class StandInGraph:
+    """Plays torch.cuda.CUDAGraph on the CPU: replay re-runs the captured step on the same buffers."""
+
+    recording: StandInGraph | None = None
+    replays = 0
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, int] | None = None
+        self.decoder: BatchDecoder | None = None
+
+    def replay(self) -> None:
+        assert self.decoder is not None and self.shape is not None
+        StandInGraph.replays += 1
+        ORIGINAL_RUN_STEP(self.decoder, *self.shape)
+
+
+ORIGINAL_RUN_STEP = BatchDecoder.run_step
+
+
+@pytest.fixture
+def stand_in_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.cuda's graph API replaced by CPU stand-ins, so batch_graphs' capture logic runs here."""
+    import contextlib
+    from types import SimpleNamespace
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+
+    @contextlib.contextmanager
+    def graph(g: StandInGraph, **kwargs: object) -> Iterator[None]:
+        assert kwargs["capture_error_mode"] == "thread_local"
+        StandInGraph.recording = g
+        yield
+        StandInGraph.recording = None
+
+    def run_step(self: BatchDecoder, batch: int, length: int) -> None:
+        if StandInGraph.recording is not None:
+            StandInGraph.recording.shape, StandInGraph.recording.decoder = (batch, length), self
+        ORIGINAL_RUN_STEP(self, batch, length)
+
+    monkeypatch.setattr(BatchDecoder, "run_step", run_step)
+    for name, value in {
+        "graph_pool_handle": lambda: object(),
+        "Stream": lambda device=None: stream,
+        "current_stream": lambda device=None: stream,
+        "stream": lambda s: contextlib.nullcontext(),
+        "CUDAGraph": StandInGraph,
+        "graph": graph,
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+
+
+async def test_graph_capture_and_replay_logic(
+    greedy: XttsEngine, voice: VoiceEmbedding, stand_in_cuda: None
+) -> None:
+    """The CUDA-graph path's bookkeeping on the CPU: a graph per bucket, checked, then replayed.
+
+    Replays run at bucket shapes: three rows in a batch of four, 60-odd positions in a cache window of
+    128. The spare row and positions must change nothing.
+    """
+    from worker.batch_graphs import capture_steps
+
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    session = engine.open_batch(4)
+    decoder = session.decoder
+    assert capture_steps(decoder)
+    assert set(decoder.replay) == {(b, n) for b in (1, 2, 4) for n in decoder.lengths}
+    assert decoder.lengths[0] == 128 and decoder.max_positions % 64 == 0
+    session.graphs = True
+    session.close()  # back to the engine's pool, where the scheduler picks it up
+    requests = mixed(voice)[:3]
+    replays = StandInGraph.replays
+    outputs = await batched(engine, requests, max_batch=4)
+    assert StandInGraph.replays - replays >= 25  # every step after the prefill (26 tokens) was a replay
+    for got, request in zip(outputs, requests, strict=True):
+        assert_same_audio(got, alone(engine, request))
+
+
+def test_a_failed_capture_falls_back_to_eager(
+    greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.batch_graphs import capture_steps
+
+    def broken(self: StandInGraph) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(StandInGraph, "replay", broken)
+    session = greedy.open_batch(2)
+    try:
+        assert not capture_steps(session.decoder)
+        assert not session.decoder.replay and session.decoder.rows == 0
+    finally:
+        session.close(reuse=False)
+
+
+# ----- flow control ----------------------------------------------------------------------------------
+
+
+async def test_a_slow_listener_pauses_only_its_own_row(engine: XttsEngine, voice: VoiceEmbedding) -> None:
+    plan = engine.chunks
+    # Chunks end at 8, 24 and 48 tokens: one is read, one fills the channel, the third waits in an outbox.
+    held_at = plan.first_tokens + plan.after(plan.first_tokens) + plan.after(plan.after(plan.first_tokens))
+    scheduler = SynthesisScheduler(engine, max_queue=2, buffer_chunks=1, max_batch=2)
+    try:
+        slow = scheduler.submit(req(voice, "Short!", 300, 12))
+        await anext(slow)  # then nobody reads it
+        await until(lambda: slow.stats.tokens >= held_at)
+        fast_request = req(voice, "Hello world.", 30, 13)
+        fast = await read_all(scheduler.submit(fast_request))
+        assert slow.stats.tokens == held_at  # held, not decoding ahead of its listener, not in the way
+        assert len([c async for c in _take(slow, 2)]) == 2  # the listener catches up: the row goes on
+        await until(lambda: slow.stats.tokens > held_at)
+        slow.cancel()
+        await until(lambda: not scheduler.running)
+    finally:
+        scheduler.close()
+    assert_same_audio(fast, alone(engine, fast_request))
+
+
+async def _take(stream: SynthesisStream, count: int) -> Any:
+    for _ in range(count):
+        yield await anext(stream)
+
+
+async def test_full_batch_and_queue_answer_busy(engine: XttsEngine, voice: VoiceEmbedding) -> None:
+    scheduler = SynthesisScheduler(engine, max_queue=1, buffer_chunks=1, max_batch=2)
+    try:
+        running = [scheduler.submit(req(voice, "Short!", 300, seed)) for seed in (14, 15)]
+        await until(lambda: scheduler.queue_depth == 0 and scheduler.running)
+        waiting = scheduler.submit(req(voice, "Hello world.", 10, 16))
+        await asyncio.sleep(0.2)
+        assert scheduler.queue_depth == 1  # no free row: it waits
+        with pytest.raises(WorkerBusy):
+            scheduler.submit(req(voice, "Hello world.", 10, 17))
+        running[0].cancel()  # a row comes free; the waiting request takes it
+        assert sum(c.size for c in await read_all(waiting)) == engine.output_samples([10])
+        running[1].cancel()
+    finally:
+        scheduler.close()
+    assert scheduler.max_batch == 2
+
+
+async def test_a_failed_step_fails_its_batch_and_the_next_request_runs(
+    engine: XttsEngine, voice: VoiceEmbedding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = BatchDecoder.step
+    calls = {"n": 0}
+
+    def flaky(self: BatchDecoder, active: list[bool], uniforms: list[float]) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("device fell over")
+        return original(self, active, uniforms)
+
+    monkeypatch.setattr(BatchDecoder, "step", flaky)
+    scheduler = SynthesisScheduler(engine, max_queue=4, max_batch=2)
+    try:
+        streams = [scheduler.submit(req(voice, "Hello world.", 30, seed)) for seed in (18, 19)]
+        for stream in streams:
+            with pytest.raises(InternalWorkerError, match="try again"):
+                await read_all(stream)
+        after = await read_all(scheduler.submit(req(voice, "Hello world.", 12, 20)))
+    finally:
+        scheduler.close()
+    assert sum(c.size for c in after) == engine.output_samples([12])
+
+
+# ----- pieces of the GPU path that run on the CPU too ------------------------------------------------
+
+
+def test_batched_vocoder_windows_equal_single_calls(engine: XttsEngine, voice: VoiceEmbedding) -> None:
+    decoder = engine.model.hifigan_decoder
+    gen = torch.Generator().manual_seed(0)
+    speakers = [torch.from_numpy(voice.speaker_embedding), torch.randn(1, 512, 1, generator=gen)]
+    windows = []
+    for i, tokens in enumerate((16, 24, 10)):
+        vocoder = StreamingVocoder(decoder, speakers[i % 2])
+        for _ in range(tokens):
+            vocoder.push(torch.randn(64, generator=gen))
+        window = vocoder.window(final=i == 2)  # the last reaches its sentence's end: it runs alone
+        assert window is not None
+        windows.append(window)
+    together = decode_windows(decoder, windows, batch=True)
+    apart = decode_windows(decoder, windows, batch=False)
+    hop = 256  # output samples per frame
+    for w, a, b in zip(windows, together, apart, strict=True):
+        assert a.numel() == b.numel() == w.frames * hop
+        # What the stream emits: the new frames, not the context HiFi-GAN saw on either side.
+        new = slice((w.start - w.win_start) * hop, (w.end - w.win_start) * hop)
+        torch.testing.assert_close(a[new], b[new], atol=1e-5, rtol=1e-4)
+
+
+def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
+    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VOXCLONE_FAST_DECODE", raising=False)
+    monkeypatch.delenv("VOXCLONE_DECODE_DTYPE", raising=False)
+    assert engine.fast_decode == FastDecode(graphs=False, dtype=torch.float32)
+    session = engine.open_batch(2)
+    assert not session.graphs and not session.decoder.replay
+    session.close()
+    assert resolve_fast_decode("cuda") == FastDecode(
+        graphs=False, dtype=torch.float32
+    )  # opt-in until measured
+    assert resolve_fast_decode("cuda", "auto") == FastDecode(graphs=True, dtype=torch.float16)
+    assert resolve_fast_decode("cuda:0", "off") == FastDecode(graphs=False, dtype=torch.float32)
+    assert resolve_fast_decode("cuda", dtype="bfloat16").dtype == torch.bfloat16
+    monkeypatch.setenv("VOXCLONE_FAST_DECODE", "off")
+    assert not resolve_fast_decode("cuda").graphs
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_fast_decode("cpu", "on")
+    with pytest.raises(ValueError, match="auto, on or off"):
+        resolve_fast_decode("cuda", "sometimes")
+    with pytest.raises(ValueError, match="only supported on CUDA"):
+        resolve_fast_decode("cpu", dtype="float16")
+
+
+def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> None:
+    class OneAtATime:
+        prepare = engine.prepare
+        generate = engine.generate
+
+    with pytest.raises(ValueError, match="cannot batch"):
+        SynthesisScheduler(OneAtATime(), max_queue=1, max_batch=4)
+    serial, batching = SynthesisScheduler(OneAtATime(), max_queue=1), SynthesisScheduler(engine, max_queue=1)
+    serial.close()
+    batching.close()
+    assert (serial.max_batch, batching.max_batch) == (1, engine.default_max_batch)

@@ -1,0 +1,340 @@
+"""Continuous batching of XTTS-v2 synthesis: every running request advances one audio token per step.
+
+A :class:`BatchSynthesis` holds up to ``capacity`` requests, one GPT row each in a
+:class:`~worker.batch_gpt.BatchDecoder`. Requests join (:meth:`BatchSynthesis.add`) and leave
+(:meth:`BatchSynthesis.remove`, or by finishing) between steps; each keeps its own sampling generator,
+repetition history, chunk schedule, streaming vocoder and watermark state, so its audio is what
+:meth:`worker.xtts.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
+rounding). A request's sentences run one after another in its row: a finished sentence re-prefills the
+row with the next one. Chunks are vocoded between decode steps (several streams in one HiFi-GAN call
+where that pays) and returned by :meth:`BatchSynthesis.step` for the scheduler to hand over.
+:class:`ChunkWriter` (int16 chunks, watermark) serves both synthesis paths; :class:`DecoderPool` keeps an
+engine's decoders (static caches, captured graphs) between sessions.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from worker.audio import OUTPUT_SAMPLE_RATE
+from worker.errors import InternalWorkerError, SpeechError
+from worker.xtts_gpt import draw_uniform, text_prefix
+from worker.xtts_vocoder import StreamingVocoder, VocoderWindow, decode_windows
+
+if TYPE_CHECKING:
+    from worker.batch_gpt import BatchDecoder, StepResult
+    from worker.types import FloatArray
+    from worker.watermark import Watermarker
+    from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RowOutput:
+    """What one step made for one request: chunks to send, and whether (or how) it ended."""
+
+    key: Hashable
+    chunks: list[Int16Array] = field(default_factory=list)
+    done: bool = False
+    error: SpeechError | None = None
+
+
+@dataclass
+class _Row:
+    key: Hashable
+    speech: PreparedSpeech
+    stats: StreamStats
+    writer: ChunkWriter
+    generator: torch.Generator
+    vocoder: StreamingVocoder
+    sentence: int = 0
+    target: int = 0  # tokens before the next chunk
+    since_chunk: int = 0
+    steps: int = 0  # tokens of the current sentence
+    needs_prefill: bool = True
+
+
+class BatchSynthesis:
+    """Several synthesis requests decoded together on one engine; driven by one thread."""
+
+    def __init__(
+        self, engine: XttsEngine, decoder: BatchDecoder, *, graphs: bool, batch_vocoder: bool
+    ) -> None:
+        self.engine = engine
+        self.decoder = decoder
+        self.graphs = graphs
+        self.batch_vocoder = batch_vocoder
+        self._slots: list[_Row] = []  # row i lives in decoder slot i
+
+    @property
+    def capacity(self) -> int:
+        return self.decoder.capacity
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self._slots)
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return [row.key for row in self._slots]
+
+    def add(self, key: Hashable, speech: PreparedSpeech, stats: StreamStats) -> None:
+        """Start ``speech`` in a free row; its first token comes with the next :meth:`step`."""
+        stats.started = time.perf_counter()
+        row = _Row(
+            key,
+            speech,
+            stats,
+            ChunkWriter(self.engine.watermark, stats),
+            torch.Generator().manual_seed(speech.seed),
+            self._vocoder(speech),
+            target=self.engine.chunks.first_tokens,
+        )
+        self.decoder.claim()
+        self._slots.append(row)
+
+    def remove(self, key: Hashable) -> None:
+        """Drop ``key``'s row (cancelled or failed); the other rows are not disturbed."""
+        for slot, row in enumerate(self._slots):
+            if row.key == key:
+                row.stats.elapsed_s = time.perf_counter() - row.stats.started
+                self._release(slot)
+                return
+
+    def step(self, held: Collection[Hashable] = ()) -> list[RowOutput]:
+        """Advance every row not in ``held`` (their listeners are behind) by one token; vocode due chunks."""
+        if not self._slots:
+            return []
+        joining = [i for i, row in enumerate(self._slots) if row.needs_prefill and row.key not in held]
+        produced: list[tuple[int, torch.Tensor, int]] = []  # (slot, latent, token)
+        if joining:
+            result = self._prefill(joining)
+            produced += [(s, result.latents[j], result.tokens[j]) for j, s in enumerate(joining)]
+        active = [
+            not row.needs_prefill and row.key not in held and i not in joining
+            for i, row in enumerate(self._slots)
+        ]
+        if any(active):
+            uniforms = [
+                draw_uniform(row.generator, self.engine.sampling) if on else 0.0
+                for row, on in zip(self._slots, active, strict=True)
+            ]
+            result = self.decoder.step(active, uniforms)
+            produced += [(i, result.latents[i], result.tokens[i]) for i, on in enumerate(active) if on]
+        return self._advance(produced)
+
+    def close(self, *, reuse: bool = True) -> None:
+        """End the session; its decoder goes back to the engine unless a failure may have broken it."""
+        while self._slots:
+            self._release(len(self._slots) - 1)
+        if reuse:
+            self.engine.decoders.give_back(self.decoder, self.graphs)
+
+    # ----- inside a step -----------------------------------------------------------------------------
+
+    def _prefill(self, slots: list[int]) -> StepResult:
+        gpt = self.engine.model.gpt
+        prefixes, minimums, uniforms = [], [], []
+        for slot in slots:
+            row = self._slots[slot]
+            with torch.inference_mode():
+                prefixes.append(
+                    text_prefix(gpt, row.speech.gpt_cond_latent, row.speech.sentences[row.sentence])
+                )
+            minimums.append(row.speech.min_tokens)
+            uniforms.append(draw_uniform(row.generator, self.engine.sampling))
+            row.needs_prefill = False
+            row.stats.sentences += 1
+        return self.decoder.prefill(slots, prefixes, minimums, uniforms)
+
+    def _advance(self, produced: list[tuple[int, torch.Tensor, int]]) -> list[RowOutput]:
+        """Book each row's new token; vocode the chunks that are due; move rows to their next sentence."""
+        stop = self.engine.model.gpt.stop_audio_token
+        due: list[tuple[_Row, VocoderWindow]] = []
+        finished: list[_Row] = []
+        for slot, latent, token in produced:
+            row = self._slots[slot]
+            row.vocoder.push(latent)
+            row.stats.tokens += 1
+            row.steps += 1
+            row.since_chunk += 1
+            if token == stop or row.steps >= row.speech.max_tokens:
+                finished.append(row)
+                window = row.vocoder.window(final=True)
+            elif row.since_chunk >= row.target and row.vocoder.pending_frames(final=False) > 0:
+                window = row.vocoder.window(final=False)
+                row.target, row.since_chunk = self.engine.chunks.after(row.target), 0
+            else:
+                continue
+            if window is not None:
+                due.append((row, window))
+        outputs: dict[Hashable, RowOutput] = {}
+        waves = decode_windows(
+            self.engine.model.hifigan_decoder, [w for _, w in due], batch=self.batch_vocoder
+        )
+        for (row, window), wav in zip(due, waves, strict=True):
+            out = outputs.setdefault(row.key, RowOutput(row.key))
+            row.stats.vocoder_frames += window.frames
+            _guarded(out, functools.partial(_write, row, window, wav))
+        for row in finished:
+            out = outputs.setdefault(row.key, RowOutput(row.key))
+            if out.error is None:
+                self._next_sentence(row, out)
+        for out in outputs.values():
+            if out.done or out.error is not None:
+                self.remove(out.key)
+        return list(outputs.values())
+
+    def _next_sentence(self, row: _Row, out: RowOutput) -> None:
+        if row.sentence + 1 < len(row.speech.sentences):
+            row.sentence += 1
+            row.vocoder = self._vocoder(row.speech)
+            row.target, row.since_chunk, row.steps = self.engine.chunks.tokens, 0, 0
+            row.needs_prefill = True
+            return
+        _guarded(out, row.writer.flush)
+        out.done = True
+
+    def _vocoder(self, speech: PreparedSpeech) -> StreamingVocoder:
+        return StreamingVocoder(
+            self.engine.model.hifigan_decoder, speech.speaker_embedding, self.engine.chunks.context_frames
+        )
+
+    def _release(self, slot: int) -> None:
+        moved = self.decoder.release(slot)
+        last = self._slots.pop()
+        if moved is not None:
+            self._slots[slot] = last
+
+
+class ChunkWriter:
+    """Vocoder audio → one stream's int16 chunks, watermarked without seams, counted in ``stats``.
+
+    Used by both synthesis paths (``XttsEngine.generate`` and :class:`BatchSynthesis`).
+    """
+
+    def __init__(self, watermarker: Watermarker | None, stats: StreamStats) -> None:
+        from worker.watermark import StreamWatermarker
+
+        self._marker = StreamWatermarker(watermarker, OUTPUT_SAMPLE_RATE) if watermarker is not None else None
+        self._stats = stats
+
+    def write(self, pcm: FloatArray) -> Int16Array:
+        """The part of ``pcm`` ready to send (the watermark holds back a short tail for the next chunk)."""
+        if self._marker is not None:
+            with torch.inference_mode():
+                pcm = self._marker.push(pcm)
+        return self._emit(pcm)
+
+    def flush(self) -> Int16Array:
+        """Whatever the watermark still holds, at the end of the stream."""
+        if self._marker is None:
+            return np.zeros(0, dtype=np.int16)
+        with torch.inference_mode():
+            return self._emit(self._marker.flush())
+
+    def _emit(self, pcm: FloatArray) -> Int16Array:
+        out = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+        if out.size:
+            self._stats.chunks += 1
+            self._stats.samples += out.size
+            if self._stats.first_chunk_s is None:
+                self._stats.first_chunk_s = time.perf_counter() - self._stats.started
+        return out
+
+
+def _write(row: _Row, window: VocoderWindow, wav: torch.Tensor) -> Int16Array:
+    """The int16 chunk of ``window``'s new audio, through the row's watermark."""
+    return row.writer.write(row.vocoder.accept(window, wav).float().cpu().numpy())
+
+
+def _guarded(out: RowOutput, make: Callable[[], Int16Array]) -> None:
+    """Add ``make()``'s chunk to ``out``; a failure ends this stream only, never the batch."""
+    if out.error is not None:
+        return
+    try:
+        chunk = make()
+    except SpeechError as exc:
+        out.error = exc
+        return
+    except Exception:
+        log.exception("speech synthesis failed for one stream")
+        out.error = InternalWorkerError("Speech synthesis failed on the worker: try again.")
+        return
+    if chunk.size:
+        out.chunks.append(chunk)
+
+
+class DecoderPool:
+    """An engine's batch decoders (static KV caches and captured graphs), kept between sessions.
+
+    Building one allocates the cache and, with CUDA graphs, captures a graph per bucket (seconds), so a
+    scheduler that restarts, or the benchmark's many schedulers, reuse them. One session uses a decoder
+    at a time; a second concurrent session on the same engine gets a decoder of its own.
+    """
+
+    def __init__(self, engine: XttsEngine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._free: dict[int, list[tuple[BatchDecoder, bool]]] = {}
+
+    def open(self, capacity: int) -> BatchSynthesis:
+        """A session of ``capacity`` rows on a free decoder (built on first use)."""
+        with self._lock:
+            spare = self._free.get(capacity)
+            decoder, graphs = spare.pop() if spare else (None, False)
+        if decoder is None:
+            decoder, graphs = self._build(capacity)
+        batch_vocoder = torch.device(self.engine.device).type == "cuda"
+        return BatchSynthesis(self.engine, decoder, graphs=graphs, batch_vocoder=batch_vocoder)
+
+    def give_back(self, decoder: BatchDecoder, graphs: bool) -> None:
+        with self._lock:
+            self._free.setdefault(decoder.capacity, []).append((decoder, graphs))
+
+    def _build(self, capacity: int) -> tuple[BatchDecoder, bool]:
+        from worker.batch_gpt import BatchDecoder
+
+        engine = self.engine
+        gpt = engine.model.gpt
+        fast = engine.fast_decode
+        decoder = BatchDecoder(
+            gpt,
+            engine.sampling,
+            capacity=capacity,
+            max_positions=max_positions(gpt),
+            device=engine.device,
+            dtype=fast.dtype,
+        )
+        graphs = False
+        if fast.graphs:
+            from worker.batch_graphs import FastDecode, capture_steps
+
+            graphs = capture_steps(decoder)
+            if not graphs:  # don't try again for every decoder this engine builds
+                engine.fast_decode = FastDecode(graphs=False, dtype=fast.dtype)
+        log.info(
+            "batch decoder for %d streams on %s (%s)",
+            capacity,
+            engine.device,
+            fast.label if graphs else "eager",
+        )
+        return decoder, graphs
+
+
+def max_positions(gpt: object) -> int:
+    """Cache positions one sentence can need: conditioning, text with its markers, start token, audio."""
+    perceiver = getattr(gpt, "conditioning_perceiver", None)
+    cond = int(perceiver.latents.shape[0]) if perceiver is not None else int(gpt.max_prompt_tokens)  # type: ignore[attr-defined]
+    needed = cond + int(gpt.max_text_tokens) + 1 + int(gpt.max_gen_mel_tokens)  # type: ignore[attr-defined]
+    return -(-needed // 64) * 64  # a multiple of 64: attention kernels want aligned mask rows

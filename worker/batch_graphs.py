@@ -1,0 +1,153 @@
+"""Low-overhead decoding on CUDA: the batched decode step captured as CUDA graphs, in half precision.
+
+On a GPU a decode step of XTTS-v2's GPT (30 layers) is a few hundred small kernels; launched from Python
+they cost ~9 ms, replayed from a CUDA graph ~2 ms (``../shared/bench/decode_floor_gpu.py``). This module
+decides whether to do that (:func:`resolve_fast_decode`: never on the CPU, automatic on CUDA, the
+``VOXCLONE_FAST_DECODE`` environment variable overrides) and captures
+:meth:`worker.batch_gpt.BatchDecoder.run_step` once per (batch, cache length) bucket
+(:func:`capture_steps`). Every captured graph is checked against the eager step on the same inputs
+before use; a capture that fails or disagrees turns graphs off for that decoder, with a warning, and
+decoding goes on eagerly. Nothing here runs, or imports CUDA state, unless graphs are on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from worker.batch_gpt import BatchDecoder
+
+log = logging.getLogger(__name__)
+
+FAST_DECODE_ENV = "VOXCLONE_FAST_DECODE"  # "auto" (default), "off", or "on"
+DECODE_DTYPE_ENV = "VOXCLONE_DECODE_DTYPE"  # "float16" (CUDA default), "bfloat16" or "float32"
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}  # latent max abs diff
+
+
+@dataclass(frozen=True)
+class FastDecode:
+    """How the batched decoder runs: CUDA graphs or eager, and the GPT's dtype."""
+
+    graphs: bool = False
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def label(self) -> str:
+        kind = "cuda-graphs" if self.graphs else "eager"
+        return f"{kind}/{str(self.dtype).removeprefix('torch.')}"
+
+
+DEFAULT_FAST_DECODE = "off"  # unverified on a GPU so far: see resolve_fast_decode
+
+
+def resolve_fast_decode(device: str, mode: str | None = None, dtype: str | None = None) -> FastDecode:
+    """The decode mode for ``device``: ``mode`` (or ``$VOXCLONE_FAST_DECODE``) is auto, on or off.
+
+    ``auto`` and ``on`` mean CUDA graphs and float16 on a CUDA device; on the CPU ``auto`` is eager
+    float32 and ``on`` is refused. ``dtype`` (or ``$VOXCLONE_DECODE_DTYPE``) overrides the precision.
+    The default is ``off`` until the graph path has been measured on a GPU (it was written and tested on
+    the CPU with stand-ins for ``torch.cuda``): an operator opts in with ``VOXCLONE_FAST_DECODE=auto``.
+    """
+    mode = (mode or os.environ.get(FAST_DECODE_ENV) or DEFAULT_FAST_DECODE).strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"{FAST_DECODE_ENV} must be auto, on or off, not {mode!r}")
+    cuda = torch.device(device).type == "cuda"
+    if mode == "on" and not cuda:
+        raise ValueError(f"{FAST_DECODE_ENV}=on needs a CUDA device; this worker runs on {device}")
+    fast = cuda and mode != "off"
+    name = (dtype or os.environ.get(DECODE_DTYPE_ENV) or ("float16" if fast else "float32")).strip().lower()
+    if name not in _DTYPES:
+        raise ValueError(f"{DECODE_DTYPE_ENV} must be one of {', '.join(_DTYPES)}, not {name!r}")
+    if not cuda and name != "float32":
+        raise ValueError("reduced-precision decoding is only supported on CUDA")
+    return FastDecode(graphs=fast, dtype=_DTYPES[name])
+
+
+def capture_steps(decoder: BatchDecoder) -> bool:
+    """Capture and check a graph of the decode step for every bucket; False (eager from then on) on failure.
+
+    Call with no rows occupied (a fresh decoder): warm-up runs execute the step, with every row inactive.
+    """
+    if decoder.rows:
+        raise RuntimeError("capture graphs before any row joins")
+    started = time.perf_counter()
+    pool = torch.cuda.graph_pool_handle()
+    stream = torch.cuda.Stream(device=decoder.device)
+    graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+    try:
+        for batch in decoder.batch_sizes:
+            for length in decoder.lengths:
+                graphs[(batch, length)] = _capture(decoder, batch, length, pool, stream)
+                if not _agrees(decoder, graphs[(batch, length)], batch, length):
+                    log.warning("a captured decode step disagrees with the eager one: decoding eagerly")
+                    return False
+    except RuntimeError:
+        log.warning("capturing the decode step in a CUDA graph failed: decoding eagerly", exc_info=True)
+        return False
+    finally:
+        _reset_rows(decoder)
+    decoder.replay.update(graphs)
+    log.info(
+        "captured %d decode-step graphs (batch %s × length %s) in %.1f s",
+        len(graphs), decoder.batch_sizes, decoder.lengths, time.perf_counter() - started,
+    )  # fmt: skip
+    return True
+
+
+def _capture(
+    decoder: BatchDecoder, batch: int, length: int, pool: Any, stream: torch.cuda.Stream
+) -> torch.cuda.CUDAGraph:
+    decoder.active.zero_()  # warm-up runs must not advance anything
+    stream.wait_stream(torch.cuda.current_stream(decoder.device))
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(2):
+            decoder.run_step(batch, length)
+    torch.cuda.current_stream(decoder.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: other threads (embedding, transcription) may use the GPU while this one captures.
+    with (
+        torch.inference_mode(),
+        torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"),
+    ):
+        decoder.run_step(batch, length)
+    return graph
+
+
+def _agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, batch: int, length: int) -> bool:
+    """Replay ``graph`` and run the eager step on the same random state; compare latents and tokens."""
+    gen = torch.Generator(device=decoder.device).manual_seed(batch * 100_003 + length)
+    with torch.inference_mode():
+        decoder.x[:batch] = 0.5 * torch.randn(batch, decoder.dim, generator=gen, device=decoder.device)
+        decoder.pos[:batch] = torch.randint(0, length, (batch,), generator=gen, device=decoder.device)
+        decoder.steps[:batch] = torch.randint(1, 50, (batch,), generator=gen, device=decoder.device)
+        decoder.uniform[:batch] = torch.rand(batch, generator=gen, device=decoder.device)
+        decoder.active[:batch] = False
+        graph.replay()
+        replayed = decoder.out_latent[:batch].clone(), decoder.out_tokens[:batch].clone()
+        decoder.run_step(batch, length)
+        eager = decoder.out_latent[:batch], decoder.out_tokens[:batch]
+        diff = float((replayed[0] - eager[0]).abs().max())
+        same_tokens = float((replayed[1] == eager[1]).float().mean())
+    ok = diff <= _CHECK_TOLERANCE[decoder.dtype] and same_tokens >= 0.75
+    if not ok:
+        log.warning(
+            "graph check at batch %d length %d: latent diff %.3g, tokens same %.0f%%",
+            batch,
+            length,
+            diff,
+            100 * same_tokens,
+        )
+    return ok
+
+
+def _reset_rows(decoder: BatchDecoder) -> None:
+    with torch.inference_mode():
+        for buf in (decoder.x, decoder.pos, decoder.steps, decoder.uniform, decoder.seen, decoder.active):
+            buf.zero_()

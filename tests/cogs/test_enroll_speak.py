@@ -174,8 +174,6 @@ async def test_dead_worker_is_explained(world: World, monkeypatch: pytest.Monkey
 
 
 async def test_leaves_when_alone_in_the_channel(world: World) -> None:
-    import discord
-
     h, fx = world.harness, world.fx
     await world.enable_cloning(cooldown=0)
     assert "Your voice is enrolled" in await world.enroll(world.ada), dump(world)
@@ -186,19 +184,7 @@ async def test_leaves_when_alone_in_the_channel(world: World) -> None:
     await wait_for(lambda: player.current is None and not player.queue, timeout=120)
     vc = HarnessVoiceClient.instances[-1]
     assert vc.is_connected()
-    state = {
-        "session_id": "x",
-        "deaf": False,
-        "mute": False,
-        "self_deaf": False,
-        "self_mute": False,
-        "self_video": False,
-        "suppress": False,
-        "request_to_speak_timestamp": None,
-    }
-    before = discord.VoiceState(data=state, channel=fx.voice_channel)
-    fx.guild._update_voice_state({**state, "user_id": str(world.ada.id), "channel_id": None}, None)
-    after = discord.VoiceState(data=state, channel=None)
+    before, after = h.leave_voice(fx, world.ada.id)
     cog = world.bot.get_cog("Speak")
     await cog.on_voice_state_update(world.ada, before, after)  # type: ignore[union-attr]
     assert not vc.is_connected() and vc.disconnects == 1

@@ -45,6 +45,18 @@ MEMBER_DEFAULT = (
 )
 
 
+VOICE_STATE: dict[str, Any] = {  # a member's voice flags, as in a VOICE_STATE_UPDATE payload
+    "session_id": "x",
+    "deaf": False,
+    "mute": False,
+    "self_deaf": False,
+    "self_mute": False,
+    "self_video": False,
+    "suppress": False,
+    "request_to_speak_timestamp": None,
+}
+
+
 def snowflake() -> int:
     """A unique id whose embedded time is now (interaction tokens expire 15 minutes after their id's time)."""
     return discord.utils.time_snowflake(datetime.now(UTC)) + next(_ids) % (1 << 22)
@@ -491,20 +503,15 @@ class Harness:
         """Put a member in a voice channel, as a VOICE_STATE_UPDATE would."""
         channel = channel or fx.voice_channel
         fx.guild._update_voice_state(
-            {
-                "user_id": str(user_id),
-                "channel_id": str(channel.id),
-                "session_id": "x",
-                "deaf": False,
-                "mute": False,
-                "self_deaf": False,
-                "self_mute": False,
-                "self_video": False,
-                "suppress": False,
-                "request_to_speak_timestamp": None,
-            },
-            channel.id,
+            {**VOICE_STATE, "user_id": str(user_id), "channel_id": str(channel.id)}, channel.id
         )
+
+    def leave_voice(self, fx: GuildFixture, user_id: int) -> tuple[discord.VoiceState, discord.VoiceState]:
+        """Take a member out of voice; returns the (before, after) states a listener would get."""
+        member = fx.guild.get_member(user_id)
+        channel = member.voice.channel if member and member.voice else None
+        fx.guild._update_voice_state({**VOICE_STATE, "user_id": str(user_id), "channel_id": None}, None)
+        return discord.VoiceState(data=VOICE_STATE, channel=channel), discord.VoiceState(data=VOICE_STATE)
 
     def attachment(
         self,

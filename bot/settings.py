@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     worker_host: str = Field(default="127.0.0.1", description="Address `voxclone worker` listens on")
     worker_port: int = Field(default=8765, ge=1, le=65535, description="Port `voxclone worker` listens on")
     worker_max_queue: int = Field(default=32, ge=1, description="Synthesis requests waiting before 'busy'")
+    worker_max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Requests decoded together on one GPU (empty: 32 on CUDA, 4 on CPU)",
+    )
+    fast_decode: Literal["off", "auto", "on"] | None = Field(
+        default=None, description="CUDA-graph + fp16 decoding: off (default until measured), auto or on"
+    )
 
     # Models
     model_dir: Path | None = Field(

@@ -91,6 +91,8 @@ async def load_local_service(settings: Settings, models: LocalModels) -> SpeechS
         device=settings.device,
         max_queue=settings.worker_max_queue,
         download_root=settings.model_cache_dir,
+        max_batch=settings.worker_max_batch,
+        fast_decode=settings.fast_decode,
     )
 
 

@@ -71,6 +71,7 @@ class LocalSpeechService:
         watermarker: Watermarker,
         max_queue: int = 32,
         buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
+        max_batch: int | None = None,
     ) -> None:
         self.xtts = xtts
         self.quality_gate = quality_gate
@@ -79,7 +80,7 @@ class LocalSpeechService:
         self.watermarker = watermarker
         # Every synthesized chunk carries the watermark: the engine applies it before a chunk leaves.
         xtts.watermark = watermarker
-        self.scheduler = SynthesisScheduler(xtts, max_queue, buffer_chunks=buffer_chunks)
+        self.scheduler = SynthesisScheduler(xtts, max_queue, buffer_chunks=buffer_chunks, max_batch=max_batch)
         self._closed = False
 
     @classmethod
@@ -92,9 +93,16 @@ class LocalSpeechService:
         device: str = "auto",
         max_queue: int = 32,
         download_root: Path | None = None,
+        max_batch: int | None = None,
+        fast_decode: str | None = None,
     ) -> LocalSpeechService:
-        """Load every engine (in worker threads, side by side) and start the synthesis thread."""
+        """Load every engine (in worker threads, side by side) and start the synthesis thread.
+
+        ``max_batch``: requests decoded together (None: the engine's default, 32 on CUDA, 4 on CPU).
+        ``fast_decode``: off/auto/on for CUDA-graph decoding (None: ``$VOXCLONE_FAST_DECODE`` or off).
+        """
         from worker.asr import load_transcriber
+        from worker.batch_graphs import resolve_fast_decode
         from worker.quality import QualityGate
         from worker.verify import SpeakerVerifier
         from worker.watermark import Watermarker
@@ -102,7 +110,12 @@ class LocalSpeechService:
         resolved = resolve_device(device)
         log.info("loading speech engines on %s", resolved)
         xtts, gate, transcriber, verifier, watermarker = await asyncio.gather(
-            asyncio.to_thread(XttsEngine.load, Path(xtts_dir), resolved),
+            asyncio.to_thread(
+                XttsEngine.load,
+                Path(xtts_dir),
+                resolved,
+                fast_decode=resolve_fast_decode(resolved, fast_decode),
+            ),
             asyncio.to_thread(QualityGate),
             asyncio.to_thread(load_transcriber, asr_backend, asr_model, resolved, download_root),
             asyncio.to_thread(SpeakerVerifier),
@@ -115,6 +128,7 @@ class LocalSpeechService:
             verifier=verifier,
             watermarker=watermarker,
             max_queue=max_queue,
+            max_batch=max_batch,
         )
 
     @property

@@ -93,11 +93,18 @@ async def wait_idle(scheduler: SynthesisScheduler, timeout: float = 5.0) -> floa
 
 async def test_load_builds_every_engine(tiny_xtts_dir: Path, asr_model_dir: str) -> None:
     svc = await LocalSpeechService.load(
-        tiny_xtts_dir, asr_backend="faster-whisper", asr_model=asr_model_dir, device="auto", max_queue=3
+        tiny_xtts_dir,
+        asr_backend="faster-whisper",
+        asr_model=asr_model_dir,
+        device="auto",
+        max_queue=3,
+        max_batch=2,
+        fast_decode="off",
     )
     try:
         assert isinstance(svc, SpeechService)
         assert await svc.ready() and svc.queue_depth == 0 and svc.scheduler.max_queue == 3
+        assert svc.scheduler.max_batch == 2 and not svc.xtts.fast_decode.graphs
         assert svc.xtts.watermark is svc.watermarker  # every chunk it makes is marked
     finally:
         await svc.aclose()

@@ -26,6 +26,7 @@ from bot.policy import Actor, Policy
 from storage import Challenge, ConsentRecord, ReferenceClip, Repositories, VoiceProfile
 from storage.errors import ChallengeMissing
 from storage.repos.profiles import MAX_RECORDING_BYTES
+from worker.errors import QualityRejected, SpeechError
 from worker.service import SpeechService
 from worker.types import PhraseMatch, QualityReport, SpeakerCheck, SpeechRequest
 from worker.verify import make_consent_phrase
@@ -146,11 +147,7 @@ class EnrollmentService:
         ref_audio = await _decode(reference) if reference is not None else None
         quality = await self.speech.check_quality(consent_audio.pcm, consent_audio.sample_rate)
         if not quality.accepted:
-            from worker.errors import QualityRejected
-
-            raise QualityRejected(
-                "This recording can't be used to clone your voice.", reasons=list(quality.reasons)
-            )
+            raise QualityRejected("This recording can't be used to clone your voice.", report=quality)
         await stage("transcribing")
         heard = await self.speech.transcribe(consent_audio.pcm, consent_audio.sample_rate, CONSENT_LANGUAGE)
         await stage("comparing")
@@ -202,8 +199,6 @@ class EnrollmentService:
 
     async def preview(self, request: SpeechRequest) -> bytes | None:
         """A short WAV in the voice; None if the engine could not make one (the enrolment still stands)."""
-        from worker.errors import SpeechError
-
         chunks: list[bytes] = []
         try:
             async for chunk in self.speech.synthesize(request):

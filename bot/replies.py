@@ -95,8 +95,7 @@ def user_message(error: BaseException) -> str:
         error = error.error
     if isinstance(error, QualityRejected):
         report = error.details.get("report")
-        reasons = list(getattr(report, "reasons", None) or error.details.get("reasons") or [])
-        reasons = [r for r in reasons if r != error.message]
+        reasons = [r for r in getattr(report, "reasons", None) or [] if r != error.message]
         bullet = "".join(f"\n• {r}" for r in reasons)
         return f"{error.message}{bullet}"
     if isinstance(error, VoxcloneError | SpeechError):

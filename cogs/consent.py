@@ -137,16 +137,13 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         retention_days: app_commands.Range[int, 0, 36500] | None = None,
     ) -> None:
         """Change voice cloning settings (only the options you give)."""
-        changes: dict[str, Any] = {}
-        for name, value in (
-            ("cloning_enabled", cloning),
-            ("allow_sharing", sharing),
-            ("announce", announce),
-            ("max_text_length", max_text_length),
-            ("cooldown_s", cooldown),
-        ):
-            if value is not None:
-                changes[name] = value
+        changes = _given(
+            cloning_enabled=cloning,
+            allow_sharing=sharing,
+            announce=announce,
+            max_text_length=max_text_length,
+            cooldown_s=cooldown,
+        )
         if retention_days is not None:
             changes["retention_days"] = retention_days or None
         await self._update(interaction, changes)
@@ -190,13 +187,11 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         """Choose how voice messages are handled, and in which channels."""
         guild, _ = guild_member(interaction)
         current = await self.bot.repos.settings.get(guild.id)
-        changes: dict[str, Any] = {}
-        if mode is not None:
-            changes["voice_message_mode"] = mode
-        if max_minutes is not None:
-            changes["voice_message_max_seconds"] = max_minutes * 60
-        if max_mb is not None:
-            changes["voice_message_max_mb"] = max_mb
+        changes = _given(
+            voice_message_mode=mode,
+            voice_message_max_seconds=max_minutes * 60 if max_minutes is not None else None,
+            voice_message_max_mb=max_mb,
+        )
         if channel is not None or action == "clear":
             changes["voice_message_channel_ids"] = _edit_ids(
                 current.voice_message_channel_ids, channel, action, "channel"
@@ -298,6 +293,11 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
             embed=settings_embed(settings, message_content_intent=intent),
             ephemeral=True,
         )
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options an admin actually gave (Discord passes the others as None)."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _edit_ids(

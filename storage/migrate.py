@@ -94,8 +94,14 @@ async def upgrade(url: str) -> str:
     than this code or a migration fails (the failed migration is rolled back).
     """
     head = head_revision()
+    # The SQLite lock is taken before opening: opening writes (WAL mode, a writability check), and
+    # a second upgrader doing that during the first one's migration could wait past the busy timeout.
     # Migrations run with SQLite foreign keys off: a table rebuild must not cascade (see db.py).
-    async with Database(url, _foreign_keys=False) as db, _upgrade_lock(db):
+    async with (
+        _sqlite_upgrade_lock(parse_database_url(url).sqlite_path),
+        Database(url, _foreign_keys=False) as db,
+        _postgres_upgrade_lock(db),
+    ):
         before = await _run(db, _upgrade_sync)
     if before != head:
         log.info("database migrated from=%s to=%s url=%s", before, head, db.url.safe)
@@ -159,16 +165,34 @@ async def _run(db: Database, fn: Callable[[Connection], T]) -> T:
 
 
 @asynccontextmanager
-async def _upgrade_lock(db: Database) -> AsyncIterator[None]:
-    """Hold the one upgrade lock for this database while migrating (released if the process dies)."""
-    if db.url.sqlite_path is not None:
-        lock_path = db.url.sqlite_path.with_name(db.url.sqlite_path.name + ".migrate-lock")
+async def _sqlite_upgrade_lock(path: Path | None) -> AsyncIterator[None]:
+    """Hold the lock file beside an SQLite database while migrating (released if the process dies).
+
+    When the folder cannot be created or written, no lock is taken: opening the database then fails
+    with the message that explains it (see ``storage.db``).
+    """
+    if path is None:
+        yield
+        return
+    lock_path = path.with_name(path.name + ".migrate-lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+    except OSError:
+        yield
+        return
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+@asynccontextmanager
+async def _postgres_upgrade_lock(db: Database) -> AsyncIterator[None]:
+    """Hold the one upgrade advisory lock on a PostgreSQL database while migrating."""
+    if db.url.sqlite_path is not None:
+        yield
         return
     async with db.engine.connect() as conn:
         await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})

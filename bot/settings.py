@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         description="Requests decoded together on one GPU (empty: 32 on CUDA, 4 on CPU)",
     )
     fast_decode: Literal["off", "auto", "on"] | None = Field(
-        default=None, description="CUDA-graph + fp16 decoding: off (default until measured), auto or on"
+        default=None, description="CUDA-graph + fp16 decoding: auto (default: on when CUDA), on or off"
     )
 
     # Models

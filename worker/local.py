@@ -99,7 +99,7 @@ class LocalSpeechService:
         """Load every engine (in worker threads, side by side) and start the synthesis thread.
 
         ``max_batch``: requests decoded together (None: the engine's default, 32 on CUDA, 4 on CPU).
-        ``fast_decode``: off/auto/on for CUDA-graph decoding (None: ``$VOXCLONE_FAST_DECODE`` or off).
+        ``fast_decode``: off/auto/on for CUDA-graph decoding (None: ``$VOXCLONE_FAST_DECODE`` or auto).
         """
         from worker.asr import load_transcriber
         from worker.batch_graphs import resolve_fast_decode

@@ -6,8 +6,9 @@ A :class:`BatchSynthesis` holds up to ``capacity`` requests, one GPT row each in
 repetition history, chunk schedule, streaming vocoder and watermark state, so its audio is what
 :meth:`worker.xtts.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
 rounding). A request's sentences run one after another in its row: a finished sentence re-prefills the
-row with the next one. Chunks are vocoded between decode steps (several streams in one HiFi-GAN call
-where that pays) and returned by :meth:`BatchSynthesis.step` for the scheduler to hand over.
+row with the next one. Chunks due at a step are vocoded together (several streams in one HiFi-GAN call
+where that pays); on CUDA that runs on a second stream while the GPT goes on decoding, and each launch's
+audio is handed out, in launch order, by a later :meth:`BatchSynthesis.step` once it is done.
 :class:`ChunkWriter` (int16 chunks, watermark) serves both synthesis paths; :class:`DecoderPool` keeps an
 engine's decoders (static caches, captured graphs) between sessions.
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,7 +31,7 @@ import torch
 from worker.audio import OUTPUT_SAMPLE_RATE
 from worker.errors import InternalWorkerError, SpeechError
 from worker.xtts_gpt import draw_uniform, text_prefix
-from worker.xtts_vocoder import StreamingVocoder, VocoderWindow, decode_windows
+from worker.xtts_vocoder import WINDOW_STEP_CUDA, StreamingVocoder, VocoderWindow, decode_windows, prewarm
 
 if TYPE_CHECKING:
     from worker.batch_gpt import BatchDecoder, StepResult
@@ -62,19 +65,46 @@ class _Row:
     since_chunk: int = 0
     steps: int = 0  # tokens of the current sentence
     needs_prefill: bool = True
+    removed: bool = False  # cancelled or failed: audio still in flight for it is dropped
+
+
+@dataclass
+class _Launch:
+    """The chunks due at one step, being vocoded; their audio is handed out when :meth:`ready`."""
+
+    items: list[tuple[_Row, torch.Tensor]]  # each row's new audio (float32 on the host once ready)
+    ends: list[_Row]  # rows whose last sentence ended at that step: done once this audio is out
+    event: torch.cuda.Event | None = None  # None: computed synchronously, ready at once
+    keep: object = None  # device tensors the side stream uses: alive until the event completes
+
+    def ready(self) -> bool:
+        return self.event is None or bool(self.event.query())
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
 
 
 class BatchSynthesis:
     """Several synthesis requests decoded together on one engine; driven by one thread."""
 
     def __init__(
-        self, engine: XttsEngine, decoder: BatchDecoder, *, graphs: bool, batch_vocoder: bool
+        self,
+        engine: XttsEngine,
+        decoder: BatchDecoder,
+        *,
+        graphs: bool,
+        batch_vocoder: bool,
+        vocoder_stream: torch.cuda.Stream | None = None,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
         self.graphs = graphs
         self.batch_vocoder = batch_vocoder
+        self.vocoder_stream = vocoder_stream  # CUDA: HiFi-GAN overlaps the next decode steps
         self._slots: list[_Row] = []  # row i lives in decoder slot i
+        self._draining: dict[Hashable, _Row] = {}  # decoding finished, audio still being vocoded
+        self._launches: deque[_Launch] = deque()  # vocoder work in flight, oldest first
 
     @property
     def capacity(self) -> int:
@@ -86,7 +116,8 @@ class BatchSynthesis:
 
     @property
     def keys(self) -> list[Hashable]:
-        return [row.key for row in self._slots]
+        """Every request the session still owes audio to (decoding, or its last chunks in flight)."""
+        return [row.key for row in self._slots] + list(self._draining)
 
     def add(self, key: Hashable, speech: PreparedSpeech, stats: StreamStats) -> None:
         """Start ``speech`` in a free row; its first token comes with the next :meth:`step`."""
@@ -108,12 +139,21 @@ class BatchSynthesis:
         for slot, row in enumerate(self._slots):
             if row.key == key:
                 row.stats.elapsed_s = time.perf_counter() - row.stats.started
+                row.removed = True
                 self._release(slot)
                 return
+        draining = self._draining.pop(key, None)
+        if draining is not None:
+            draining.stats.elapsed_s = time.perf_counter() - draining.stats.started
+            draining.removed = True
 
     def step(self, held: Collection[Hashable] = ()) -> list[RowOutput]:
-        """Advance every row not in ``held`` (their listeners are behind) by one token; vocode due chunks."""
-        if not self._slots:
+        """Advance every row not in ``held`` (their listeners are behind) by one token; vocode due chunks.
+
+        Returns the audio that is ready: on CUDA a chunk launched at one step usually comes out at the
+        next. With no row to advance, it waits for the oldest chunks in flight instead.
+        """
+        if not self._slots and not self._launches:
             return []
         joining = [i for i, row in enumerate(self._slots) if row.needs_prefill and row.key not in held]
         produced: list[tuple[int, torch.Tensor, int]] = []  # (slot, latent, token)
@@ -135,6 +175,9 @@ class BatchSynthesis:
 
     def close(self, *, reuse: bool = True) -> None:
         """End the session; its decoder goes back to the engine unless a failure may have broken it."""
+        while self._launches:  # the side stream must be done with this session's tensors
+            self._launches.popleft().wait()
+        self._draining.clear()
         while self._slots:
             self._release(len(self._slots) - 1)
         if reuse:
@@ -158,7 +201,7 @@ class BatchSynthesis:
         return self.decoder.prefill(slots, prefixes, minimums, uniforms)
 
     def _advance(self, produced: list[tuple[int, torch.Tensor, int]]) -> list[RowOutput]:
-        """Book each row's new token; vocode the chunks that are due; move rows to their next sentence."""
+        """Book each row's new token; launch the vocoder on the chunks that are due; hand out ready audio."""
         stop = self.engine.model.gpt.stop_audio_token
         due: list[tuple[_Row, VocoderWindow]] = []
         finished: list[_Row] = []
@@ -177,37 +220,81 @@ class BatchSynthesis:
             else:
                 continue
             if window is not None:
+                row.vocoder.commit(window)
+                row.stats.vocoder_frames += window.frames
                 due.append((row, window))
+        ends = [row for row in finished if not self._next_sentence(row)]
+        for row in ends:  # its decoder row is free now; the stream ends once its last audio is out
+            self._release(next(i for i, r in enumerate(self._slots) if r is row))
+            self._draining[row.key] = row
+        if due or ends:
+            self._launches.append(self._launch(due, ends))
         outputs: dict[Hashable, RowOutput] = {}
-        waves = decode_windows(
-            self.engine.model.hifigan_decoder, [w for _, w in due], batch=self.batch_vocoder
-        )
-        for (row, window), wav in zip(due, waves, strict=True):
-            out = outputs.setdefault(row.key, RowOutput(row.key))
-            row.stats.vocoder_frames += window.frames
-            _guarded(out, functools.partial(_write, row, window, wav))
-        for row in finished:
-            out = outputs.setdefault(row.key, RowOutput(row.key))
-            if out.error is None:
-                self._next_sentence(row, out)
+        self._hand_out(outputs, wait=not produced)
         for out in outputs.values():
             if out.done or out.error is not None:
                 self.remove(out.key)
         return list(outputs.values())
 
-    def _next_sentence(self, row: _Row, out: RowOutput) -> None:
-        if row.sentence + 1 < len(row.speech.sentences):
-            row.sentence += 1
-            row.vocoder = self._vocoder(row.speech)
-            row.target, row.since_chunk, row.steps = self.engine.chunks.tokens, 0, 0
-            row.needs_prefill = True
-            return
-        _guarded(out, row.writer.flush)
-        out.done = True
+    def _launch(self, due: list[tuple[_Row, VocoderWindow]], ends: list[_Row]) -> _Launch:
+        """HiFi-GAN over the due windows: on the side stream (CUDA) or at once."""
+        decoder = self.engine.model.hifigan_decoder
+        windows = [w for _, w in due]
+        stream = self.vocoder_stream
+        if stream is None or not due:
+            waves = decode_windows(decoder, windows, batch=self.batch_vocoder)
+            pcm = [w.new_audio(wav).float().cpu() for w, wav in zip(windows, waves, strict=True)]
+            return _Launch([(row, a) for (row, _), a in zip(due, pcm, strict=True)], ends)
+        stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            waves = decode_windows(decoder, windows, batch=self.batch_vocoder)
+            new = [w.new_audio(wav) for w, wav in zip(windows, waves, strict=True)]
+            flat = torch.cat(new).float()
+            host = torch.empty(flat.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(flat, non_blocking=True)  # one copy back for every stream's chunk
+            event = torch.cuda.Event()
+            event.record(stream)
+        pcm = host.split([int(a.shape[0]) for a in new])
+        return _Launch([(row, a) for (row, _), a in zip(due, pcm, strict=True)], ends, event, (windows, flat))
+
+    def _hand_out(self, outputs: dict[Hashable, RowOutput], *, wait: bool) -> None:
+        """Audio of finished launches, oldest first (chunks stay in order); ``wait``: block for the oldest."""
+        while self._launches:
+            launch = self._launches[0]
+            if not launch.ready():
+                if not wait:
+                    return
+                launch.wait()
+            wait = False
+            self._launches.popleft()
+            for row, pcm in launch.items:
+                if not row.removed:
+                    out = outputs.setdefault(row.key, RowOutput(row.key))
+                    _guarded(out, functools.partial(row.writer.write, pcm.numpy()))
+            for row in launch.ends:
+                if not row.removed:
+                    out = outputs.setdefault(row.key, RowOutput(row.key))
+                    _guarded(out, row.writer.flush)
+                    out.done = True
+                    row.stats.elapsed_s = time.perf_counter() - row.stats.started
+                    self._draining.pop(row.key, None)
+
+    def _next_sentence(self, row: _Row) -> bool:
+        """Start ``row``'s next sentence; False when that was its last."""
+        if row.sentence + 1 >= len(row.speech.sentences):
+            return False
+        row.sentence += 1
+        row.vocoder = self._vocoder(row.speech)
+        row.target, row.since_chunk, row.steps = self.engine.chunks.tokens, 0, 0
+        row.needs_prefill = True
+        return True
 
     def _vocoder(self, speech: PreparedSpeech) -> StreamingVocoder:
         return StreamingVocoder(
-            self.engine.model.hifigan_decoder, speech.speaker_embedding, self.engine.chunks.context_frames
+            self.engine.model.hifigan_decoder,
+            speech.speaker_embedding,
+            self.engine.chunks.context_frames,
+            window_step=WINDOW_STEP_CUDA if self.batch_vocoder else 1,
         )
 
     def _release(self, slot: int) -> None:
@@ -253,11 +340,6 @@ class ChunkWriter:
         return out
 
 
-def _write(row: _Row, window: VocoderWindow, wav: torch.Tensor) -> Int16Array:
-    """The int16 chunk of ``window``'s new audio, through the row's watermark."""
-    return row.writer.write(row.vocoder.accept(window, wav).float().cpu().numpy())
-
-
 def _guarded(out: RowOutput, make: Callable[[], Int16Array]) -> None:
     """Add ``make()``'s chunk to ``out``; a failure ends this stream only, never the batch."""
     if out.error is not None:
@@ -287,6 +369,7 @@ class DecoderPool:
         self.engine = engine
         self._lock = threading.Lock()
         self._free: dict[int, list[tuple[BatchDecoder, bool]]] = {}
+        self._warm = threading.local()  # per thread: the streams it has cuDNN plans for
 
     def open(self, capacity: int) -> BatchSynthesis:
         """A session of ``capacity`` rows on a free decoder (built on first use)."""
@@ -295,8 +378,21 @@ class DecoderPool:
             decoder, graphs = spare.pop() if spare else (None, False)
         if decoder is None:
             decoder, graphs = self._build(capacity)
-        batch_vocoder = torch.device(self.engine.device).type == "cuda"
-        return BatchSynthesis(self.engine, decoder, graphs=graphs, batch_vocoder=batch_vocoder)
+        cuda = torch.device(self.engine.device).type == "cuda"
+        if cuda:
+            self._prewarm(capacity)
+        overlap = cuda and self.engine.vocoder_overlap
+        stream = torch.cuda.Stream(device=self.engine.device) if overlap else None
+        return BatchSynthesis(self.engine, decoder, graphs=graphs, batch_vocoder=cuda, vocoder_stream=stream)
+
+    def _prewarm(self, capacity: int) -> None:
+        """cuDNN's plans for the vocoder's standard shapes, once per thread (its plan cache is per thread)."""
+        if getattr(self._warm, "capacity", 0) >= capacity:  # a thread-local: thread ids get reused
+            return
+        started = time.perf_counter()
+        shapes = prewarm(self.engine.model.hifigan_decoder, capacity)
+        self._warm.capacity = capacity
+        log.info("vocoder ready for %d shapes in %.1f s", shapes, time.perf_counter() - started)
 
     def give_back(self, decoder: BatchDecoder, graphs: bool) -> None:
         with self._lock:
@@ -338,3 +434,19 @@ def max_positions(gpt: object) -> int:
     cond = int(perceiver.latents.shape[0]) if perceiver is not None else int(gpt.max_prompt_tokens)  # type: ignore[attr-defined]
     needed = cond + int(gpt.max_text_tokens) + 1 + int(gpt.max_gen_mel_tokens)  # type: ignore[attr-defined]
     return -(-needed // 64) * 64  # a multiple of 64: attention kernels want aligned mask rows
+
+
+VOCODER_OVERLAP_ENV = "VOXCLONE_VOCODER_OVERLAP"  # "off" (default) or "on" (CUDA only)
+
+
+def vocoder_overlap() -> bool:
+    """Whether HiFi-GAN runs on a second CUDA stream, overlapping the next decode steps.
+
+    Off by default: on an H100 it made no difference alone and cost throughput at 32 streams (116× against
+    150× real time in the same run; bench/README.md): the vocoder's convolutions and the decode step's
+    small kernels contend for the GPU rather than fill each other's gaps.
+    """
+    mode = os.environ.get(VOCODER_OVERLAP_ENV, "off").strip().lower()
+    if mode not in ("on", "off"):
+        raise ValueError(f"{VOCODER_OVERLAP_ENV} must be on or off, not {mode!r}")
+    return mode == "on"

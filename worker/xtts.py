@@ -27,7 +27,7 @@ import numpy.typing as npt
 import torch
 
 from worker.audio import OUTPUT_SAMPLE_RATE
-from worker.batch import BatchSynthesis, ChunkWriter, DecoderPool
+from worker.batch import BatchSynthesis, ChunkWriter, DecoderPool, vocoder_overlap
 from worker.batch_graphs import FastDecode, resolve_fast_decode
 from worker.errors import (
     IncompatibleVoice,
@@ -145,6 +145,7 @@ class XttsEngine:
         self.max_tokens = int(model.gpt.max_gen_mel_tokens)  # audio tokens per sentence the model allows
         self.sample_rate = OUTPUT_SAMPLE_RATE
         self.fast_decode = fast_decode or resolve_fast_decode(device)
+        self.vocoder_overlap = vocoder_overlap()  # CUDA: HiFi-GAN on a second stream (worker.batch)
         self.decoders = DecoderPool(self)
 
     @classmethod

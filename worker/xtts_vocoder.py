@@ -10,6 +10,13 @@ every latent so far for each chunk, so its vocoder cost grows with the square of
 :data:`VOCODER_RECEPTIVE_FRAMES` frames, so with that much context every emitted sample equals what a
 single decode of the whole sentence gives (to float rounding): no cross-fade, no seams, and total work is
 the output length plus ``2 × context_frames`` per chunk.
+
+On CUDA the windows also come in a few standard shapes (``window_step``; :func:`decode_windows` with
+``batch``): cuDNN builds an execution plan per convolution and input shape, per thread, at ~1 ms per
+convolution, so ~80 convolutions × every new (streams, frames) pair cost a fresh ~0.1 s each time. A window
+is widened to a multiple of ``window_step`` frames with more real context on its left (exact), and
+non-final ones are right-padded (exact, see above) and stacked into calls of a few batch sizes
+(:data:`VOCODER_BATCHES`); :func:`prewarm` builds those plans once per thread.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ if TYPE_CHECKING:
 # perturbing one frame; tests/worker/test_xtts.py checks it). Context beyond it makes chunks exact.
 VOCODER_RECEPTIVE_FRAMES = 13
 DEFAULT_CONTEXT_FRAMES = VOCODER_RECEPTIVE_FRAMES  # frames decoded on each side of a chunk (0.14 s)
+WINDOW_STEP_CUDA = 48  # frames: CUDA windows are multiples of this (chunks of 8/16/24 tokens → 48/96/144)
+VOCODER_BATCHES = (1, 2, 4, 8, 16, 24, 32)  # streams per batched HiFi-GAN call, padded up to one of these
 
 
 def _scale(factor: float) -> float:
@@ -57,13 +66,13 @@ class FrameGrid:
         return self.frames(tokens) * self.hop
 
     @staticmethod
-    def _source(
-        index: torch.Tensor, step: float, size: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        src = ((index.float() + 0.5) * step - 0.5).clamp(min=0.0)
-        lo = src.long()
-        frac = src - lo.float()
-        hi = torch.where(lo < size - 1, lo + 1, lo)
+    def _source(index: np.ndarray, step: float, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Source positions of ``index`` as ``F.interpolate`` computes them, in float32, on the host."""
+        half, zero = np.float32(0.5), np.float32(0.0)
+        src = np.maximum((index.astype(np.float32) + half) * np.float32(step) - half, zero)
+        lo = src.astype(np.int64)
+        frac = src - lo.astype(np.float32)
+        hi = np.where(lo < size - 1, lo + 1, lo)
         return lo, hi, frac
 
     def exact_frames(self, tokens: int) -> int:
@@ -72,12 +81,11 @@ class FrameGrid:
         total = self.frames(tokens)
         if total == 0:
             return 0
-        candidates = torch.arange(max(0, total - 16), total)
+        candidates = np.arange(max(0, total - 16), total)
         lo2, _, _ = self._source(candidates, self.step2, 1 << 30)
         lo1, _, _ = self._source(lo2 + 1, self.step1, 1 << 30)
-        ok = (lo2 + 1 <= n1 - 1) & (lo1 + 1 <= tokens - 1)
-        good = candidates[ok]
-        return int(good.max().item()) + 1 if good.numel() else 0
+        good = candidates[(lo2 + 1 <= n1 - 1) & (lo1 + 1 <= tokens - 1)]
+        return int(good.max()) + 1 if good.size else 0
 
     def resample(
         self, latents: torch.Tensor, first_token: int, tokens: int, start: int, end: int
@@ -85,27 +93,25 @@ class FrameGrid:
         """Frames ``[start, end)`` (global indices) of the resampled latents, as ``[1, D, end - start]``.
 
         ``latents`` holds latents ``first_token ...`` of a sentence whose first ``tokens`` latents are known;
-        it must cover every latent those frames read.
+        it must cover every latent those frames read. Indices and weights are worked out on the host (a
+        few microseconds) and go to the device in two copies; the interpolation itself runs there.
         """
-        frames = torch.arange(start, end, device=latents.device)
-        lo2, hi2, w2 = self._source(frames, self.step2, self.stage1_len(tokens))
-        mel_idx = torch.stack([lo2, hi2])  # stage-1 frames each output frame reads
-        lo1, hi1, w1 = self._source(mel_idx, self.step1, tokens)
-        lo1 = lo1 - first_token
-        hi1 = hi1 - first_token
-        w1 = w1.unsqueeze(-1).to(latents.dtype)
-        mel = latents[lo1] * (1 - w1) + latents[hi1] * w1  # [2, F, D]: the two stage-1 frames per frame
-        w2 = w2.unsqueeze(-1).to(latents.dtype)
-        out = mel[0] * (1 - w2) + mel[1] * w2  # [F, D]
+        lo2, hi2, w2 = self._source(np.arange(start, end), self.step2, self.stage1_len(tokens))
+        lo1, hi1, w1 = self._source(np.stack([lo2, hi2]), self.step1, tokens)  # [2, F] each
+        index = torch.from_numpy(np.stack([lo1, hi1]) - first_token).to(latents.device)  # [2, 2, F]
+        weights = torch.from_numpy(np.concatenate([w1, w2[None]])).to(latents.device)  # [3, F]
+        w1t = weights[:2, :, None].to(latents.dtype)
+        mel = latents[index[0]] * (1 - w1t) + latents[index[1]] * w1t  # [2, F, D]: two stage-1 frames each
+        w2t = weights[2, :, None].to(latents.dtype)
+        out = mel[0] * (1 - w2t) + mel[1] * w2t  # [F, D]
         return out.T.unsqueeze(0)
 
     def latent_span(self, start: int, end: int, tokens: int) -> tuple[int, int]:
         """The latents ``[first, last]`` that frames ``[start, end)`` read."""
-        idx = torch.tensor([start, end - 1])
-        lo2, hi2, _ = self._source(idx, self.step2, self.stage1_len(tokens))
+        lo2, hi2, _ = self._source(np.array([start, end - 1]), self.step2, self.stage1_len(tokens))
         lo1, _, _ = self._source(lo2[:1], self.step1, tokens)
         _, hi1, _ = self._source(hi2[1:], self.step1, tokens)
-        return int(lo1.item()), int(hi1.item())
+        return int(lo1[0]), int(hi1[0])
 
 
 class StreamingVocoder:
@@ -116,6 +122,7 @@ class StreamingVocoder:
         decoder: HifiDecoder,
         speaker_embedding: torch.Tensor,
         context_frames: int = DEFAULT_CONTEXT_FRAMES,
+        window_step: int = 1,
     ) -> None:
         if context_frames < VOCODER_RECEPTIVE_FRAMES:
             raise ValueError(f"context_frames must be >= {VOCODER_RECEPTIVE_FRAMES} for exact chunks")
@@ -123,6 +130,7 @@ class StreamingVocoder:
         self.grid = FrameGrid(decoder)
         self.speaker = speaker_embedding
         self.context = context_frames
+        self.window_step = window_step  # windows span a multiple of this many frames where they can
         self._latents: list[torch.Tensor] = []
         self.emitted_frames = 0  # frames already returned as audio
         self.decoded_frames = 0  # frames run through HiFi-GAN, context included (the vocoder's work)
@@ -151,20 +159,25 @@ class StreamingVocoder:
         if end <= start:
             return None
         tokens = self.tokens
-        win_start = max(0, start - self.context)
         win_end = min(self.grid.frames(tokens), end + self.context)
+        natural = win_end - max(0, start - self.context)
+        width = -(-natural // self.window_step) * self.window_step
+        win_start = max(0, win_end - width)  # more real context on the left changes nothing emitted
         first, last = self.grid.latent_span(win_start, win_end, tokens)
         with torch.inference_mode():
             latents = torch.stack(self._latents[first : last + 1])
             z = self.grid.resample(latents, first, tokens, win_start, win_end)
-        return VocoderWindow(z, self.speaker, win_start, start, end, final)
+        return VocoderWindow(z, self.speaker, win_start, start, end, final, width)
+
+    def commit(self, window: VocoderWindow) -> None:
+        """Count ``window`` as emitted: the next window starts where it ends (its audio may come later)."""
+        self.decoded_frames += window.frames
+        self.emitted_frames = window.end
 
     def accept(self, window: VocoderWindow, wav: torch.Tensor) -> torch.Tensor:
         """The new audio of ``window`` from HiFi-GAN's output over it (``wav``, 1-D); marks it emitted."""
-        self.decoded_frames += window.frames
-        self.emitted_frames = window.end
-        hop = self.grid.hop
-        return wav[(window.start - window.win_start) * hop : (window.end - window.win_start) * hop]
+        self.commit(window)
+        return window.new_audio(wav)
 
     @torch.inference_mode()
     def take(self, final: bool = False) -> torch.Tensor:
@@ -185,33 +198,61 @@ class VocoderWindow:
     start: int
     end: int
     final: bool  # reaches the sentence's end: HiFi-GAN must see the true boundary, not padding
+    width: int = 0  # frames to run HiFi-GAN over (right padding beyond ``frames``; non-final only)
 
     @property
     def frames(self) -> int:
         return int(self.z.shape[-1])
 
+    def new_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        """The samples of frames ``[start, end)`` in HiFi-GAN's output over this window (``wav``, 1-D)."""
+        hop = int(wav.shape[-1]) // self.frames
+        return wav[(self.start - self.win_start) * hop : (self.end - self.win_start) * hop]
+
 
 @torch.inference_mode()
 def decode_windows(decoder: HifiDecoder, windows: list[VocoderWindow], *, batch: bool) -> list[torch.Tensor]:
-    """HiFi-GAN over several streams' windows; with ``batch``, non-final ones share one padded call.
+    """HiFi-GAN over several streams' windows; with ``batch``, non-final ones share padded calls.
 
     Right-padding a non-final window is exact: its new frames end ``context`` (≥ the receptive field)
     frames before the window does. A final window ends at the sentence's real end, where padding would
-    change the last samples, so it always runs alone. (Batching pays on a GPU; on a CPU it is slower.)
+    change the last samples, so it always runs alone and unpadded. With ``batch`` (CUDA) the others run
+    at their standard width, stacked up to a size in :data:`VOCODER_BATCHES` (zero rows fill the rest).
+    (Batching pays on a GPU; on a CPU it is slower.)
     """
     out: list[torch.Tensor | None] = [None] * len(windows)
     group = [i for i, w in enumerate(windows) if batch and not w.final]
-    if len(group) < 2:
-        group = []
     for i, w in enumerate(windows):
         if i not in group:
             out[i] = decoder.waveform_decoder(w.z, g=w.speaker).reshape(-1)
-    if group:
-        width = max(windows[i].frames for i in group)
-        z = torch.cat([torch.nn.functional.pad(windows[i].z, (0, width - windows[i].frames)) for i in group])
-        speakers = torch.cat([windows[i].speaker for i in group])
-        wav = decoder.waveform_decoder(z, g=speakers)  # [n, 1, width * hop]
+    while group:
+        part, group = group[: VOCODER_BATCHES[-1]], group[VOCODER_BATCHES[-1] :]
+        size = next(b for b in VOCODER_BATCHES if b >= len(part))
+        width = max(max(windows[i].width, windows[i].frames) for i in part)
+        z = torch.cat([torch.nn.functional.pad(windows[i].z, (0, width - windows[i].frames)) for i in part])
+        speakers = torch.cat([windows[i].speaker for i in part])
+        if size > len(part):
+            z = torch.cat([z, z.new_zeros(size - len(part), *z.shape[1:])])
+            speakers = torch.cat([speakers, speakers.new_zeros(size - len(part), *speakers.shape[1:])])
+        wav = decoder.waveform_decoder(z, g=speakers)  # [size, 1, width * hop]
         hop = wav.shape[-1] // width
-        for row, i in enumerate(group):
+        for row, i in enumerate(part):
             out[i] = wav[row, 0, : windows[i].frames * hop]
     return [w for w in out if w is not None]
+
+
+@torch.inference_mode()
+def prewarm(decoder: HifiDecoder, streams: int, step: int = WINDOW_STEP_CUDA, widths: int = 3) -> int:
+    """Run HiFi-GAN once at every standard (streams, width) shape, so that this thread has its cuDNN plans.
+
+    Widths ``step, 2 × step, …`` (``widths`` of them: 8-, 16- and 24-token chunks). Returns the shape count.
+    """
+    weight = next(decoder.waveform_decoder.parameters())
+    dim = int(decoder.waveform_decoder.conv_pre.in_channels)
+    d_vector = int(decoder.waveform_decoder.cond_layer.in_channels)
+    most = next((b for b in VOCODER_BATCHES if b >= streams), VOCODER_BATCHES[-1])  # what calls pad up to
+    shapes = [(b, step * k) for b in VOCODER_BATCHES if b <= most for k in range(1, widths + 1)]
+    for b, width in shapes:
+        z = torch.zeros(b, dim, width, device=weight.device, dtype=weight.dtype)
+        decoder.waveform_decoder(z, g=torch.zeros(b, d_vector, 1, device=weight.device, dtype=weight.dtype))
+    return len(shapes)

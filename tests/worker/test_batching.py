@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 import torch
 
+from worker.batch import BatchSynthesis
 from worker.batch_gpt import BatchDecoder
 from worker.batch_graphs import FastDecode, resolve_fast_decode
 from worker.errors import InternalWorkerError, SynthesisCancelled, WorkerBusy
 from worker.scheduler import SynthesisScheduler, SynthesisStream
 from worker.types import SpeechRequest, VoiceEmbedding
-from worker.xtts import XttsEngine
+from worker.xtts import StreamStats, XttsEngine
 from worker.xtts_gpt import SamplingParams
 from worker.xtts_vocoder import StreamingVocoder, decode_windows
 
@@ -171,6 +172,122 @@ async def test_cancelling_one_leaves_the_others_intact(engine: XttsEngine, voice
     assert doomed.stats.cancelled and doomed.stats.tokens < 100
     for got, request in zip(results, keep, strict=True):
         assert_same_audio(got, alone(engine, request))
+
+
+class LateEvent:
+    """Plays a CUDA event of vocoder work on a side stream: not done for the first ``polls`` queries."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def query(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+    def synchronize(self) -> None:
+        self.polls = 0
+
+
+@pytest.fixture
+def late_vocoder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every vocoder launch finishes 1-3 polls after it was made, as with HiFi-GAN on a second CUDA stream.
+
+    Returns how many polls each launch was held back for.
+    """
+    held: list[int] = []
+    original = BatchSynthesis._launch
+    rng = np.random.default_rng(0)
+
+    def launch(self: BatchSynthesis, due: Any, ends: Any) -> Any:
+        made = original(self, due, ends)
+        held.append(int(rng.integers(1, 4)))
+        made.event = LateEvent(held[-1])
+        return made
+
+    monkeypatch.setattr(BatchSynthesis, "_launch", launch)
+    return held
+
+
+async def test_audio_that_comes_back_late_comes_out_in_order_and_unchanged(
+    engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int], rows_seen: list[int]
+) -> None:
+    requests = mixed(voice)
+    outputs = await batched(engine, requests, max_batch=4)
+    assert max(rows_seen) == 4 and len(late_vocoder) >= 5  # shared steps; every launch came back late
+    for got, request in zip(outputs, requests, strict=True):
+        assert_same_audio(got, alone(engine, request))
+
+
+def test_a_stream_cancelled_while_its_last_audio_is_in_flight_gets_none_of_it(
+    engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int]
+) -> None:
+    session = engine.open_batch(2)
+    try:
+        short, long = engine.prepare(req(voice, "Hello.", 5, 1)), engine.prepare(req(voice, "Short!", 30, 2))
+        session.add("short", short, StreamStats())
+        session.add("long", long, StreamStats())
+        outputs: list[Any] = []
+        while session.decoder.rows == 2:
+            outputs += session.step()
+        # "short" has finished decoding: its row is free, but its last audio has not come back yet.
+        late_vocoder.clear()
+        assert session.free == 1 and set(session.keys) == {"short", "long"}
+        session.remove("short")
+        assert session.keys == ["long"]
+        while session.keys:
+            outputs += session.step()
+    finally:
+        session.close()
+    assert not any(out.done for out in outputs if out.key == "short")
+    assert [out.key for out in outputs if out.done] == ["long"]
+
+
+def drive(session: BatchSynthesis, speeches: dict[str, Any]) -> dict[str, list[np.ndarray]]:
+    """Run ``speeches`` (key → prepared speech) in ``session`` to their ends; each key's chunks."""
+    chunks: dict[str, list[np.ndarray]] = {key: [] for key in speeches}
+    for key, speech in speeches.items():
+        session.add(key, speech, StreamStats())
+    while session.keys:
+        for out in session.step():
+            assert out.error is None
+            chunks[out.key] += out.chunks  # type: ignore[index]
+    return chunks
+
+
+def test_the_gpu_shapes_of_vocoder_calls_change_no_sample(
+    engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on CUDA: windows widened to multiples of 48 frames with real left context, non-final ones
+    right-padded and stacked in calls of 1/2/4/… rows with zero rows filling up; audio handed out late."""
+    calls: list[tuple[int, ...]] = []
+    decoder = engine.model.hifigan_decoder.waveform_decoder
+    hook = decoder.register_forward_hook(lambda _m, args, _out: calls.append(tuple(args[0].shape)))
+    requests = [*mixed(voice), req(voice, "And a fifth one.", 30, 5)]
+    session = engine.open_batch(5)
+    session.batch_vocoder = True  # what DecoderPool.open sets on CUDA
+    try:
+        got = drive(session, {str(i): engine.prepare(r) for i, r in enumerate(requests)})
+    finally:
+        session.close()
+        hook.remove()
+    for i, request in enumerate(requests):
+        assert_same_audio(got[str(i)], alone(engine, request))
+    batched = [shape for shape in calls if shape[0] > 1]
+    assert batched and all(shape[0] in (2, 4, 8) for shape in batched)  # 3 or 5 windows: padded up
+    assert all(shape[2] % 48 == 0 for shape in batched)
+
+
+def test_prewarm_runs_every_standard_shape(engine: XttsEngine) -> None:
+    from worker.xtts_vocoder import prewarm
+
+    calls: list[tuple[int, ...]] = []
+    decoder = engine.model.hifigan_decoder.waveform_decoder
+    hook = decoder.register_forward_hook(lambda _m, args, _out: calls.append(tuple(args[0].shape)))
+    try:
+        assert prewarm(engine.model.hifigan_decoder, streams=3, step=16, widths=2) == 6
+    finally:
+        hook.remove()
+    assert [(b, w) for b, _, w in calls] == [(1, 16), (1, 32), (2, 16), (2, 32), (4, 16), (4, 32)]
 
 
 class StandInGraph:
@@ -373,9 +490,7 @@ def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
     session = engine.open_batch(2)
     assert not session.graphs and not session.decoder.replay
     session.close()
-    assert resolve_fast_decode("cuda") == FastDecode(
-        graphs=False, dtype=torch.float32
-    )  # opt-in until measured
+    assert resolve_fast_decode("cuda") == FastDecode(graphs=True, dtype=torch.float16)
     assert resolve_fast_decode("cuda", "auto") == FastDecode(graphs=True, dtype=torch.float16)
     assert resolve_fast_decode("cuda:0", "off") == FastDecode(graphs=False, dtype=torch.float32)
     assert resolve_fast_decode("cuda", dtype="bfloat16").dtype == torch.bfloat16
@@ -387,6 +502,47 @@ def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
         resolve_fast_decode("cuda", "sometimes")
     with pytest.raises(ValueError, match="only supported on CUDA"):
         resolve_fast_decode("cpu", dtype="float16")
+
+
+def test_every_engine_thread_prewarms_the_vocoder_once(
+    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cuDNN's plan cache is per thread, and a finished thread's id can come back for a new one."""
+    import worker.batch
+
+    warmed: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        worker.batch, "prewarm", lambda _d, n: warmed.append((threading.current_thread().name, n)) or 1
+    )
+    pool = worker.batch.DecoderPool(engine)
+    for name in ("first", "second"):
+        thread = threading.Thread(
+            target=lambda: [pool._prewarm(4), pool._prewarm(4), pool._prewarm(2)], name=name
+        )
+        thread.start()
+        thread.join()
+    pool._prewarm(4)
+    pool._prewarm(8)  # a bigger batch has shapes the first warm-up did not run
+    assert warmed == [("first", 4), ("second", 4), ("MainThread", 4), ("MainThread", 8)]
+
+
+def test_vocoder_overlap_is_opt_in_and_never_on_the_cpu(
+    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.batch import vocoder_overlap
+
+    monkeypatch.delenv("VOXCLONE_VOCODER_OVERLAP", raising=False)
+    assert not vocoder_overlap()  # off by default: measured slower at 32 streams on an H100
+    monkeypatch.setenv("VOXCLONE_VOCODER_OVERLAP", "on")
+    assert vocoder_overlap()
+    cpu = XttsEngine(engine.model, engine.model_id, "cpu")
+    assert cpu.vocoder_overlap
+    session = cpu.open_batch(2)
+    assert session.vocoder_stream is None and not session.batch_vocoder  # no CUDA stream on the CPU
+    session.close()
+    monkeypatch.setenv("VOXCLONE_VOCODER_OVERLAP", "sometimes")
+    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_OVERLAP must be on or off"):
+        vocoder_overlap()
 
 
 def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> None:

@@ -234,6 +234,127 @@ async def _collect_batched(engine: XttsEngine, requests: list[SpeechRequest]) ->
     return np.concatenate(outs[0]).astype(np.int32)
 
 
+def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
+    """Where one stream's time goes: prefill of one row, HiFi-GAN per chunk window (float32 and float16,
+    alone and batched), so that the end-to-end rows can be read against their parts."""
+    cuda = torch.device(engine.device).type == "cuda"
+
+    def timed(fn: Any, repeat: int = 10) -> float:
+        for _ in range(2):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return round(1000 * (time.perf_counter() - started) / repeat, 3)
+
+    out: dict[str, Any] = {}
+    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0))
+    session = engine.open_batch(engine.default_max_batch)
+    decoder = session.decoder
+
+    def prefill_one() -> None:
+        with torch.inference_mode():
+            prefix = text_prefix(engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0])
+        slot = decoder.claim()
+        decoder.prefill([slot], [prefix], [2], [0.5])
+        decoder.release(slot)
+
+    out["prefill_one_row_ms"] = timed(prefill_one)
+    session.close()
+
+    vocoder = engine.model.hifigan_decoder.waveform_decoder
+    half = None
+    if cuda:
+        import copy
+
+        half = copy.deepcopy(vocoder).half()
+    dim = int(speech.gpt_cond_latent.shape[-1])
+    speaker = speech.speaker_embedding
+    gen = torch.Generator(device=engine.device).manual_seed(0)
+    rows: list[dict[str, Any]] = []
+    # 34 frames: the first chunk's window (8 tokens); 130: a 24-token chunk with 13 frames each side.
+    shapes = ((1, 34), (1, 130), (8, 130), (32, 130)) if cuda else ((1, 34), (1, 130))
+    for batch, frames in shapes:
+        z = torch.randn(batch, dim, frames, generator=gen, device=engine.device)
+        g = speaker.expand(batch, -1, -1).contiguous()
+        with torch.inference_mode():
+            row: dict[str, Any] = {"batch": batch, "frames": frames}
+            row["fp32_ms"] = timed(lambda: vocoder(z, g=g))  # noqa: B023
+            if half is not None:
+                zh, gh = z.half(), g.half()
+                row["fp16_ms"] = timed(lambda: half(zh, g=gh))  # noqa: B023
+                ref = vocoder(z, g=g).float()
+                diff = (half(zh, g=gh).float() - ref).abs().max()
+                row["fp16_max_diff_rel"] = round(float(diff / ref.abs().max().clamp(min=1e-9)), 5)
+            audio_ms = batch * frames * 256 / 24
+            row["fp32_ms_per_audio_s"] = round(1000 * row["fp32_ms"] / audio_ms, 3)
+        rows.append(row)
+    out["vocoder"] = rows
+    return out
+
+
+def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens: int) -> list[dict[str, Any]]:
+    """Host wall time per decode step, by part, at each level (the parts' calls timed; nothing synchronised
+    beyond what the code does: the decode step includes waiting for its tokens)."""
+    from collections import defaultdict
+
+    from worker.batch import BatchSynthesis
+    from worker.batch_gpt import BatchDecoder
+    from worker.xtts_vocoder import StreamingVocoder
+
+    spent: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    parts = [
+        (BatchSynthesis, "step", "session step"),
+        (BatchDecoder, "step", "gpt step + token wait"),
+        (BatchDecoder, "prefill", "prefill"),
+        (StreamingVocoder, "window", "vocoder window prep"),
+        (BatchSynthesis, "_launch", "vocoder launch"),
+        (BatchSynthesis, "_hand_out", "hand out audio"),
+    ]
+    originals = [(cls, name, getattr(cls, name)) for cls, name, _ in parts]
+
+    def timed(original: Any, label: str) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - started
+                calls[label] += 1
+
+        return run
+
+    for (cls, name, label), (_, _, original) in zip(parts, originals, strict=True):
+        setattr(cls, name, timed(original, label))
+    out: list[dict[str, Any]] = []
+    try:
+        for n in levels:
+            scheduler = SynthesisScheduler(engine, max_queue=n, max_batch=n)
+            try:
+                asyncio.run(one_level(scheduler, voice, n, WARMUP_TOKENS))
+                spent.clear()
+                calls.clear()
+                row = asyncio.run(one_level(scheduler, voice, n, tokens))
+            finally:
+                scheduler.close()
+            steps = max(1, calls["gpt step + token wait"])
+            per = {label: round(1000 * spent[label] / steps, 3) for _, _, label in parts}
+            per["outside the session (scheduler loop)"] = round(
+                1000 * row.wall_s / steps - per["session step"], 3
+            )
+            out.append({"concurrency": n, "steps": steps, "ms_per_step": round(1000 * row.wall_s / steps, 3),
+                        "parts_ms_per_step": per})  # fmt: skip
+    finally:
+        for cls, name, original in originals:
+            setattr(cls, name, original)
+    return out
+
+
 def reference_voice(engine: XttsEngine) -> VoiceEmbedding:
     """A voice from a synthetic vowel-like signal (no espeak needed on a GPU box)."""
     sr = 22_050
@@ -248,7 +369,7 @@ def ratios(rows: list[Row]) -> list[dict[str, object]]:
     """voxclone against stock, and batched against serial, at each concurrency both were run at."""
     by = {(r.engine, r.concurrency): r for r in rows}
     out: list[dict[str, object]] = []
-    for other in ("stock", "vox-serial", "vox-eager"):
+    for other in ("stock", "vox-serial", "vox-eager", "vox-overlap"):
         for n in sorted({r.concurrency for r in rows}):
             ours, base = by.get(("voxclone", n)), by.get((other, n))
             if ours and base:
@@ -292,24 +413,48 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             f"ratio vs {q['vs']:10s} x{q['concurrency']:<3d} throughput {q['throughput_x']:6.2f}×   "
             f"TTFC p50 {q['ttfc_p50_x_faster']:6.2f}× faster   TTFC max {q['ttfc_max_x_faster']:6.2f}× faster"
         )
-    reference = result["reference_ms_per_token"]
-    print(f"\nGPT decode step alone ({meta['decode']}; the one-request loop: {reference:.2f} ms/token):")
-    for d in result["decode"]:
-        print(
-            f"  batch {d['batch']:3d}: {d['ms_per_step']:7.2f} ms/step  {d['tokens_per_s']:9.0f} tokens/s  "
-            f"{d['speedup_vs_batch1']:5.2f}× batch 1's throughput"
-        )
-    if result["memory"]:
+    reference = result.get("reference_ms_per_token")
+    loop = f"{reference:.2f} ms/token" if reference is not None else "not measured"
+    for key, label in (("decode", meta["decode"]), ("decode_eager", "eager/float32")):
+        if not result.get(key):
+            continue
+        print(f"\nGPT decode step alone ({label}; the one-request loop: {loop}):")
+        for d in result[key]:
+            print(
+                f"  batch {d['batch']:3d}: {d['ms_per_step']:7.2f} ms/step  "
+                f"{d['tokens_per_s']:9.0f} tokens/s  {d['speedup_vs_batch1']:5.2f}× batch 1's throughput"
+            )
+    parts = result.get("components")
+    if parts:
+        print(f"\nprefill of one row: {parts['prefill_one_row_ms']:.2f} ms; HiFi-GAN per window:")
+        for v in parts["vocoder"]:
+            half = (
+                f"  fp16 {v['fp16_ms']:7.2f} ms (max diff {v['fp16_max_diff_rel']:.4f})"
+                if "fp16_ms" in v
+                else ""
+            )
+            print(
+                f"  {v['batch']:2d} × {v['frames']:3d} frames: fp32 {v['fp32_ms']:7.2f} ms "
+                f"({v['fp32_ms_per_audio_s']:.2f} ms per audio s){half}"
+            )
+    for ph in result.get("phases") or []:
+        parts_text = ", ".join(f"{k} {v:.2f}" for k, v in ph["parts_ms_per_step"].items())
+        print(f"x{ph['concurrency']}: {ph['ms_per_step']:.2f} ms per decode step, of which {parts_text}")
+    if result.get("memory"):
         m = result["memory"]
         print(
             f"GPU memory per extra stream: {m['kv_cache_mb_per_stream']:.0f} MB KV cache (preallocated) "
             f"+ {m['peak_growth_mb_per_stream']:.1f} MB peak growth"
         )
-    c = result["check"]
-    print(
-        f"batched ({c['decode']}) vs one-request reference, greedy: same length {c['same_length']}, "
-        f"max diff {c['max_abs_diff_lsb']} LSB, identical for {c['identical_until_s']} of {c['audio_s']} s"
-    )
+    c = result.get("check")
+    if c:
+        print(
+            f"batched ({c['decode']}) vs one-request reference, greedy: same length {c['same_length']}, "
+            f"max diff {c['max_abs_diff_lsb']} LSB, "
+            f"identical for {c['identical_until_s']} of {c['audio_s']} s"
+        )
+    for name, error in result["errors"].items():
+        print(f"FAILED {name}: {error}")
 
 
 def main() -> None:
@@ -323,7 +468,12 @@ def main() -> None:
     ap.add_argument(
         "--eager-at", default="1,32" if cuda else "", help="CUDA: levels to also run without graphs"
     )
+    ap.add_argument(
+        "--overlap-at", default="1,32" if cuda else "", help="CUDA: levels to also run HiFi-GAN overlapped"
+    )
+    ap.add_argument("--phases-at", default="1,32" if cuda else "1,4", help="levels to time the parts at")
     ap.add_argument("--skip-stock", action="store_true", help="leave out stock coqui (quick runs)")
+    ap.add_argument("--stock-at", help="levels to run stock at (default: every level; it is serial anyway)")
     ap.add_argument("--stock-chunk", type=int, default=20, help="stock stream_chunk_size (its default)")
     ap.add_argument("--model-dir", type=Path, help="reuse a checkpoint instead of generating one")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -336,6 +486,9 @@ def main() -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
     serial_levels = [int(x) for x in args.serial_at.split(",") if x]
     eager_levels = [int(x) for x in args.eager_at.split(",") if x]
+    stock_levels = [int(x) for x in args.stock_at.split(",")] if args.stock_at else levels
+    overlap_levels = [int(x) for x in args.overlap_at.split(",") if x]
+    phase_levels = [int(x) for x in args.phases_at.split(",") if x]
 
     started = time.perf_counter()
     model_dir = args.model_dir or make_test_model(Path(tempfile.mkdtemp()), size=args.size)
@@ -350,48 +503,116 @@ def main() -> None:
     decode_label = FastDecode(session.graphs, engine.fast_decode.dtype).label  # graphs may have failed
     kv_bytes = session.decoder.kv_bytes_per_slot
     session.close()
-    rows = asyncio.run(measure(engine, "voxclone", voice, levels, args.tokens, max(levels)))
-    if serial_levels:
-        rows += asyncio.run(measure(engine, "vox-serial", voice, serial_levels, args.tokens, 1))
-    if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
-        eager = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=FastDecode())
-        rows += asyncio.run(measure(eager, "vox-eager", voice, eager_levels, args.tokens, max(eager_levels)))
-    if not args.skip_stock:
-        rows += asyncio.run(
-            measure(StockEngine(engine, args.stock_chunk), "stock", voice, levels, args.tokens, 1)
-        )
-    order = {"voxclone": 0, "vox-serial": 1, "vox-eager": 2, "stock": 3}
-    rows.sort(key=lambda r: (r.concurrency, order[r.engine]))
-    result: dict[str, Any] = {
-        "ratios": ratios(rows),
-        "decode": [asdict(d) for d in decode_steps(engine, voice, levels, steps=50)],
-        "reference_ms_per_token": reference_decode_ms(engine, voice, steps=30),
-        "memory": memory_per_stream(rows, kv_bytes) if cuda and args.device.startswith("cuda") else None,
-        "check": agreement(engine, voice, tokens=min(args.tokens, 100)),
-    }
-
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    meta: dict[str, Any] = {
-        "size": args.size,
-        "device": args.device,
-        "device_name": f"{device_name} ({torch.get_num_threads()} threads)"
-        if device_name == "cpu"
-        else device_name,
-        "tokens": args.tokens,
-        "audio_s_per_request": rows[0].audio_s_per_request,
-        "torch": torch.__version__,
-        "decode": decode_label,
-        "max_batch": max(levels),
-        "stock_chunk_tokens": args.stock_chunk,
-        "our_chunk_tokens": [engine.chunks.first_tokens, engine.chunks.tokens],
-        "watermark": args.watermark,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
+    print(f"decoder ready ({decode_label}) at {time.perf_counter() - started:.1f} s", file=sys.stderr)
     out = args.out or (
         Path(os.environ["OUT"]) / f"synthesis_{args.size}.json" if os.environ.get("OUT") else None
     )
-    if out is not None:
-        out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], **result}, indent=1))
+    rows: list[Row] = []
+    result: dict[str, Any] = {"errors": {}}
+    meta: dict[str, Any] = {}
+    eager = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=FastDecode())
+
+    def stage(name: str, run: Any) -> Any:
+        """One part of the run; a failure is reported and recorded, and the rest still runs."""
+        try:
+            value = run()
+        except Exception as exc:  # a benchmark reports every failure and goes on
+            import traceback
+
+            traceback.print_exc()
+            result["errors"][name] = f"{type(exc).__name__}: {exc}"
+            value = None
+        print(f"[{name} done at {time.perf_counter() - started:.1f} s]", file=sys.stderr, flush=True)
+        if out is not None:  # what was measured so far survives a later crash or timeout
+            meta["total_s"] = round(time.perf_counter() - started, 1)
+            saved = {"meta": meta, "rows": [asdict(r) for r in rows], **result}
+            out.write_text(json.dumps(saved, indent=1, default=str))
+        return value
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    meta.update(
+        size=args.size,
+        device=args.device,
+        device_name=f"{device_name} ({torch.get_num_threads()} threads)"
+        if device_name == "cpu"
+        else device_name,
+        tokens=args.tokens,
+        torch=torch.__version__,
+        decode=decode_label,
+        max_batch=max(levels),
+        stock_chunk_tokens=args.stock_chunk,
+        our_chunk_tokens=[engine.chunks.first_tokens, engine.chunks.tokens],
+        watermark=args.watermark,
+    )
+    rows += (
+        stage(
+            "voxclone",
+            lambda: asyncio.run(measure(engine, "voxclone", voice, levels, args.tokens, max(levels))),
+        )
+        or []
+    )
+    if serial_levels:
+        rows += (
+            stage(
+                "vox-serial",
+                lambda: asyncio.run(measure(engine, "vox-serial", voice, serial_levels, args.tokens, 1)),
+            )
+            or []
+        )
+    if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
+        rows += (
+            stage(
+                "vox-eager",
+                lambda: asyncio.run(
+                    measure(eager, "vox-eager", voice, eager_levels, args.tokens, max(eager_levels))
+                ),
+            )
+            or []
+        )
+    if overlap_levels:  # the same graphs, HiFi-GAN on a second CUDA stream: what overlapping it buys
+        overlap = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=engine.fast_decode)
+        overlap.vocoder_overlap = True
+        rows += (
+            stage(
+                "vox-overlap",
+                lambda: asyncio.run(
+                    measure(overlap, "vox-overlap", voice, overlap_levels, args.tokens, max(overlap_levels))
+                ),
+            )
+            or []
+        )
+    if phase_levels:
+        result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
+    result["decode"] = (
+        stage("decode", lambda: [asdict(d) for d in decode_steps(engine, voice, levels, steps=50)]) or []
+    )
+    if eager_levels:
+        result["decode_eager"] = stage(
+            "decode-eager", lambda: [asdict(d) for d in decode_steps(eager, voice, eager_levels, steps=30)]
+        )
+    result["reference_ms_per_token"] = stage(
+        "reference", lambda: reference_decode_ms(engine, voice, steps=30)
+    )
+    result["components"] = stage("components", lambda: components(engine, voice))
+    result["check"] = stage("check", lambda: agreement(engine, voice, tokens=min(args.tokens, 100)))
+    if not args.skip_stock:
+        rows += (
+            stage(
+                "stock",
+                lambda: asyncio.run(
+                    measure(
+                        StockEngine(engine, args.stock_chunk), "stock", voice, stock_levels, args.tokens, 1
+                    )
+                ),
+            )
+            or []
+        )
+    order = {"voxclone": 0, "vox-overlap": 1, "vox-serial": 2, "vox-eager": 3, "stock": 4}
+    rows.sort(key=lambda r: (r.concurrency, order[r.engine]))
+    result["ratios"] = ratios(rows)
+    result["memory"] = memory_per_stream(rows, kv_bytes) if cuda and args.device.startswith("cuda") else None
+    meta["audio_s_per_request"] = rows[0].audio_s_per_request if rows else 0.0
+    stage("report", lambda: None)  # writes the JSON with the ratios
     print_table(meta, rows, result)
 
 

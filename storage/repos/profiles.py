@@ -13,7 +13,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, select, union, update
 
 from storage.db import Database
 from storage.models import (
@@ -39,7 +39,15 @@ from storage.repos._voices import load_voice
 from storage.repos.audit import VOICE_ENROLLED, append_audit
 from storage.repos.challenges import consume_challenge
 from storage.repos.export import collect_member_export
-from storage.schema import MIME_CHARS, consent_records, embeddings, guild_settings, voice_profiles
+from storage.schema import (
+    MIME_CHARS,
+    assistant_opt_ins,
+    consent_records,
+    embeddings,
+    guild_settings,
+    voice_profiles,
+    voice_shares,
+)
 from storage.types import UTCDateTime, utcnow
 from worker.types import VoiceEmbedding
 
@@ -75,6 +83,32 @@ class ProfileRepo:
                 .order_by(voice_profiles.c.id)
             )
             return [profile_from_row(r) for r in rows]
+
+    async def guild_ids(self) -> set[int]:
+        """Every server anything is stored for (settings, voices, assistant opt-ins)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                union(
+                    select(guild_settings.c.guild_id),
+                    select(voice_profiles.c.guild_id),
+                    select(assistant_opt_ins.c.guild_id),
+                )
+            )
+            return {int(r[0]) for r in rows}
+
+    async def member_ids(self, guild_id: int) -> set[int]:
+        """Members of a server something is stored about: a voice, an assistant opt-in, a share received."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                union(
+                    select(voice_profiles.c.user_id).where(voice_profiles.c.guild_id == guild_id),
+                    select(assistant_opt_ins.c.user_id).where(assistant_opt_ins.c.guild_id == guild_id),
+                    select(voice_shares.c.grantee_user_id)
+                    .join(voice_profiles, voice_profiles.c.id == voice_shares.c.profile_id)
+                    .where(voice_profiles.c.guild_id == guild_id),
+                )
+            )
+            return {int(r[0]) for r in rows}
 
     async def save_enrollment(
         self,

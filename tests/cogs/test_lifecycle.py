@@ -90,6 +90,77 @@ async def test_bot_leaving_a_server_deletes_that_server(world: World, cloned: Cl
     assert await repos.profiles.get_voice(other.guild.id, world.ada.id) is not None
 
 
+def member_fetches(world: World) -> list[str]:
+    return [c.path for c in world.harness.calls if c.method == "GET" and "/members/" in c.path]
+
+
+async def test_catch_up_deletes_what_departures_while_offline_left_behind(
+    world: World, cloned: Cloned
+) -> None:
+    h, repos, gid = world.harness, world.bot.repos, world.fx.guild.id
+    assert world.fx.guild.chunked  # the bot has the whole member list, as after start-up chunking
+    await store_voice(world, world.ada.id, cloned)
+    await store_voice(world, world.bob.id, cloned)
+    await repos.shares.grant(gid, world.ada.id, world.admin.id)  # the admin only received a share
+    h.left_while_offline(world.fx, world.bob.id)
+    h.left_while_offline(world.fx, world.admin.id)
+    removed_us = snowflake()  # a server that removed the bot while it was offline
+    await repos.settings.update(removed_us, updated_by=None, cloning_enabled=True)
+    await store_voice(world, world.ada.id, cloned, guild_id=removed_us)
+
+    report = await lifecycle(world).catch_up()  # type: ignore[attr-defined]
+
+    assert (report.servers_purged, report.members_deleted, report.members_unchecked) == (1, 2, 0)
+    assert await repos.profiles.get(gid, world.bob.id) is None
+    assert await repos.profiles.get_voice(gid, world.ada.id) is not None  # still a member: kept
+    assert await repos.shares.granted(gid, world.ada.id) == []  # the admin's received share is gone
+    assert not await repos.profiles.list_for_guild(removed_us)
+    assert [e.action for e in await repos.audit.recent(removed_us, 5)] == ["guild.purged"]
+    deleted = [e for e in await repos.audit.recent(gid, 10) if e.action == "voice.deleted"]
+    assert sorted((e.subject_id, e.details["reason"]) for e in deleted) == sorted(
+        [(world.bob.id, "member_left"), (world.admin.id, "member_left")]
+    )
+    assert member_fetches(world) == []  # the member list was complete: no need to ask Discord
+    again = await lifecycle(world).catch_up()  # type: ignore[attr-defined]
+    assert (again.servers_purged, again.members_deleted, again.members_unchecked) == (0, 0, 0)
+
+
+async def test_catch_up_asks_discord_when_the_member_list_is_incomplete(world: World, cloned: Cloned) -> None:
+    h, repos, gid = world.harness, world.bot.repos, world.fx.guild.id
+    for member in (world.ada, world.bob, world.admin):
+        await store_voice(world, member.id, cloned)
+    h.uncache(world.fx, world.ada.id)  # still a member, only not in the bot's cache
+    h.left_while_offline(world.fx, world.bob.id)
+
+    report = await lifecycle(world).catch_up()  # type: ignore[attr-defined]
+    assert (report.members_deleted, report.members_unchecked) == (1, 0)
+    assert await repos.profiles.get(gid, world.ada.id) is not None
+    assert await repos.profiles.get(gid, world.bob.id) is None
+    assert sorted(member_fetches(world)) == sorted(
+        f"/guilds/{gid}/members/{uid}" for uid in (world.ada.id, world.bob.id)
+    )
+
+    h.uncache(world.fx, world.admin.id)
+    h.member_fetch_status = 503  # Discord cannot say: nothing is deleted on a guess
+    report = await lifecycle(world).catch_up()  # type: ignore[attr-defined]
+    assert (report.members_deleted, report.members_unchecked) == (0, 2)
+    assert await repos.profiles.get(gid, world.admin.id) is not None
+    assert await repos.profiles.get(gid, world.ada.id) is not None
+
+
+async def test_catch_up_leaves_servers_of_other_shards_alone(world: World, cloned: Cloned) -> None:
+    repos = world.bot.repos
+    world.bot.shard_count, world.bot.shard_id = 2, 0
+    theirs, ours = 12345 << 22, 12346 << 22  # Discord's shard formula: (id >> 22) % shard_count
+    for guild_id in (theirs, ours):
+        await store_voice(world, world.ada.id, cloned, guild_id=guild_id)
+
+    report = await lifecycle(world).catch_up()  # type: ignore[attr-defined]
+    assert report.servers_purged == 1
+    assert await repos.profiles.get(theirs, world.ada.id) is not None  # another process's server
+    assert await repos.profiles.get(ours, world.ada.id) is None
+
+
 async def test_retention_sweep_deletes_only_expired_voices(world: World, cloned: Cloned) -> None:
     repos, gid = world.bot.repos, world.fx.guild.id
     no_retention = snowflake()
@@ -140,6 +211,7 @@ async def test_retention_loop_starts_when_ready(
 
     await eventually(gone)
     assert cog.retention.is_running()  # type: ignore[attr-defined]
+    assert cog.caught_up  # type: ignore[attr-defined]  # the catch-up ran before the first sweep
     dispatch(world, "ready")  # a reconnect fires it again: the one loop goes on, nothing fails
     await asyncio.sleep(0.1)
     assert cog.retention.is_running()  # type: ignore[attr-defined]

@@ -187,6 +187,27 @@ async def test_delete_guild_removes_everything_of_that_guild_only(
     assert await _count(database, embeddings) == 4
 
 
+async def test_servers_and_members_with_stored_data_are_listed(repos: Repositories) -> None:
+    """What the start-up catch-up checks: every server with data, every member something is kept about."""
+    third = 333_333_333_333_333_333
+    dave = 900_000_000_000_000_004
+    await repos.settings.update(GUILD, updated_by=ALICE, cloning_enabled=True)
+    await enroll(repos, GUILD, ALICE, seed=1)
+    await repos.shares.grant(GUILD, ALICE, BOB)  # Bob has no voice, only a share received
+    await repos.assistant.opt_in(GUILD, ALICE)
+    await enroll(repos, OTHER_GUILD, CAROL, seed=2)  # a voice without settings
+    await repos.assistant.opt_in(third, dave)  # an opt-in alone
+    await repos.challenges.issue(third, CAROL, "violet clocks drift east")  # expires by itself: not listed
+
+    assert await repos.profiles.guild_ids() == {GUILD, OTHER_GUILD, third}
+    assert await repos.profiles.member_ids(GUILD) == {ALICE, BOB}
+    assert await repos.profiles.member_ids(OTHER_GUILD) == {CAROL}
+    assert await repos.profiles.member_ids(third) == {dave}
+    await repos.profiles.delete_guild(GUILD)
+    assert await repos.profiles.guild_ids() == {OTHER_GUILD, third}  # the purge's audit entry is no data
+    assert await repos.profiles.member_ids(GUILD) == set()
+
+
 async def test_retention_lists_voices_unused_for_too_long(repos: Repositories) -> None:
     now = T0 + days(100)
     await repos.settings.update(GUILD, updated_by=None, retention_days=30)

@@ -263,6 +263,9 @@ class Harness:
         self.message_store: dict[int, dict[str, Any]] = {}
         self.attachment_bytes: dict[str, bytes] = {}
         self.cdn_fetches: list[str] = []
+        # Who Discord says is in each server (GET /guilds/{id}/members/{user}), cached or not.
+        self.remote_members: dict[int, dict[int, dict[str, Any]]] = {}
+        self.member_fetch_status: int | None = None  # answer member fetches with this HTTP error
         state = bot._connection
         state.user = discord.ClientUser(
             state=state, data=self.user_payload(BOT_USER_ID, "voxclone", bot=True)
@@ -307,6 +310,15 @@ class Harness:
             raise discord.NotFound(_FakeResponse(404), {"message": "Unknown Message", "code": 10008})
         if route.method == "GET" and path.startswith("/users/"):
             return self.user_payload(int(path.rsplit("/", 1)[1]), "user")
+        if route.method == "GET" and path.startswith("/guilds/") and "/members/" in path:
+            if self.member_fetch_status is not None:
+                status = self.member_fetch_status
+                raise discord.HTTPException(_FakeResponse(status), {"message": "Discord error", "code": 0})
+            _, _, gid, _, uid = path.split("/")
+            member = self.remote_members.get(int(gid), {}).get(int(uid))
+            if member is None:
+                raise discord.NotFound(_FakeResponse(404), {"message": "Unknown Member", "code": 10007})
+            return member
         return {}
 
     async def _get_from_cdn(self, url: str) -> bytes:
@@ -483,6 +495,7 @@ class Harness:
             "afk_timeout": 300,
         }
         guild = self.bot._connection._add_guild_from_data(data)  # type: ignore[arg-type]
+        self.remote_members[guild_id] = {int(m["user"]["id"]): m for m in member_payloads}
         text = guild.get_channel(text_id)
         voice = guild.get_channel(voice_id)
         assert isinstance(text, discord.TextChannel) and isinstance(voice, discord.VoiceChannel)
@@ -497,7 +510,21 @@ class Harness:
             state=self.bot._connection,
         )
         fx.guild._add_member(member)
+        self.remote_members.setdefault(fx.guild.id, {})[user_id] = self.member_payload(user_id, name, roles)
         return member
+
+    def left_while_offline(self, fx: GuildFixture, user_id: int) -> None:
+        """``user_id`` left the server and the bot never saw the event: gone from Discord and the cache."""
+        self.remote_members.get(fx.guild.id, {}).pop(user_id, None)
+        if fx.guild.get_member(user_id) is not None:
+            fx.guild._remove_member(discord.Object(user_id))  # type: ignore[arg-type]
+            if fx.guild._member_count is not None:  # the server's member count went down with it
+                fx.guild._member_count -= 1
+
+    def uncache(self, fx: GuildFixture, user_id: int) -> None:
+        """``user_id`` is still a member, but the bot's member list is incomplete (not chunked)."""
+        fx.guild._remove_member(discord.Object(user_id))  # type: ignore[arg-type]
+        fx.guild._member_count = None  # discord.py then reports the guild as not chunked
 
     def join_voice(self, fx: GuildFixture, user_id: int, channel: discord.VoiceChannel | None = None) -> None:
         """Put a member in a voice channel, as a VOICE_STATE_UPDATE would."""
@@ -660,7 +687,7 @@ class Harness:
 class _FakeResponse:
     def __init__(self, status: int) -> None:
         self.status = status
-        self.reason = "Not Found"
+        self.reason = "Not Found" if status == 404 else "Error"
 
 
 def _option_type(value: Any) -> int:

@@ -7,8 +7,9 @@ repetition history, chunk schedule, streaming vocoder and watermark state, so it
 :meth:`worker.xtts.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
 rounding). A request's sentences run one after another in its row: a finished sentence re-prefills the
 row with the next one. Chunks due at a step are vocoded together (several streams in one HiFi-GAN call
-where that pays); on CUDA that runs on a second stream while the GPT goes on decoding, and each launch's
-audio is handed out, in launch order, by a later :meth:`BatchSynthesis.step` once it is done.
+where that pays) and each launch's audio is handed out, in launch order, once it is done: at once by
+default, or by a later :meth:`BatchSynthesis.step` when HiFi-GAN runs on a second CUDA stream
+(``VOXCLONE_VOCODER_OVERLAP=on``, an experiment: measured slower, see :func:`vocoder_overlap`).
 :class:`ChunkWriter` (int16 chunks, watermark) serves both synthesis paths; :class:`DecoderPool` keeps an
 engine's decoders (static caches, captured graphs) between sessions.
 """
@@ -101,7 +102,7 @@ class BatchSynthesis:
         self.decoder = decoder
         self.graphs = graphs
         self.batch_vocoder = batch_vocoder
-        self.vocoder_stream = vocoder_stream  # CUDA: HiFi-GAN overlaps the next decode steps
+        self.vocoder_stream = vocoder_stream  # CUDA, opt-in: HiFi-GAN overlaps the next decode steps
         self._slots: list[_Row] = []  # row i lives in decoder slot i
         self._draining: dict[Hashable, _Row] = {}  # decoding finished, audio still being vocoded
         self._launches: deque[_Launch] = deque()  # vocoder work in flight, oldest first

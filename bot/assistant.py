@@ -89,7 +89,13 @@ class LLMConfig:
         """The configuration from ``LLM_BASE_URL``/``LLM_API_KEY``/``LLM_MODEL``; None without a base URL."""
         if not settings.llm_base_url:
             return None
-        return cls(settings.llm_base_url, settings.llm_model, settings.llm_api_key)
+        return cls(
+            settings.llm_base_url,
+            settings.llm_model,
+            settings.llm_api_key,
+            chunk_timeout_s=settings.llm_chunk_timeout_s,
+            total_timeout_s=settings.llm_total_timeout_s,
+        )
 
     @property
     def endpoint(self) -> str:

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(default=None, description="e.g. https://api.openai.com/v1")
     llm_api_key: SecretStr | None = Field(default=None)
     llm_model: str = Field(default="gpt-4o-mini")
+    llm_chunk_timeout_s: float = Field(
+        default=20.0,
+        ge=1.0,
+        le=600.0,
+        description="Seconds of silence allowed before and between answer chunks",
+    )
+    llm_total_timeout_s: float = Field(
+        default=90.0, ge=5.0, le=1800.0, description="Seconds allowed for a whole answer"
+    )
 
     # Operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")

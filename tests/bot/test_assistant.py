@@ -104,6 +104,19 @@ def test_endpoint_from_base_urls() -> None:
         AssistantClient(LLMConfig("localhost:8080", "m"))
 
 
+def test_timeouts_come_from_the_settings() -> None:
+    from bot.settings import load_settings
+
+    settings = load_settings(
+        {"LLM_BASE_URL": "http://localhost:11434", "LLM_CHUNK_TIMEOUT_S": "120", "LLM_TOTAL_TIMEOUT_S": "600"}
+    )
+    config = LLMConfig.from_settings(settings)
+    assert config is not None
+    assert (config.chunk_timeout_s, config.total_timeout_s) == (120.0, 600.0)
+    default = LLMConfig.from_settings(load_settings({"LLM_BASE_URL": "http://localhost:11434"}))
+    assert default is not None and (default.chunk_timeout_s, default.total_timeout_s) == (20.0, 90.0)
+
+
 @pytest.mark.parametrize(
     ("status", "says"),
     [

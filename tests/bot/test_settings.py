@@ -37,6 +37,7 @@ def test_worker_urls_are_comma_separated() -> None:
         ({"DEVICE": "tpu"}, "DEVICE"),
         ({"DEV_GUILD_ID": "my server"}, "DEV_GUILD_ID"),
         ({"LLM_BASE_URL": "localhost:11434"}, "LLM_BASE_URL"),
+        ({"LLM_TOTAL_TIMEOUT_S": "0"}, "LLM_TOTAL_TIMEOUT_S"),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], name: str) -> None:

@@ -391,7 +391,11 @@ class DecoderPool:
         if getattr(self._warm, "capacity", 0) >= capacity:  # a thread-local: thread ids get reused
             return
         started = time.perf_counter()
-        shapes = prewarm(self.engine.model.hifigan_decoder, capacity)
+        try:
+            shapes = prewarm(self.engine.model.hifigan_decoder, capacity)
+        except RuntimeError:  # out of memory, say: serving still works, first uses of a shape are slower
+            log.warning("warming the vocoder up failed: its first calls will be slower", exc_info=True)
+            shapes = 0
         self._warm.capacity = capacity
         log.info("vocoder ready for %d shapes in %.1f s", shapes, time.perf_counter() - started)
 

@@ -525,6 +525,12 @@ def test_every_engine_thread_prewarms_the_vocoder_once(
     pool._prewarm(8)  # a bigger batch has shapes the first warm-up did not run
     assert warmed == [("first", 4), ("second", 4), ("MainThread", 4), ("MainThread", 8)]
 
+    def out_of_memory(_d: object, _n: int) -> int:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(worker.batch, "prewarm", out_of_memory)
+    pool._prewarm(16)  # logged, not raised: the session opens and the shapes warm up on first use
+
 
 def test_vocoder_overlap_is_opt_in_and_never_on_the_cpu(
     engine: XttsEngine, monkeypatch: pytest.MonkeyPatch

@@ -62,6 +62,7 @@ class StockEngine:
     ) -> Generator[Int16Array, None, None]:
         stats = stats if stats is not None else StreamStats()
         stats.started = time.perf_counter()
+        speech = speech.to(self.ours.device)
         torch.manual_seed(speech.seed)
         most, least = speech.max_tokens, speech.min_tokens
         chunks = self.ours.model.inference_stream(
@@ -159,7 +160,9 @@ async def measure(
 
 def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], steps: int) -> list[DecodeRow]:
     """The batched GPT decode step alone (no vocoder), as the scheduler's decoder runs it."""
-    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, max_new_tokens=steps + 1, seed=0))
+    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, max_new_tokens=steps + 1, seed=0)).to(
+        engine.device
+    )
     with torch.inference_mode():
         prefix = text_prefix(engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0])
     out: list[DecodeRow] = []
@@ -184,7 +187,7 @@ def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], s
 
 def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -> float:
     """ms per token of the one-request reference loop (HF GPT-2 forward with a dynamic cache, float32)."""
-    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0))
+    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0)).to(engine.device)
     gen = torch.Generator().manual_seed(0)
     state = new_sequence(
         engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0],
@@ -252,7 +255,7 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
         return round(1000 * (time.perf_counter() - started) / repeat, 3)
 
     out: dict[str, Any] = {}
-    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0))
+    speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0)).to(engine.device)
     session = engine.open_batch(engine.default_max_batch)
     decoder = session.decoder
 

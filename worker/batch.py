@@ -123,6 +123,7 @@ class BatchSynthesis:
     def add(self, key: Hashable, speech: PreparedSpeech, stats: StreamStats) -> None:
         """Start ``speech`` in a free row; its first token comes with the next :meth:`step`."""
         stats.started = time.perf_counter()
+        speech = speech.to(self.engine.device)
         row = _Row(
             key,
             speech,

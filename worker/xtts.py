@@ -13,6 +13,7 @@ engine is meant to be driven by one thread (:mod:`worker.scheduler`) that owns t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -104,7 +105,11 @@ class StreamStats:
 
 @dataclass(frozen=True)
 class PreparedSpeech:
-    """A validated request: text tokens per sentence and the voice as tensors on the model's device."""
+    """A validated request: text tokens per sentence and the voice as tensors.
+
+    :meth:`XttsEngine.prepare` leaves them on the host: it runs on the caller's thread (the event loop),
+    where a copy to the GPU would wait for the GPU's queued work. The engine thread moves them (:meth:`to`).
+    """
 
     sentences: tuple[torch.Tensor, ...]
     language: str
@@ -113,6 +118,18 @@ class PreparedSpeech:
     min_tokens: int
     max_tokens: int
     seed: int
+
+    def to(self, device: str | torch.device) -> PreparedSpeech:
+        """The same request with its tensors on ``device`` (itself when they are there already)."""
+        target = torch.device(device)
+        if self.gpt_cond_latent.device == target:
+            return self
+        return dataclasses.replace(
+            self,
+            sentences=tuple(t.to(target) for t in self.sentences),
+            gpt_cond_latent=self.gpt_cond_latent.to(target),
+            speaker_embedding=self.speaker_embedding.to(target),
+        )
 
 
 class XttsEngine:
@@ -261,6 +278,7 @@ class XttsEngine:
         """
         stats = stats if stats is not None else StreamStats()
         stats.started = time.perf_counter()
+        speech = speech.to(self.device)
         out = ChunkWriter(self.watermark, stats)
         generator = torch.Generator().manual_seed(speech.seed)  # CPU: same draws on every device
         try:
@@ -340,7 +358,7 @@ class XttsEngine:
             )
         if not (np.isfinite(cond).all() and np.isfinite(speaker).all()):
             raise IncompatibleVoice("This voice's data is damaged: re-enroll it with /enroll.")
-        return torch.from_numpy(cond).to(self.device), torch.from_numpy(speaker).to(self.device)
+        return torch.from_numpy(cond), torch.from_numpy(speaker)  # host tensors: see PreparedSpeech
 
     @property
     def _cond_positions(self) -> int | None:
@@ -369,7 +387,7 @@ class XttsEngine:
                 supported=[lang for lang in self.languages if lang not in _FRONTEND_PACKAGES],
             ) from exc
         if len(ids) < self.model.args.gpt_max_text_tokens:
-            return [torch.tensor([ids], dtype=torch.int32, device=self.device)]
+            return [torch.tensor([ids], dtype=torch.int32)]
         left, right = halve(piece)
         if not left or not right:
             raise InvalidRequest("A word in the text is too long to speak: split it up.")

@@ -267,6 +267,22 @@ def test_long_text_is_split_into_sentences(engine: XttsEngine, voice: VoiceEmbed
 # ----- text preparation and the vocoder's arithmetic -------------------------------------------------
 
 
+def test_prepare_leaves_tensors_on_the_host_and_the_engine_moves_them(
+    engine: XttsEngine, voice: VoiceEmbedding
+) -> None:
+    """prepare() runs on the event loop: a copy to a GPU there would wait for the GPU's queued work."""
+    elsewhere = XttsEngine(engine.model, engine.model_id, "meta")  # a device nothing can be read from
+    speech = elsewhere.prepare(speak(engine, voice, text="One. Two."))
+    tensors = [*speech.sentences, speech.gpt_cond_latent, speech.speaker_embedding]
+    assert len(speech.sentences) == 2 and {t.device.type for t in tensors} == {"cpu"}
+    moved = speech.to("meta")
+    assert {t.device.type for t in [*moved.sentences, moved.gpt_cond_latent, moved.speaker_embedding]} == {
+        "meta"
+    }
+    assert (moved.seed, moved.language, moved.max_tokens) == (speech.seed, speech.language, speech.max_tokens)
+    assert speech.to("cpu") is speech
+
+
 def test_sentence_splitting() -> None:
     assert split_sentences("Hello Mr. Smith. How are you?  I am fine!") == [
         "Hello Mr. Smith.",

@@ -212,16 +212,17 @@ class VocoderWindow:
 
 @torch.inference_mode()
 def decode_windows(decoder: HifiDecoder, windows: list[VocoderWindow], *, batch: bool) -> list[torch.Tensor]:
-    """HiFi-GAN over several streams' windows; with ``batch``, non-final ones share padded calls.
+    """HiFi-GAN over several streams' windows; with ``batch`` (CUDA), padded windows share calls.
 
-    Right-padding a non-final window is exact: its new frames end ``context`` (≥ the receptive field)
-    frames before the window does. A final window ends at the sentence's real end, where padding would
-    change the last samples, so it always runs alone and unpadded. With ``batch`` (CUDA) the others run
-    at their standard width, stacked up to a size in :data:`VOCODER_BATCHES` (zero rows fill the rest).
-    (Batching pays on a GPU; on a CPU it is slower.)
+    Padding is exact when it stays out of the new frames' receptive field: a non-final window is padded on
+    the right (its new frames end ``context`` ≥ the receptive field before the window does), a final one
+    on the left when it has that much context before its new frames (its right end is the sentence's real
+    end, which padding would change). Other final windows run alone and unpadded. With ``batch`` the
+    padded ones run at their standard width, stacked up to a size in :data:`VOCODER_BATCHES` (zero rows
+    fill the rest). (Batching pays on a GPU; on a CPU it is slower.)
     """
     out: list[torch.Tensor | None] = [None] * len(windows)
-    group = [i for i, w in enumerate(windows) if batch and not w.final]
+    group = [i for i, w in enumerate(windows) if batch and _paddable(w)]
     for i, w in enumerate(windows):
         if i not in group:
             out[i] = decoder.waveform_decoder(w.z, g=w.speaker).reshape(-1)
@@ -229,16 +230,27 @@ def decode_windows(decoder: HifiDecoder, windows: list[VocoderWindow], *, batch:
         part, group = group[: VOCODER_BATCHES[-1]], group[VOCODER_BATCHES[-1] :]
         size = next(b for b in VOCODER_BATCHES if b >= len(part))
         width = max(max(windows[i].width, windows[i].frames) for i in part)
-        z = torch.cat([torch.nn.functional.pad(windows[i].z, (0, width - windows[i].frames)) for i in part])
+        left = [width - windows[i].frames if windows[i].final else 0 for i in part]
+        z = torch.cat(
+            [
+                torch.nn.functional.pad(windows[i].z, (pad, width - windows[i].frames - pad))
+                for i, pad in zip(part, left, strict=True)
+            ]
+        )
         speakers = torch.cat([windows[i].speaker for i in part])
         if size > len(part):
             z = torch.cat([z, z.new_zeros(size - len(part), *z.shape[1:])])
             speakers = torch.cat([speakers, speakers.new_zeros(size - len(part), *speakers.shape[1:])])
         wav = decoder.waveform_decoder(z, g=speakers)  # [size, 1, width * hop]
         hop = wav.shape[-1] // width
-        for row, i in enumerate(part):
-            out[i] = wav[row, 0, : windows[i].frames * hop]
+        for row, (i, pad) in enumerate(zip(part, left, strict=True)):
+            out[i] = wav[row, 0, pad * hop : (pad + windows[i].frames) * hop]
     return [w for w in out if w is not None]
+
+
+def _paddable(window: VocoderWindow) -> bool:
+    """Whether padding ``window`` (right if non-final, left if final) leaves its new frames exact."""
+    return not window.final or window.start - window.win_start >= VOCODER_RECEPTIVE_FRAMES
 
 
 @torch.inference_mode()

@@ -468,11 +468,29 @@ def test_batched_vocoder_windows_equal_single_calls(engine: XttsEngine, voice: V
         vocoder = StreamingVocoder(decoder, speakers[i % 2])
         for _ in range(tokens):
             vocoder.push(torch.randn(64, generator=gen))
-        window = vocoder.window(final=i == 2)  # the last reaches its sentence's end: it runs alone
+        # The last is a whole short sentence: its end is real and nothing precedes it, so it runs alone.
+        window = vocoder.window(final=i == 2)
         assert window is not None
         windows.append(window)
-    together = decode_windows(decoder, windows, batch=True)
+    # A sentence's last chunk after earlier ones: context on its left, so it is left-padded and batched.
+    vocoder = StreamingVocoder(decoder, speakers[1])
+    for _ in range(20):
+        vocoder.push(torch.randn(64, generator=gen))
+    vocoder.take()
+    for _ in range(7):
+        vocoder.push(torch.randn(64, generator=gen))
+    window = vocoder.window(final=True)
+    assert window is not None and window.start - window.win_start >= 13 and window.frames < 130
+    windows.append(window)
+    calls: list[tuple[int, ...]] = []
+    hook = decoder.waveform_decoder.register_forward_hook(lambda _m, a, _o: calls.append(tuple(a[0].shape)))
+    try:
+        together = decode_windows(decoder, windows, batch=True)
+    finally:
+        hook.remove()
     apart = decode_windows(decoder, windows, batch=False)
+    widest = max(w.frames for w in windows[:2] + windows[3:])
+    assert sorted(calls) == sorted([(1, 64, windows[2].frames), (4, 64, widest)])  # 3 stacked, 1 zero row
     hop = 256  # output samples per frame
     for w, a, b in zip(windows, together, apart, strict=True):
         assert a.numel() == b.numel() == w.frames * hop

@@ -121,8 +121,8 @@ class PreparedSpeech:
 
     def to(self, device: str | torch.device) -> PreparedSpeech:
         """The same request with its tensors on ``device`` (itself when they are there already)."""
-        target = torch.device(device)
-        if self.gpt_cond_latent.device == target:
+        target, here = torch.device(device), self.gpt_cond_latent.device
+        if here.type == target.type and target.index in (None, here.index):  # "cuda" is the current card
             return self
         return dataclasses.replace(
             self,

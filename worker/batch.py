@@ -420,11 +420,13 @@ class DecoderPool:
         )
         graphs = False
         if fast.graphs:
-            from worker.batch_graphs import FastDecode, capture_steps
+            from worker.batch_graphs import FastDecode, capture_prefills, capture_steps
 
             graphs = capture_steps(decoder)
             if not graphs:  # don't try again for every decoder this engine builds
                 engine.fast_decode = FastDecode(graphs=False, dtype=fast.dtype)
+            elif fast.prefill_graphs and not capture_prefills(decoder):
+                engine.fast_decode = FastDecode(graphs=True, dtype=fast.dtype, prefill_graphs=False)
         log.info(
             "batch decoder for %d streams on %s (%s)",
             capacity,

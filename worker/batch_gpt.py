@@ -17,6 +17,7 @@ change nothing. The step touches only static buffers and takes no host decision,
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,11 +27,13 @@ import torch.nn.functional as F
 from worker.xtts_gpt import SamplingParams, choose_tokens, initial_seen
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from TTS.tts.layers.xtts.gpt import GPT
 
 LENGTH_BUCKET_MIN = 128  # positions: the smallest cache window a captured step attends over
+PREFILL_WIDTH_MIN = 64  # positions: the narrowest captured prefill (a sentence's prefix is 35+ positions)
+PREFILL_ROWS = 4  # rows one prefill runs at most with graphs; more joiners at one step take several
 
 
 class Replayable(Protocol):
@@ -45,6 +48,20 @@ class StepResult:
 
     latents: torch.Tensor  # [rows, D] float32 GPT latents, what HiFi-GAN consumes
     tokens: list[int]  # the audio token each row chose (the stop token ends a sentence)
+
+
+def fused_activation(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``act`` as one fused op where that is the same function: GPT-2's ``gelu_new`` is tanh-GELU.
+
+    Hugging Face's ``NewGELUActivation`` writes tanh-GELU as eight elementwise ops (eight kernels per
+    layer on a GPU); ``F.gelu(approximate="tanh")`` computes the same formula in one. Checked on a probe
+    range rather than by class name, so any other activation is kept as it is.
+    """
+    probe = torch.linspace(-8.0, 8.0, 4001)
+    fused = functools.partial(F.gelu, approximate="tanh")
+    with torch.inference_mode():
+        same = torch.allclose(act(probe), fused(probe), rtol=1e-5, atol=1e-6)
+    return fused if same else act
 
 
 def buckets(limit: int, smallest: int = 1) -> tuple[int, ...]:
@@ -108,6 +125,7 @@ class BatchDecoder:
         self.layers, self.heads, self.head_dim = len(gpt.gpt.h), first.num_heads, first.head_dim
         self.dim, self.vocab = gpt.model_dim, gpt.num_audio_tokens
         self.scaling = float(first.scaling)
+        self.activation = fused_activation(gpt.gpt.h[0].mlp.act)
         self.batch_sizes = buckets(capacity)
         self.lengths = buckets(max_positions, min(LENGTH_BUCKET_MIN, max_positions))
         shape = (capacity, self.layers, 2, self.heads, max_positions, self.head_dim)
@@ -118,6 +136,13 @@ class BatchDecoder:
         self._kv_rows = self.kv.view(-1, self.head_dim)
         self._stride_slot = self.layers * 2 * self.heads * max_positions
         self._head_offsets = torch.arange(self.heads, device=dev) * max_positions
+        # Offsets of (layer, K/V, head) within a slot: a step adds each row's slot and write position once,
+        # then every layer writes its new K and V with one index_put_ (no per-layer index arithmetic).
+        per_kv = self.heads * max_positions
+        kv_heads = torch.arange(2, device=dev)[:, None] * per_kv + self._head_offsets  # [2, H]
+        self._write_offsets = torch.arange(self.layers, device=dev)[:, None, None] * (2 * per_kv) + kv_heads
+        self._open = torch.zeros((), dtype=dtype, device=dev)  # attention bias of a visible position
+        self._closed = torch.full((), -torch.inf, dtype=dtype, device=dev)  # and of a masked one
         self.x = torch.zeros(capacity, self.dim, dtype=dtype, device=dev)  # next input embedding
         self.pos = torch.zeros(capacity, dtype=torch.long, device=dev)  # cache length = write position
         self.steps = torch.zeros(capacity, dtype=torch.long, device=dev)  # audio tokens generated
@@ -128,9 +153,15 @@ class BatchDecoder:
         self.out_latent = torch.zeros(capacity, self.dim, dtype=torch.float32, device=dev)
         self.out_tokens = torch.zeros(capacity, dtype=torch.long, device=dev)
         self.arange = torch.arange(max(capacity, max_positions), device=dev)
+        # Prefill staging: joiners' prefixes, slots and first-step state, so a prefill reads only static
+        # buffers too (with graphs, one captured prefill per (rows, width) bucket).
+        self.prefill_group = min(capacity, PREFILL_ROWS)  # rows per captured prefill
+        self.prefill_widths = buckets(max_positions, min(PREFILL_WIDTH_MIN, max_positions))
+        self._stage_rows(self.prefill_group)
         self.rows = 0
         self._pos_host = [0] * capacity
         self.replay: dict[tuple[int, int], Replayable] = {}  # (batch, length) → captured step
+        self.prefill_replay: dict[tuple[int, int], Replayable] = {}  # (rows, width) → captured prefill
 
     @property
     def kv_bytes_per_slot(self) -> int:
@@ -172,42 +203,92 @@ class BatchDecoder:
         min_tokens: Sequence[int],
         uniforms: Sequence[float],
     ) -> StepResult:
-        """Run each slot's prefix (``[1, P, D]``) and choose its first audio token, all in one forward."""
-        count = len(slots)
+        """Run each slot's prefix (``[1, P, D]``) and choose its first audio token.
+
+        Eagerly all joiners go in one padded forward; with captured prefills they go
+        :attr:`prefill_rows` at a time, each group at its (rows, width) bucket.
+        """
         sizes = [int(p.shape[1]) for p in prefixes]
-        width = max(sizes)
-        if width > self.max_positions:
-            raise ValueError(f"a prefix of {width} positions does not fit the cache ({self.max_positions})")
-        x = torch.zeros(count, width, self.dim, dtype=self.dtype, device=self.device)
-        for i, prefix in enumerate(prefixes):
-            x[i, : sizes[i]] = prefix[0].to(self.dtype)
-        index = torch.tensor(list(slots), dtype=torch.long, device=self.device)
-        h = x
+        if max(sizes) > self.max_positions:
+            raise ValueError(
+                f"a prefix of {max(sizes)} positions does not fit the cache of {self.max_positions}"
+            )
+        graphs = bool(self.prefill_replay)
+        group = self.prefill_group if graphs else len(slots)
+        latents: list[torch.Tensor] = []
+        tokens: list[int] = []
+        for first in range(0, len(slots), group):
+            part = range(first, min(first + group, len(slots)))
+            if len(part) > self.px.shape[0]:  # eager, with more joiners than the staging buffers hold
+                self._stage_rows(len(part))
+            width = max(sizes[i] for i in part)
+            if graphs:
+                width = bucket_for(width, self.prefill_widths)
+            rows = len(part)
+            self.px[:rows, :width].zero_()
+            for row, i in enumerate(part):
+                self.px[row, : sizes[i]] = prefixes[i][0].to(self.dtype)
+            for buf, values in (
+                (self.p_slots, [slots[i] for i in part]),
+                (self.p_sizes, [sizes[i] for i in part]),
+                (self.p_min_tokens, [min_tokens[i] for i in part]),
+            ):
+                buf[:rows].copy_(torch.tensor(values, dtype=torch.long))
+            self.p_uniform[:rows].copy_(torch.tensor([uniforms[i] for i in part], dtype=torch.float32))
+            captured = self.prefill_replay.get((rows, width)) if graphs else None
+            if captured is not None:
+                captured.replay()
+            else:
+                self.run_prefill(rows, width)
+            latents.append(self.p_latent[:rows].clone())
+            tokens += self.p_tokens[:rows].tolist()
+        for slot, size in zip(slots, sizes, strict=True):
+            self._pos_host[slot] = size
+        return StepResult(torch.cat(latents), tokens)
+
+    def run_prefill(self, rows: int, width: int) -> None:
+        """Prefill the ``rows`` staged prefixes (``px``, zero-padded to ``width``) into their cache slots.
+
+        Like :meth:`run_step`, static buffers only and no host synchronisation. Attention is causal, so a
+        row's real positions never see its right padding; the padding's keys land beyond the row's length,
+        where decode steps mask them until they overwrite them.
+        """
+        index = self.p_slots[:rows]
+        sizes = self.p_sizes[:rows]
+        h = self.px[:rows, :width]
         for layer, block in enumerate(self.blocks):
             q, k, v = self._qkv(block, h)  # [n, H, P, d]
             self.kv[index, layer, 0, :, :width] = k
             self.kv[index, layer, 1, :, :width] = v
-            # Causal attention within the prefix: a row's real positions never see its right padding.
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
             h = self._finish_block(block, h, attended)
-        last = torch.tensor([s - 1 for s in sizes], device=self.device)
-        latent = self.final_norm(self.ln_f(h[torch.arange(count, device=self.device), last]))
-        self.seen[index] = initial_seen(self.gpt, count, self.device)
+        latent = self.final_norm(self.ln_f(h[self.arange[:rows], sizes - 1]))
+        fresh = self._fresh_seen[:rows]
         self.steps[index] = 0
-        self.min_tokens[index] = torch.tensor(list(min_tokens), device=self.device)
-        self.pos[index] = torch.tensor(sizes, device=self.device)
-        for slot, size in zip(slots, sizes, strict=True):
-            self._pos_host[slot] = size
-        u = torch.tensor(list(uniforms), dtype=torch.float32, device=self.device)
+        self.min_tokens[index] = self.p_min_tokens[:rows]
+        self.pos[index] = sizes
         logits = self.mel_head(latent)
         tokens = choose_tokens(
-            logits, self.seen[index], self.steps[index], self.min_tokens[index], u, self.params,
+            logits, fresh, self.steps[index], self.p_min_tokens[:rows], self.p_uniform[:rows], self.params,
             stop_token=self.stop_token,
         )  # fmt: skip
-        self.seen[index] = self.seen[index].scatter(1, tokens[:, None], True)
+        self.seen[index] = fresh.scatter(1, tokens[:, None], True)
         self.steps[index] = 1
         self.x[index] = self._next_input(tokens, self.steps[index])
-        return StepResult(latent.float(), tokens.tolist())
+        self.p_latent[:rows] = latent.float()
+        self.p_tokens[:rows] = tokens
+
+    def _stage_rows(self, rows: int) -> None:
+        """(Re)allocate the prefill staging buffers for ``rows`` joiners at once."""
+        dev, n = self.device, rows
+        self.px = torch.zeros(n, self.max_positions, self.dim, dtype=self.dtype, device=dev)
+        self.p_slots = torch.zeros(n, dtype=torch.long, device=dev)
+        self.p_sizes = torch.ones(n, dtype=torch.long, device=dev)
+        self.p_min_tokens = torch.zeros(n, dtype=torch.long, device=dev)
+        self.p_uniform = torch.zeros(n, dtype=torch.float32, device=dev)
+        self.p_latent = torch.zeros(n, self.dim, dtype=torch.float32, device=dev)
+        self.p_tokens = torch.zeros(n, dtype=torch.long, device=dev)
+        self._fresh_seen = initial_seen(self.gpt, n, dev)
 
     # ----- decode ------------------------------------------------------------------------------------
 
@@ -242,22 +323,26 @@ class BatchDecoder:
         """The decode step over slots ``[0, batch)`` attending to ``length`` cache positions.
 
         Reads and writes static buffers only, with no host synchronisation: safe to capture in a graph.
+        Kept to few kernels (~11 per layer; a CUDA graph of it costs about a fixed gap per kernel): the
+        attention mask is built once as an additive bias, each layer writes its K and V with one
+        ``index_put_`` at offsets worked out once per step, and the MLP's tanh-GELU is one fused op.
         """
         pos = self.pos[:batch]
         active = self.active[:batch]
         write = pos.clamp(max=length - 1)
-        mask = (self.arange[:length] <= write[:, None]).view(batch, 1, 1, length)
-        # Flat cache row of (slot, layer 0, K, head, write position); + layer and K/V offsets below.
-        at = (self.arange[:batch, None] * self._stride_slot + self._head_offsets + write[:, None]).view(-1)
-        per_layer, per_kv = 2 * self.heads * self.max_positions, self.heads * self.max_positions
+        visible = self.arange[:length] <= write[:, None]
+        bias = torch.where(visible, self._open, self._closed).view(batch, 1, 1, length)
+        # Flat cache rows of (layer, slot, K/V, head) at each slot's write position: [layers, B, 2, H].
+        slot_rows = self.arange[:batch] * self._stride_slot + write
+        rows = self._write_offsets[:, None] + slot_rows[None, :, None, None]
         h = self.x[:batch].unsqueeze(1)
         for layer, block in enumerate(self.blocks):
-            q, k, v = self._qkv(block, h)  # [B, H, 1, d]
-            self._kv_rows.index_copy_(0, at + layer * per_layer, k.reshape(-1, self.head_dim))
-            self._kv_rows.index_copy_(0, at + layer * per_layer + per_kv, v.reshape(-1, self.head_dim))
+            qkv = block.attn.c_attn(block.ln_1(h)).view(batch, 3, self.heads, self.head_dim)
+            self._kv_rows.index_put_((rows[layer],), qkv[:, 1:])
+            q = qkv[:, 0].unsqueeze(2)  # [B, H, 1, d]
             keys = self.kv[:batch, layer, 0, :, :length]
             values = self.kv[:batch, layer, 1, :, :length]
-            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling)
             h = self._finish_block(block, h, attended)
         latent = self.final_norm(self.ln_f(h[:, 0]))
         logits = self.mel_head(latent)
@@ -286,7 +371,8 @@ class BatchDecoder:
     def _finish_block(self, block: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         n, t, _ = h.shape
         h = h + block.attn.c_proj(attended.transpose(1, 2).reshape(n, t, self.dim))
-        return h + block.mlp(block.ln_2(h))
+        mlp = block.mlp  # GPT-2's MLP without its dropout (a no-op here), with the activation fused
+        return h + mlp.c_proj(self.activation(mlp.c_fc(block.ln_2(h))))
 
     def _next_input(self, tokens: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Embedding of each row's chosen token at its audio position (what the next step feeds)."""

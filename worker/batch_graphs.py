@@ -12,6 +12,7 @@ decoding goes on eagerly. Nothing here runs, or imports CUDA state, unless graph
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -21,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from worker.batch_gpt import BatchDecoder
 
 log = logging.getLogger(__name__)
 
 FAST_DECODE_ENV = "VOXCLONE_FAST_DECODE"  # "auto" (default), "off", or "on"
+PREFILL_GRAPHS_ENV = "VOXCLONE_PREFILL_GRAPHS"  # "on" (default: with decode graphs) or "off"
 DECODE_DTYPE_ENV = "VOXCLONE_DECODE_DTYPE"  # "float16" (CUDA default), "bfloat16" or "float32"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}  # latent max abs diff
@@ -37,10 +41,13 @@ class FastDecode:
 
     graphs: bool = False
     dtype: torch.dtype = torch.float32
+    prefill_graphs: bool = True  # with graphs: the prefill captured too (``VOXCLONE_PREFILL_GRAPHS``)
 
     @property
     def label(self) -> str:
         kind = "cuda-graphs" if self.graphs else "eager"
+        if self.graphs and not self.prefill_graphs:
+            kind += " (eager prefill)"
         return f"{kind}/{str(self.dtype).removeprefix('torch.')}"
 
 
@@ -52,6 +59,7 @@ def resolve_fast_decode(device: str, mode: str | None = None, dtype: str | None 
 
     ``auto`` and ``on`` mean CUDA graphs and float16 on a CUDA device; on the CPU ``auto`` is eager
     float32 and ``on`` is refused. ``dtype`` (or ``$VOXCLONE_DECODE_DTYPE``) overrides the precision.
+    With graphs, prefills are captured too unless ``$VOXCLONE_PREFILL_GRAPHS`` is ``off``.
     The default is ``auto``: on an H100 the captured float16 step took 2.5 ms against 11.6 ms eager at
     batch 1, and its greedy audio matched the float32 reference to 2 LSB (``bench/README.md``).
     """
@@ -67,7 +75,10 @@ def resolve_fast_decode(device: str, mode: str | None = None, dtype: str | None 
         raise ValueError(f"{DECODE_DTYPE_ENV} must be one of {', '.join(_DTYPES)}, not {name!r}")
     if not cuda and name != "float32":
         raise ValueError("reduced-precision decoding is only supported on CUDA")
-    return FastDecode(graphs=fast, dtype=_DTYPES[name])
+    prefill = os.environ.get(PREFILL_GRAPHS_ENV, "on").strip().lower()
+    if prefill not in ("on", "off"):
+        raise ValueError(f"{PREFILL_GRAPHS_ENV} must be on or off, not {prefill!r}")
+    return FastDecode(graphs=fast, dtype=_DTYPES[name], prefill_graphs=prefill == "on")
 
 
 def capture_steps(decoder: BatchDecoder) -> bool:
@@ -84,8 +95,10 @@ def capture_steps(decoder: BatchDecoder) -> bool:
     try:
         for batch in decoder.batch_sizes:
             for length in decoder.lengths:
-                graphs[(batch, length)] = _capture(decoder, batch, length, pool, stream)
-                if not _agrees(decoder, graphs[(batch, length)], batch, length):
+                decoder.active.zero_()  # warm-up runs must not advance anything
+                run = functools.partial(decoder.run_step, batch, length)
+                graphs[(batch, length)] = _capture(decoder, run, pool, stream)
+                if not _step_agrees(decoder, graphs[(batch, length)], batch, length):
                     log.warning("a captured decode step disagrees with the eager one: decoding eagerly")
                     return False
     except RuntimeError:
@@ -101,14 +114,50 @@ def capture_steps(decoder: BatchDecoder) -> bool:
     return True
 
 
+def capture_prefills(decoder: BatchDecoder) -> bool:
+    """Capture and check a graph of the prefill for every (rows, width) bucket; False: prefills stay eager.
+
+    An eager prefill is a forward of every layer launched from Python (~15 ms on an H100 whatever its
+    size), and every row in the batch waits for it; captured, it is a replay. Call on a fresh decoder,
+    after :func:`capture_steps`; a failure here leaves the captured decode steps in use.
+    """
+    if decoder.rows:
+        raise RuntimeError("capture graphs before any row joins")
+    started = time.perf_counter()
+    pool = torch.cuda.graph_pool_handle()
+    stream = torch.cuda.Stream(device=decoder.device)
+    graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+    try:
+        for rows in range(1, decoder.prefill_group + 1):
+            for width in decoder.prefill_widths:
+                with torch.inference_mode():  # warm-ups read these: in range for this width
+                    decoder.p_slots[:rows] = torch.arange(rows, device=decoder.device)
+                    decoder.p_sizes[:rows] = width
+                run = functools.partial(decoder.run_prefill, rows, width)
+                graphs[(rows, width)] = _capture(decoder, run, pool, stream)
+                if not _prefill_agrees(decoder, graphs[(rows, width)], rows, width):
+                    log.warning("a captured prefill disagrees with the eager one: prefilling eagerly")
+                    return False
+    except RuntimeError:
+        log.warning("capturing the prefill in a CUDA graph failed: prefilling eagerly", exc_info=True)
+        return False
+    finally:
+        _reset_rows(decoder)
+    decoder.prefill_replay.update(graphs)
+    log.info(
+        "captured %d prefill graphs (rows 1–%d × width %s) in %.1f s",
+        len(graphs), decoder.prefill_group, decoder.prefill_widths, time.perf_counter() - started,
+    )  # fmt: skip
+    return True
+
+
 def _capture(
-    decoder: BatchDecoder, batch: int, length: int, pool: Any, stream: torch.cuda.Stream
+    decoder: BatchDecoder, run: Callable[[], None], pool: Any, stream: torch.cuda.Stream
 ) -> torch.cuda.CUDAGraph:
-    decoder.active.zero_()  # warm-up runs must not advance anything
     stream.wait_stream(torch.cuda.current_stream(decoder.device))
     with torch.inference_mode(), torch.cuda.stream(stream):
         for _ in range(2):
-            decoder.run_step(batch, length)
+            run()
     torch.cuda.current_stream(decoder.device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     # thread_local: other threads (embedding, transcription) may use the GPU while this one captures.
@@ -116,11 +165,11 @@ def _capture(
         torch.inference_mode(),
         torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"),
     ):
-        decoder.run_step(batch, length)
+        run()
     return graph
 
 
-def _agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, batch: int, length: int) -> bool:
+def _step_agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, batch: int, length: int) -> bool:
     """Replay ``graph`` and run the eager step on the same random state; compare latents and tokens."""
     gen = torch.Generator(device=decoder.device).manual_seed(batch * 100_003 + length)
     with torch.inference_mode():
@@ -133,16 +182,38 @@ def _agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, batch: int, leng
         replayed = decoder.out_latent[:batch].clone(), decoder.out_tokens[:batch].clone()
         decoder.run_step(batch, length)
         eager = decoder.out_latent[:batch], decoder.out_tokens[:batch]
-        diff = float((replayed[0] - eager[0]).abs().max())
-        same_tokens = float((replayed[1] == eager[1]).float().mean())
+    return _compare(decoder, replayed, eager, f"decode step at batch {batch} length {length}")
+
+
+def _prefill_agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, rows: int, width: int) -> bool:
+    """Replay ``graph`` and run the eager prefill on the same random prefixes; compare latents and tokens."""
+    gen = torch.Generator(device=decoder.device).manual_seed(rows * 100_019 + width)
+    dev = decoder.device
+    with torch.inference_mode():
+        decoder.px[:rows, :width] = 0.5 * torch.randn(rows, width, decoder.dim, generator=gen, device=dev)
+        decoder.p_slots[:rows] = torch.arange(rows, device=dev)
+        decoder.p_sizes[:rows] = torch.randint(1, width + 1, (rows,), generator=gen, device=dev)
+        decoder.p_min_tokens[:rows] = torch.randint(0, 3, (rows,), generator=gen, device=dev)
+        decoder.p_uniform[:rows] = torch.rand(rows, generator=gen, device=dev)
+        graph.replay()
+        replayed = decoder.p_latent[:rows].clone(), decoder.p_tokens[:rows].clone()
+        decoder.run_prefill(rows, width)
+        eager = decoder.p_latent[:rows], decoder.p_tokens[:rows]
+    return _compare(decoder, replayed, eager, f"prefill of {rows} rows at width {width}")
+
+
+def _compare(
+    decoder: BatchDecoder,
+    replayed: tuple[torch.Tensor, torch.Tensor],
+    eager: tuple[torch.Tensor, torch.Tensor],
+    what: str,
+) -> bool:
+    diff = float((replayed[0] - eager[0]).abs().max())
+    same_tokens = float((replayed[1] == eager[1]).float().mean())
     ok = diff <= _CHECK_TOLERANCE[decoder.dtype] and same_tokens >= 0.75
     if not ok:
         log.warning(
-            "graph check at batch %d length %d: latent diff %.3g, tokens same %.0f%%",
-            batch,
-            length,
-            diff,
-            100 * same_tokens,
+            "graph check of the %s: latent diff %.3g, tokens same %.0f%%", what, diff, 100 * same_tokens
         )
     return ok
 

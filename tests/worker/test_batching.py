@@ -11,17 +11,19 @@ between steps without disturbing the others.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import torch
 
 from worker.batch import BatchSynthesis
-from worker.batch_gpt import BatchDecoder
+from worker.batch_gpt import BatchDecoder, fused_activation
 from worker.batch_graphs import FastDecode, resolve_fast_decode
 from worker.errors import InternalWorkerError, SynthesisCancelled, WorkerBusy
 from worker.scheduler import SynthesisScheduler, SynthesisStream
@@ -291,22 +293,22 @@ def test_prewarm_runs_every_standard_shape(engine: XttsEngine) -> None:
 
 
 class StandInGraph:
-    """Plays torch.cuda.CUDAGraph on the CPU: replay re-runs the captured step on the same buffers."""
+    """Plays torch.cuda.CUDAGraph on the CPU: replay re-runs the captured call on the same buffers."""
 
     recording: StandInGraph | None = None
-    replays = 0
+    replays: ClassVar[Counter[str]] = Counter()  # replays per captured method
 
     def __init__(self) -> None:
-        self.shape: tuple[int, int] | None = None
-        self.decoder: BatchDecoder | None = None
+        self.call: functools.partial[None] | None = None
 
     def replay(self) -> None:
-        assert self.decoder is not None and self.shape is not None
-        StandInGraph.replays += 1
-        ORIGINAL_RUN_STEP(self.decoder, *self.shape)
+        assert self.call is not None
+        StandInGraph.replays[self.call.func.__name__] += 1
+        self.call()
 
 
 ORIGINAL_RUN_STEP = BatchDecoder.run_step
+ORIGINAL_RUN_PREFILL = BatchDecoder.run_prefill
 
 
 @pytest.fixture
@@ -324,12 +326,16 @@ def stand_in_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
         yield
         StandInGraph.recording = None
 
-    def run_step(self: BatchDecoder, batch: int, length: int) -> None:
-        if StandInGraph.recording is not None:
-            StandInGraph.recording.shape, StandInGraph.recording.decoder = (batch, length), self
-        ORIGINAL_RUN_STEP(self, batch, length)
+    def recorded(original: Any) -> Any:
+        def run(self: BatchDecoder, *shape: int) -> None:
+            if StandInGraph.recording is not None:  # captured: replays run it again at this shape
+                StandInGraph.recording.call = functools.partial(original, self, *shape)
+            original(self, *shape)
 
-    monkeypatch.setattr(BatchDecoder, "run_step", run_step)
+        return run
+
+    monkeypatch.setattr(BatchDecoder, "run_step", recorded(ORIGINAL_RUN_STEP))
+    monkeypatch.setattr(BatchDecoder, "run_prefill", recorded(ORIGINAL_RUN_PREFILL))
     for name, value in {
         "graph_pool_handle": lambda: object(),
         "Stream": lambda device=None: stream,
@@ -347,22 +353,28 @@ async def test_graph_capture_and_replay_logic(
     """The CUDA-graph path's bookkeeping on the CPU: a graph per bucket, checked, then replayed.
 
     Replays run at bucket shapes: three rows in a batch of four, 60-odd positions in a cache window of
-    128. The spare row and positions must change nothing.
+    128; prefixes of 20-odd positions in a prefill 64 wide; six joiners at once prefilled four, then
+    two. The spare rows and positions must change nothing.
     """
-    from worker.batch_graphs import capture_steps
+    from worker.batch_graphs import capture_prefills, capture_steps
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
-    session = engine.open_batch(4)
+    session = engine.open_batch(8)
     decoder = session.decoder
-    assert capture_steps(decoder)
-    assert set(decoder.replay) == {(b, n) for b in (1, 2, 4) for n in decoder.lengths}
+    assert capture_steps(decoder) and capture_prefills(decoder)
+    assert set(decoder.replay) == {(b, n) for b in (1, 2, 4, 8) for n in decoder.lengths}
     assert decoder.lengths[0] == 128 and decoder.max_positions % 64 == 0
+    assert set(decoder.prefill_replay) == {(r, w) for r in (1, 2, 3, 4) for w in decoder.prefill_widths}
+    assert decoder.prefill_widths[0] == 64 and decoder.prefill_widths[-1] == decoder.max_positions
     session.graphs = True
     session.close()  # back to the engine's pool, where the scheduler picks it up
-    requests = mixed(voice)[:3]
-    replays = StandInGraph.replays
-    outputs = await batched(engine, requests, max_batch=4)
-    assert StandInGraph.replays - replays >= 25  # every step after the prefill (26 tokens) was a replay
+    requests = [*mixed(voice), req(voice, "Good morning.", 12, 21), req(voice, "See you soon.", 9, 22)]
+    before = Counter(StandInGraph.replays)
+    outputs = await batched(engine, requests, max_batch=8)
+    replays = StandInGraph.replays - before
+    assert replays["run_step"] >= 25  # every step after the prefill (26 tokens) was a replay
+    # Six joiners in groups of four and two, then the French request's second sentence alone.
+    assert replays["run_prefill"] == 3
     for got, request in zip(outputs, requests, strict=True):
         assert_same_audio(got, alone(engine, request))
 
@@ -382,6 +394,58 @@ def test_a_failed_capture_falls_back_to_eager(
         assert not session.decoder.replay and session.decoder.rows == 0
     finally:
         session.close(reuse=False)
+
+
+def test_a_failed_prefill_capture_keeps_the_captured_steps(
+    greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.batch_graphs import capture_prefills, capture_steps
+
+    def broken(self: BatchDecoder, rows: int, width: int) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    session = greedy.open_batch(2)
+    try:
+        assert capture_steps(session.decoder)
+        monkeypatch.setattr(BatchDecoder, "run_prefill", broken)
+        assert not capture_prefills(session.decoder)
+        assert session.decoder.replay and not session.decoder.prefill_replay
+        assert session.decoder.rows == 0
+    finally:
+        session.close(reuse=False)
+
+
+def test_a_prefill_graph_that_disagrees_is_not_used(
+    greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.batch_graphs import capture_prefills
+
+    def wrong(self: StandInGraph) -> None:
+        assert self.call is not None
+        self.call()
+        self.call.args[0].p_latent += 1.0  # a graph that computes something else
+
+    monkeypatch.setattr(StandInGraph, "replay", wrong)
+    session = greedy.open_batch(2)
+    try:
+        assert not capture_prefills(session.decoder)
+        assert not session.decoder.prefill_replay
+    finally:
+        session.close(reuse=False)
+
+
+def test_the_mlp_activation_is_fused_only_when_it_is_the_same_function() -> None:
+    from transformers.activations import NewGELUActivation
+
+    gelu_new = NewGELUActivation()
+    fused = fused_activation(gelu_new)
+    assert fused is not gelu_new
+    x = torch.randn(4096) * 4
+    assert torch.allclose(fused(x), gelu_new(x), rtol=1e-5, atol=1e-6)
+    relu = torch.nn.ReLU()
+    assert fused_activation(relu) is relu
+    exact_gelu = torch.nn.GELU()  # erf-GELU differs from tanh-GELU by up to ~5e-4: kept as it is
+    assert fused_activation(exact_gelu) is exact_gelu
 
 
 # ----- flow control ----------------------------------------------------------------------------------
@@ -512,6 +576,14 @@ def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
     assert resolve_fast_decode("cuda", "auto") == FastDecode(graphs=True, dtype=torch.float16)
     assert resolve_fast_decode("cuda:0", "off") == FastDecode(graphs=False, dtype=torch.float32)
     assert resolve_fast_decode("cuda", dtype="bfloat16").dtype == torch.bfloat16
+    assert resolve_fast_decode("cuda").prefill_graphs
+    monkeypatch.setenv("VOXCLONE_PREFILL_GRAPHS", "off")
+    assert resolve_fast_decode("cuda") == FastDecode(graphs=True, dtype=torch.float16, prefill_graphs=False)
+    assert "eager prefill" in resolve_fast_decode("cuda").label
+    monkeypatch.setenv("VOXCLONE_PREFILL_GRAPHS", "maybe")
+    with pytest.raises(ValueError, match="VOXCLONE_PREFILL_GRAPHS must be on or off"):
+        resolve_fast_decode("cuda")
+    monkeypatch.delenv("VOXCLONE_PREFILL_GRAPHS")
     monkeypatch.setenv("VOXCLONE_FAST_DECODE", "off")
     assert not resolve_fast_decode("cuda").graphs
     with pytest.raises(ValueError, match="needs a CUDA device"):

@@ -237,6 +237,55 @@ async def _collect_batched(engine: XttsEngine, requests: list[SpeechRequest]) ->
     return np.concatenate(outs[0]).astype(np.int32)
 
 
+_VIEW_OPS = frozenset(
+    ["view", "_unsafe_view", "slice", "select", "permute", "unbind", "transpose", "unsqueeze", "squeeze",
+     "expand", "t", "as_strided", "alias", "detach", "split", "reshape", "_reshape_alias", "lift_fresh"]
+)  # fmt: skip
+
+
+def _same_storage(a: Any, b: Any) -> bool:
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return True
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def step_ops(decoder: Any) -> dict[str, float]:
+    """Operations one eager decode step dispatches that can launch a kernel (views left out), at batch 1.
+
+    On a GPU each is at least one kernel, and a captured step costs about a fixed gap per kernel, so this
+    count, unlike a CPU timing, says how a change moves the GPU's step time. Per layer from the slope.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            result = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ not in _VIEW_OPS or not _same_storage(result, args[0]):
+                self.ops += 1  # a view op that had to copy (reshape of a strided tensor) counts too
+            return result
+
+    blocks = decoder.blocks
+    counts = []
+    try:
+        for layers in (1, 2):  # the step's own ops plus ``layers`` layers'
+            decoder.blocks = blocks[:layers]
+            with Count() as count, torch.inference_mode():
+                decoder.run_step(1, decoder.lengths[0])
+            counts.append(count.ops)
+    finally:
+        decoder.blocks = blocks
+    per_layer = counts[1] - counts[0]
+    return {
+        "per_layer": per_layer,
+        "rest": counts[0] - per_layer,
+        "total": counts[0] + per_layer * (len(blocks) - 1),
+    }
+
+
 def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     """Where one stream's time goes: prefill of one row, HiFi-GAN per chunk window (float32 and float16,
     alone and batched), so that the end-to-end rows can be read against their parts."""
@@ -267,6 +316,13 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
         decoder.release(slot)
 
     out["prefill_one_row_ms"] = timed(prefill_one)
+    if decoder.prefill_replay:  # the same, launched op by op
+        captured, decoder.prefill_replay = decoder.prefill_replay, {}
+        try:
+            out["prefill_one_row_eager_ms"] = timed(prefill_one)
+        finally:
+            decoder.prefill_replay = captured
+    out["decode_step_ops"] = step_ops(decoder)
     session.close()
 
     vocoder = engine.model.hifigan_decoder.waveform_decoder
@@ -372,7 +428,7 @@ def ratios(rows: list[Row]) -> list[dict[str, object]]:
     """voxclone against stock, and batched against serial, at each concurrency both were run at."""
     by = {(r.engine, r.concurrency): r for r in rows}
     out: list[dict[str, object]] = []
-    for other in ("stock", "vox-serial", "vox-eager", "vox-overlap"):
+    for other in ("stock", "vox-serial", "vox-eager", "vox-eager-prefill", "vox-overlap"):
         for n in sorted({r.concurrency for r in rows}):
             ours, base = by.get(("voxclone", n)), by.get((other, n))
             if ours and base:
@@ -429,7 +485,14 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             )
     parts = result.get("components")
     if parts:
-        print(f"\nprefill of one row: {parts['prefill_one_row_ms']:.2f} ms; HiFi-GAN per window:")
+        ops = parts["decode_step_ops"]
+        print(
+            f"\ndecode step: {ops['total']} kernel-launching ops at batch 1 ({ops['per_layer']} per layer, "
+            f"{ops['rest']} for sampling and bookkeeping)"
+        )
+        eager_prefill = parts.get("prefill_one_row_eager_ms")
+        launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""
+        print(f"prefill of one row: {parts['prefill_one_row_ms']:.2f} ms{launched}; HiFi-GAN per window:")
         for v in parts["vocoder"]:
             half = (
                 f"  fp16 {v['fp16_ms']:7.2f} ms (max diff {v['fp16_max_diff_rel']:.4f})"
@@ -474,6 +537,11 @@ def main() -> None:
     ap.add_argument(
         "--overlap-at", default="1,32" if cuda else "", help="CUDA: levels to also run HiFi-GAN overlapped"
     )
+    ap.add_argument(
+        "--eager-prefill-at",
+        default="1,32" if cuda else "",
+        help="CUDA: levels to also run with captured decode steps but eager prefills",
+    )
     ap.add_argument("--phases-at", default="1,32" if cuda else "1,4", help="levels to time the parts at")
     ap.add_argument("--skip-stock", action="store_true", help="leave out stock coqui (quick runs)")
     ap.add_argument("--stock-at", help="levels to run stock at (default: every level; it is serial anyway)")
@@ -491,6 +559,7 @@ def main() -> None:
     eager_levels = [int(x) for x in args.eager_at.split(",") if x]
     stock_levels = [int(x) for x in args.stock_at.split(",")] if args.stock_at else levels
     overlap_levels = [int(x) for x in args.overlap_at.split(",") if x]
+    eager_prefill_levels = [int(x) for x in args.eager_prefill_at.split(",") if x]
     phase_levels = [int(x) for x in args.phases_at.split(",") if x]
 
     started = time.perf_counter()
@@ -503,7 +572,8 @@ def main() -> None:
     print(f"checkpoint ready and loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     voice = reference_voice(engine)
     session = engine.open_batch(max(levels))  # builds the decoder (and captures graphs) before timing
-    decode_label = FastDecode(session.graphs, engine.fast_decode.dtype).label  # graphs may have failed
+    captured = session.graphs, bool(session.decoder.prefill_replay)  # captures may have failed
+    decode_label = FastDecode(captured[0], engine.fast_decode.dtype, captured[1]).label
     kv_bytes = session.decoder.kv_bytes_per_slot
     session.close()
     print(f"decoder ready ({decode_label}) at {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -584,6 +654,21 @@ def main() -> None:
             )
             or []
         )
+    if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
+        unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
+        eager_prefill = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=unfused)
+        rows += (
+            stage(
+                "vox-eager-prefill",
+                lambda: asyncio.run(
+                    measure(
+                        eager_prefill, "vox-eager-prefill", voice, eager_prefill_levels, args.tokens,
+                        max(eager_prefill_levels),
+                    )
+                ),
+            )
+            or []
+        )  # fmt: skip
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
@@ -610,7 +695,12 @@ def main() -> None:
             )
             or []
         )
-    order = {"voxclone": 0, "vox-overlap": 1, "vox-serial": 2, "vox-eager": 3, "stock": 4}
+    order = {
+        name: i
+        for i, name in enumerate(
+            ("voxclone", "vox-overlap", "vox-eager-prefill", "vox-serial", "vox-eager", "stock")
+        )
+    }
     rows.sort(key=lambda r: (r.concurrency, order[r.engine]))
     result["ratios"] = ratios(rows)
     result["memory"] = memory_per_stream(rows, kv_bytes) if cuda and args.device.startswith("cuda") else None

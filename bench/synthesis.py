@@ -201,12 +201,15 @@ def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -
     return 1000 * (time.perf_counter() - started) / steps
 
 
-def agreement(engine: XttsEngine, voice: VoiceEmbedding, tokens: int) -> dict[str, object]:
+def agreement(
+    engine: XttsEngine, voice: VoiceEmbedding, tokens: int, vocoder: torch.dtype = torch.float32
+) -> dict[str, object]:
     """Greedy: the batched fast path (3 rows at once) against the one-request float32 reference path."""
     params = SamplingParams(greedy=True, repetition_penalty=engine.sampling.repetition_penalty)
     greedy = XttsEngine(
         engine.model, engine.model_id, engine.device, sampling=params, fast_decode=engine.fast_decode
     )
+    greedy.vocoder_dtype = vocoder
     requests = [request(voice, tokens, seed) for seed in range(3)]
     reference = np.concatenate(list(greedy.stream(requests[0], threading.Event()))).astype(np.int32)
 
@@ -214,10 +217,13 @@ def agreement(engine: XttsEngine, voice: VoiceEmbedding, tokens: int) -> dict[st
     n = min(ours.size, reference.size)
     diff = np.abs(ours[:n] - reference[:n])
     off = np.nonzero(diff > 64)[0]  # 64 LSB ≈ -54 dBFS: beyond rounding, a different token upstream
+    noise = float(np.sqrt(np.mean(diff.astype(np.float64) ** 2))) if n else 0.0
+    signal = float(np.sqrt(np.mean(reference[:n].astype(np.float64) ** 2))) if n else 0.0
     return {
-        "decode": greedy.fast_decode.label,
+        "decode": greedy.fast_decode.label + ("" if vocoder == torch.float32 else ", float16 HiFi-GAN"),
         "same_length": bool(ours.size == reference.size),
         "max_abs_diff_lsb": int(diff.max()) if n else None,
+        "snr_db": round(20 * np.log10(signal / noise), 1) if noise > 0 and signal > 0 else None,
         "identical_until_s": round((off[0] if off.size else n) / 24_000, 3),
         "audio_s": round(reference.size / 24_000, 3),
     }
@@ -428,7 +434,7 @@ def ratios(rows: list[Row]) -> list[dict[str, object]]:
     """voxclone against stock, and batched against serial, at each concurrency both were run at."""
     by = {(r.engine, r.concurrency): r for r in rows}
     out: list[dict[str, object]] = []
-    for other in ("stock", "vox-serial", "vox-eager", "vox-eager-prefill", "vox-overlap"):
+    for other in ("stock", "vox-serial", "vox-eager", "vox-eager-prefill", "vox-overlap", "vox-fp16-vocoder"):
         for n in sorted({r.concurrency for r in rows}):
             ours, base = by.get(("voxclone", n)), by.get((other, n))
             if ours and base:
@@ -512,13 +518,13 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             f"GPU memory per extra stream: {m['kv_cache_mb_per_stream']:.0f} MB KV cache (preallocated) "
             f"+ {m['peak_growth_mb_per_stream']:.1f} MB peak growth"
         )
-    c = result.get("check")
-    if c:
-        print(
-            f"batched ({c['decode']}) vs one-request reference, greedy: same length {c['same_length']}, "
-            f"max diff {c['max_abs_diff_lsb']} LSB, "
-            f"identical for {c['identical_until_s']} of {c['audio_s']} s"
-        )
+    for c in (result.get("check"), result.get("check_fp16_vocoder")):
+        if c:
+            print(
+                f"batched ({c['decode']}) vs one-request reference, greedy: same length {c['same_length']}, "
+                f"max diff {c['max_abs_diff_lsb']} LSB, SNR {c['snr_db']} dB, "
+                f"identical for {c['identical_until_s']} of {c['audio_s']} s"
+            )
     for name, error in result["errors"].items():
         print(f"FAILED {name}: {error}")
 
@@ -542,6 +548,9 @@ def main() -> None:
         default="1,32" if cuda else "",
         help="CUDA: levels to also run with captured decode steps but eager prefills",
     )
+    ap.add_argument(
+        "--fp16-vocoder-at", default="1,32" if cuda else "", help="CUDA: levels to also run float16 HiFi-GAN"
+    )
     ap.add_argument("--phases-at", default="1,32" if cuda else "1,4", help="levels to time the parts at")
     ap.add_argument("--skip-stock", action="store_true", help="leave out stock coqui (quick runs)")
     ap.add_argument("--stock-at", help="levels to run stock at (default: every level; it is serial anyway)")
@@ -560,6 +569,7 @@ def main() -> None:
     stock_levels = [int(x) for x in args.stock_at.split(",")] if args.stock_at else levels
     overlap_levels = [int(x) for x in args.overlap_at.split(",") if x]
     eager_prefill_levels = [int(x) for x in args.eager_prefill_at.split(",") if x]
+    fp16_vocoder_levels = [int(x) for x in args.fp16_vocoder_at.split(",") if x]
     phase_levels = [int(x) for x in args.phases_at.split(",") if x]
 
     started = time.perf_counter()
@@ -669,6 +679,21 @@ def main() -> None:
             )
             or []
         )  # fmt: skip
+    if fp16_vocoder_levels and cuda:  # batched HiFi-GAN calls in float16: what they buy
+        half = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=engine.fast_decode)
+        half.vocoder_dtype = torch.float16
+        rows += (
+            stage(
+                "vox-fp16-vocoder",
+                lambda: asyncio.run(
+                    measure(
+                        half, "vox-fp16-vocoder", voice, fp16_vocoder_levels, args.tokens,
+                        max(fp16_vocoder_levels),
+                    )
+                ),
+            )
+            or []
+        )  # fmt: skip
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
@@ -683,6 +708,11 @@ def main() -> None:
     )
     result["components"] = stage("components", lambda: components(engine, voice))
     result["check"] = stage("check", lambda: agreement(engine, voice, tokens=min(args.tokens, 100)))
+    if fp16_vocoder_levels:
+        result["check_fp16_vocoder"] = stage(
+            "check-fp16-vocoder",
+            lambda: agreement(engine, voice, tokens=min(args.tokens, 100), vocoder=torch.float16),
+        )
     if not args.skip_stock:
         rows += (
             stage(
@@ -698,7 +728,15 @@ def main() -> None:
     order = {
         name: i
         for i, name in enumerate(
-            ("voxclone", "vox-overlap", "vox-eager-prefill", "vox-serial", "vox-eager", "stock")
+            (
+                "voxclone",
+                "vox-fp16-vocoder",
+                "vox-overlap",
+                "vox-eager-prefill",
+                "vox-serial",
+                "vox-eager",
+                "stock",
+            )
         )
     }
     rows.sort(key=lambda r: (r.concurrency, order[r.engine]))

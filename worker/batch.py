@@ -97,12 +97,14 @@ class BatchSynthesis:
         graphs: bool,
         batch_vocoder: bool,
         vocoder_stream: torch.cuda.Stream | None = None,
+        vocoder_net: torch.nn.Module | None = None,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
         self.graphs = graphs
         self.batch_vocoder = batch_vocoder
         self.vocoder_stream = vocoder_stream  # CUDA, opt-in: HiFi-GAN overlaps the next decode steps
+        self.vocoder_net = vocoder_net  # CUDA, opt-in: a float16 HiFi-GAN (None: the model's own)
         self._slots: list[_Row] = []  # row i lives in decoder slot i
         self._draining: dict[Hashable, _Row] = {}  # decoding finished, audio still being vocoded
         self._launches: deque[_Launch] = deque()  # vocoder work in flight, oldest first
@@ -244,12 +246,12 @@ class BatchSynthesis:
         windows = [w for _, w in due]
         stream = self.vocoder_stream
         if stream is None or not due:
-            waves = decode_windows(decoder, windows, batch=self.batch_vocoder)
+            waves = decode_windows(decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net)
             pcm = [w.new_audio(wav).float().cpu() for w, wav in zip(windows, waves, strict=True)]
             return _Launch([(row, a) for (row, _), a in zip(due, pcm, strict=True)], ends)
         stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
         with torch.inference_mode(), torch.cuda.stream(stream):
-            waves = decode_windows(decoder, windows, batch=self.batch_vocoder)
+            waves = decode_windows(decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net)
             new = [w.new_audio(wav) for w, wav in zip(windows, waves, strict=True)]
             flat = torch.cat(new).float()
             host = torch.empty(flat.shape, dtype=torch.float32, pin_memory=True)
@@ -372,6 +374,7 @@ class DecoderPool:
         self._lock = threading.Lock()
         self._free: dict[int, list[tuple[BatchDecoder, bool]]] = {}
         self._warm = threading.local()  # per thread: the streams it has cuDNN plans for
+        self._net: torch.nn.Module | None = None  # HiFi-GAN in VOXCLONE_VOCODER_DTYPE, when not float32
 
     def open(self, capacity: int) -> BatchSynthesis:
         """A session of ``capacity`` rows on a free decoder (built on first use)."""
@@ -381,19 +384,36 @@ class DecoderPool:
         if decoder is None:
             decoder, graphs = self._build(capacity)
         cuda = torch.device(self.engine.device).type == "cuda"
+        net = self._vocoder_net()
         if cuda:
-            self._prewarm(capacity)
+            self._prewarm(capacity, net)
         overlap = cuda and self.engine.vocoder_overlap
         stream = torch.cuda.Stream(device=self.engine.device) if overlap else None
-        return BatchSynthesis(self.engine, decoder, graphs=graphs, batch_vocoder=cuda, vocoder_stream=stream)
+        return BatchSynthesis(
+            self.engine, decoder, graphs=graphs, batch_vocoder=cuda, vocoder_stream=stream, vocoder_net=net
+        )
 
-    def _prewarm(self, capacity: int) -> None:
+    def _vocoder_net(self) -> torch.nn.Module | None:
+        """The HiFi-GAN copy batched calls use when ``engine.vocoder_dtype`` is not float32 (built once)."""
+        dtype = self.engine.vocoder_dtype
+        if dtype == torch.float32:
+            return None
+        with self._lock:
+            if self._net is None:
+                import copy
+
+                own = self.engine.model.hifigan_decoder.waveform_decoder
+                self._net = copy.deepcopy(own).to(dtype)
+                log.info("batched HiFi-GAN calls run in %s", str(dtype).removeprefix("torch."))
+            return self._net
+
+    def _prewarm(self, capacity: int, net: torch.nn.Module | None = None) -> None:
         """cuDNN's plans for the vocoder's standard shapes, once per thread (its plan cache is per thread)."""
         if getattr(self._warm, "capacity", 0) >= capacity:  # a thread-local: thread ids get reused
             return
         started = time.perf_counter()
         try:
-            shapes = prewarm(self.engine.model.hifigan_decoder, capacity)
+            shapes = prewarm(self.engine.model.hifigan_decoder, capacity, net=net)
         except RuntimeError:  # out of memory, say: serving still works, first uses of a shape are slower
             log.warning("warming the vocoder up failed: its first calls will be slower", exc_info=True)
             shapes = 0

@@ -602,7 +602,7 @@ def test_every_engine_thread_prewarms_the_vocoder_once(
 
     warmed: list[tuple[str, int]] = []
     monkeypatch.setattr(
-        worker.batch, "prewarm", lambda _d, n: warmed.append((threading.current_thread().name, n)) or 1
+        worker.batch, "prewarm", lambda _d, n, net: warmed.append((threading.current_thread().name, n)) or 1
     )
     pool = worker.batch.DecoderPool(engine)
     for name in ("first", "second"):
@@ -615,7 +615,7 @@ def test_every_engine_thread_prewarms_the_vocoder_once(
     pool._prewarm(8)  # a bigger batch has shapes the first warm-up did not run
     assert warmed == [("first", 4), ("second", 4), ("MainThread", 4), ("MainThread", 8)]
 
-    def out_of_memory(_d: object, _n: int) -> int:
+    def out_of_memory(_d: object, _n: int, net: object) -> int:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(worker.batch, "prewarm", out_of_memory)
@@ -652,3 +652,50 @@ def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> N
     serial.close()
     batching.close()
     assert (serial.max_batch, batching.max_batch) == (1, engine.default_max_batch)
+
+
+def test_the_vocoder_precision_is_float32_unless_asked_and_float16_only_on_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.xtts_vocoder import vocoder_dtype
+
+    monkeypatch.delenv("VOXCLONE_VOCODER_DTYPE", raising=False)
+    assert vocoder_dtype("cuda") == vocoder_dtype("cpu") == torch.float32
+    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "float16")
+    assert vocoder_dtype("cuda:0") == torch.float16
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        vocoder_dtype("cpu")
+    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "int8")
+    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_DTYPE must be float32 or float16"):
+        vocoder_dtype("cuda")
+
+
+async def test_batched_vocoder_calls_run_in_the_engines_vocoder_precision(
+    greedy: XttsEngine, voice: VoiceEmbedding
+) -> None:
+    """The plumbing of the float16 option, run here in float64 (the CPU has no fast float16 convolution).
+
+    One copy of HiFi-GAN in that precision, made once and used by every session; audio comes back as
+    float32 and, float64 being closer to exact, within the batching tolerance of the float32 path.
+    """
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    engine.vocoder_dtype = torch.float64
+    seen: list[torch.dtype] = []
+    first = engine.open_batch(2)
+    net = first.vocoder_net
+    assert net is not None and net is not engine.model.hifigan_decoder.waveform_decoder
+    assert next(net.parameters()).dtype == torch.float64
+    first.close()
+    second = engine.open_batch(2)
+    assert second.vocoder_net is net  # made once per engine
+    second.close()
+    hook = net.register_forward_hook(lambda _m, args, _o: seen.append(args[0].dtype))
+    try:
+        requests = mixed(voice)[:2]
+        outputs = await batched(engine, requests, max_batch=2)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.float64}
+    assert next(engine.model.hifigan_decoder.waveform_decoder.parameters()).dtype == torch.float32
+    for got, request in zip(outputs, requests, strict=True):
+        assert_same_audio(got, alone(greedy, request))

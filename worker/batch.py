@@ -247,7 +247,9 @@ class BatchSynthesis:
         stream = self.vocoder_stream
         if stream is None or not due:
             waves = decode_windows(decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net)
-            pcm = [w.new_audio(wav).float().cpu() for w, wav in zip(windows, waves, strict=True)]
+            new = [w.new_audio(wav) for w, wav in zip(windows, waves, strict=True)]
+            # One copy to the host for every stream's chunk: on CUDA each copy is a synchronisation.
+            pcm = torch.cat(new).float().cpu().split([int(a.shape[0]) for a in new]) if new else ()
             return _Launch([(row, a) for (row, _), a in zip(due, pcm, strict=True)], ends)
         stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
         with torch.inference_mode(), torch.cuda.stream(stream):

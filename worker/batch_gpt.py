@@ -10,8 +10,9 @@ step for every occupied row; a row marked inactive (its listener is behind) is c
 Each row sees exactly what it would see alone: attention is masked to its own cache length, sampling is
 row-wise (:func:`worker.xtts_gpt.choose_tokens`) with the row's own uniform draw, and XTTS's GPT has no
 position embedding of its own (coqui replaces GPT-2's with zeros), so a row's absolute slot and padding
-change nothing. The step touches only static buffers and takes no host decision, which lets
-:mod:`worker.batch_graphs` capture it in a CUDA graph per (batch, length) bucket.
+change nothing. The step and the prefill (:meth:`~BatchDecoder.run_step`,
+:meth:`~BatchDecoder.run_prefill`) touch only static buffers and take no host decision, which lets
+:mod:`worker.batch_graphs` capture them in CUDA graphs per (batch, length) and (rows, width) bucket.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class BatchDecoder:
         """Run each slot's prefix (``[1, P, D]``) and choose its first audio token.
 
         Eagerly all joiners go in one padded forward; with captured prefills they go
-        :attr:`prefill_rows` at a time, each group at its (rows, width) bucket.
+        :attr:`prefill_group` at a time, each group at its (rows, width) bucket.
         """
         sizes = [int(p.shape[1]) for p in prefixes]
         if max(sizes) > self.max_positions:

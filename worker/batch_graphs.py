@@ -5,9 +5,10 @@ they cost ~9 ms, replayed from a CUDA graph ~2 ms (``../shared/bench/decode_floo
 decides whether to do that (:func:`resolve_fast_decode`: never on the CPU, automatic on CUDA, the
 ``VOXCLONE_FAST_DECODE`` environment variable overrides) and captures
 :meth:`worker.batch_gpt.BatchDecoder.run_step` once per (batch, cache length) bucket
-(:func:`capture_steps`). Every captured graph is checked against the eager step on the same inputs
-before use; a capture that fails or disagrees turns graphs off for that decoder, with a warning, and
-decoding goes on eagerly. Nothing here runs, or imports CUDA state, unless graphs are on.
+(:func:`capture_steps`), and the prefill of joining rows once per (rows, width) bucket
+(:func:`capture_prefills`). Every captured graph is checked against the eager code on the same inputs
+before use; a capture that fails or disagrees turns those graphs off for that decoder, with a warning,
+and that part runs eagerly. Nothing here runs, or imports CUDA state, unless graphs are on.
 """
 
 from __future__ import annotations

@@ -627,73 +627,33 @@ def main() -> None:
         our_chunk_tokens=[engine.chunks.first_tokens, engine.chunks.tokens],
         watermark=args.watermark,
     )
-    rows += (
-        stage(
-            "voxclone",
-            lambda: asyncio.run(measure(engine, "voxclone", voice, levels, args.tokens, max(levels))),
+
+    def variant(name: str, runner: XttsEngine, at: list[int], max_batch: int | None = None) -> None:
+        """Rows for one engine at the concurrency levels ``at`` (a failure is recorded, the run goes on)."""
+        batch = max(at) if max_batch is None else max_batch
+        rows.extend(
+            stage(name, lambda: asyncio.run(measure(runner, name, voice, at, args.tokens, batch))) or []
         )
-        or []
-    )
-    if serial_levels:
-        rows += (
-            stage(
-                "vox-serial",
-                lambda: asyncio.run(measure(engine, "vox-serial", voice, serial_levels, args.tokens, 1)),
-            )
-            or []
-        )
+
+    def copy_of(**changes: Any) -> XttsEngine:
+        """Another engine on the same model (its own decoders and graphs), with attributes changed."""
+        other = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=engine.fast_decode)
+        for key, value in changes.items():
+            setattr(other, key, value)
+        return other
+
+    variant("voxclone", engine, levels)
+    if serial_levels:  # the same code one request at a time: what batching buys
+        variant("vox-serial", engine, serial_levels, max_batch=1)
     if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
-        rows += (
-            stage(
-                "vox-eager",
-                lambda: asyncio.run(
-                    measure(eager, "vox-eager", voice, eager_levels, args.tokens, max(eager_levels))
-                ),
-            )
-            or []
-        )
+        variant("vox-eager", eager, eager_levels)
     if overlap_levels:  # the same graphs, HiFi-GAN on a second CUDA stream: what overlapping it buys
-        overlap = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=engine.fast_decode)
-        overlap.vocoder_overlap = True
-        rows += (
-            stage(
-                "vox-overlap",
-                lambda: asyncio.run(
-                    measure(overlap, "vox-overlap", voice, overlap_levels, args.tokens, max(overlap_levels))
-                ),
-            )
-            or []
-        )
+        variant("vox-overlap", copy_of(vocoder_overlap=True), overlap_levels)
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
-        eager_prefill = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=unfused)
-        rows += (
-            stage(
-                "vox-eager-prefill",
-                lambda: asyncio.run(
-                    measure(
-                        eager_prefill, "vox-eager-prefill", voice, eager_prefill_levels, args.tokens,
-                        max(eager_prefill_levels),
-                    )
-                ),
-            )
-            or []
-        )  # fmt: skip
+        variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
     if fp16_vocoder_levels and cuda:  # batched HiFi-GAN calls in float16: what they buy
-        half = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=engine.fast_decode)
-        half.vocoder_dtype = torch.float16
-        rows += (
-            stage(
-                "vox-fp16-vocoder",
-                lambda: asyncio.run(
-                    measure(
-                        half, "vox-fp16-vocoder", voice, fp16_vocoder_levels, args.tokens,
-                        max(fp16_vocoder_levels),
-                    )
-                ),
-            )
-            or []
-        )  # fmt: skip
+        variant("vox-fp16-vocoder", copy_of(vocoder_dtype=torch.float16), fp16_vocoder_levels)
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (

@@ -87,31 +87,15 @@ def capture_steps(decoder: BatchDecoder) -> bool:
 
     Call with no rows occupied (a fresh decoder): warm-up runs execute the step, with every row inactive.
     """
-    if decoder.rows:
-        raise RuntimeError("capture graphs before any row joins")
-    started = time.perf_counter()
-    pool = torch.cuda.graph_pool_handle()
-    stream = torch.cuda.Stream(device=decoder.device)
-    graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-    try:
-        for batch in decoder.batch_sizes:
-            for length in decoder.lengths:
-                decoder.active.zero_()  # warm-up runs must not advance anything
-                run = functools.partial(decoder.run_step, batch, length)
-                graphs[(batch, length)] = _capture(decoder, run, pool, stream)
-                if not _step_agrees(decoder, graphs[(batch, length)], batch, length):
-                    log.warning("a captured decode step disagrees with the eager one: decoding eagerly")
-                    return False
-    except RuntimeError:
-        log.warning("capturing the decode step in a CUDA graph failed: decoding eagerly", exc_info=True)
+
+    def prepare(batch: int, length: int) -> None:
+        decoder.active.zero_()  # warm-up runs must not advance anything
+
+    shapes = [(b, n) for b in decoder.batch_sizes for n in decoder.lengths]
+    graphs = _capture_all(decoder, "decode step", shapes, prepare, decoder.run_step, _step_agrees)
+    if graphs is None:
         return False
-    finally:
-        _reset_rows(decoder)
     decoder.replay.update(graphs)
-    log.info(
-        "captured %d decode-step graphs (batch %s × length %s) in %.1f s",
-        len(graphs), decoder.batch_sizes, decoder.lengths, time.perf_counter() - started,
-    )  # fmt: skip
     return True
 
 
@@ -122,6 +106,28 @@ def capture_prefills(decoder: BatchDecoder) -> bool:
     size), and every row in the batch waits for it; captured, it is a replay. Call on a fresh decoder,
     after :func:`capture_steps`; a failure here leaves the captured decode steps in use.
     """
+
+    def prepare(rows: int, width: int) -> None:  # warm-ups read these: in range for this width
+        decoder.p_slots[:rows] = torch.arange(rows, device=decoder.device)
+        decoder.p_sizes[:rows] = width
+
+    shapes = [(r, w) for r in range(1, decoder.prefill_group + 1) for w in decoder.prefill_widths]
+    graphs = _capture_all(decoder, "prefill", shapes, prepare, decoder.run_prefill, _prefill_agrees)
+    if graphs is None:
+        return False
+    decoder.prefill_replay.update(graphs)
+    return True
+
+
+def _capture_all(
+    decoder: BatchDecoder,
+    what: str,
+    shapes: list[tuple[int, int]],
+    prepare: Callable[[int, int], None],
+    run: Callable[[int, int], None],
+    agrees: Callable[[BatchDecoder, torch.cuda.CUDAGraph, int, int], bool],
+) -> dict[tuple[int, int], torch.cuda.CUDAGraph] | None:
+    """A checked graph of ``run`` per shape, sharing one memory pool; None (with a warning) on any failure."""
     if decoder.rows:
         raise RuntimeError("capture graphs before any row joins")
     started = time.perf_counter()
@@ -129,27 +135,23 @@ def capture_prefills(decoder: BatchDecoder) -> bool:
     stream = torch.cuda.Stream(device=decoder.device)
     graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
     try:
-        for rows in range(1, decoder.prefill_group + 1):
-            for width in decoder.prefill_widths:
-                with torch.inference_mode():  # warm-ups read these: in range for this width
-                    decoder.p_slots[:rows] = torch.arange(rows, device=decoder.device)
-                    decoder.p_sizes[:rows] = width
-                run = functools.partial(decoder.run_prefill, rows, width)
-                graphs[(rows, width)] = _capture(decoder, run, pool, stream)
-                if not _prefill_agrees(decoder, graphs[(rows, width)], rows, width):
-                    log.warning("a captured prefill disagrees with the eager one: prefilling eagerly")
-                    return False
+        for shape in shapes:
+            with torch.inference_mode():
+                prepare(*shape)
+            graphs[shape] = _capture(decoder, functools.partial(run, *shape), pool, stream)
+            if not agrees(decoder, graphs[shape], *shape):
+                log.warning("a captured %s disagrees with the eager one: running it eagerly", what)
+                return None
     except RuntimeError:
-        log.warning("capturing the prefill in a CUDA graph failed: prefilling eagerly", exc_info=True)
-        return False
+        log.warning("capturing the %s in a CUDA graph failed: running it eagerly", what, exc_info=True)
+        return None
     finally:
         _reset_rows(decoder)
-    decoder.prefill_replay.update(graphs)
     log.info(
-        "captured %d prefill graphs (rows 1–%d × width %s) in %.1f s",
-        len(graphs), decoder.prefill_group, decoder.prefill_widths, time.perf_counter() - started,
+        "captured the %s in CUDA graphs for %d shapes, %s to %s, in %.1f s",
+        what, len(graphs), shapes[0], shapes[-1], time.perf_counter() - started,
     )  # fmt: skip
-    return True
+    return graphs
 
 
 def _capture(

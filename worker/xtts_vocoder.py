@@ -21,6 +21,7 @@ non-final ones are right-padded (exact, see above) and stacked into calls of a f
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -88,6 +89,17 @@ class FrameGrid:
         good = candidates[(lo2 + 1 <= n1 - 1) & (lo1 + 1 <= tokens - 1)]
         return int(good.max()) + 1 if good.size else 0
 
+    def weights(self, start: int, end: int, tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where frames ``[start, end)`` read, as ``F.interpolate`` does both resamplings, on the host.
+
+        Returns ``(index, w1, w2)``: ``index[k, j, f]`` is the latent (global) that frame ``f`` reads, ``k``
+        0/1 for the lower/upper neighbour in the first resampling and ``j`` 0/1 for the lower/upper
+        stage-1 frame the second one reads; ``w1[j, f]`` and ``w2[f]`` are the interpolation weights.
+        """
+        lo2, hi2, w2 = self._source(np.arange(start, end), self.step2, self.stage1_len(tokens))
+        lo1, hi1, w1 = self._source(np.stack([lo2, hi2]), self.step1, tokens)  # [2, F] each
+        return np.stack([lo1, hi1]), w1, w2
+
     def resample(
         self, latents: torch.Tensor, first_token: int, tokens: int, start: int, end: int
     ) -> torch.Tensor:
@@ -97,15 +109,8 @@ class FrameGrid:
         it must cover every latent those frames read. Indices and weights are worked out on the host (a
         few microseconds) and go to the device in two copies; the interpolation itself runs there.
         """
-        lo2, hi2, w2 = self._source(np.arange(start, end), self.step2, self.stage1_len(tokens))
-        lo1, hi1, w1 = self._source(np.stack([lo2, hi2]), self.step1, tokens)  # [2, F] each
-        index = torch.from_numpy(np.stack([lo1, hi1]) - first_token).to(latents.device)  # [2, 2, F]
-        weights = torch.from_numpy(np.concatenate([w1, w2[None]])).to(latents.device)  # [3, F]
-        w1t = weights[:2, :, None].to(latents.dtype)
-        mel = latents[index[0]] * (1 - w1t) + latents[index[1]] * w1t  # [2, F, D]: two stage-1 frames each
-        w2t = weights[2, :, None].to(latents.dtype)
-        out = mel[0] * (1 - w2t) + mel[1] * w2t  # [F, D]
-        return out.T.unsqueeze(0)
+        index, w1, w2 = self.weights(start, end, tokens)
+        return interpolate(latents, index - first_token, w1, w2).T.unsqueeze(0)
 
     def latent_span(self, start: int, end: int, tokens: int) -> tuple[int, int]:
         """The latents ``[first, last]`` that frames ``[start, end)`` read."""
@@ -165,10 +170,8 @@ class StreamingVocoder:
         width = -(-natural // self.window_step) * self.window_step
         win_start = max(0, win_end - width)  # more real context on the left changes nothing emitted
         first, last = self.grid.latent_span(win_start, win_end, tokens)
-        with torch.inference_mode():
-            latents = torch.stack(self._latents[first : last + 1])
-            z = self.grid.resample(latents, first, tokens, win_start, win_end)
-        return VocoderWindow(z, self.speaker, win_start, start, end, final, width)
+        span = LatentSpan(self.grid, self._latents[first : last + 1], first, tokens)
+        return VocoderWindow(span, self.speaker, win_start, start, end, final, width, win_end - win_start)
 
     def commit(self, window: VocoderWindow) -> None:
         """Count ``window`` as emitted: the next window starts where it ends (its audio may come later)."""
@@ -189,21 +192,53 @@ class StreamingVocoder:
         return self.accept(window, self.decoder.waveform_decoder(window.z, g=window.speaker).reshape(-1))
 
 
+def interpolate(latents: torch.Tensor, index: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> torch.Tensor:
+    """``[F, D]`` frames from ``latents`` (``[T, D]``) by :meth:`FrameGrid.weights`' indices (into
+    ``latents``) and weights, with ``F.interpolate``'s float operations. Two copies to the device."""
+    index_t = torch.from_numpy(np.ascontiguousarray(index)).to(latents.device)  # [2, 2, F]
+    weights = torch.from_numpy(np.concatenate([w1, w2[None]])).to(latents.device)  # [3, F]
+    w1t = weights[:2, :, None].to(latents.dtype)
+    mel = latents[index_t[0]] * (1 - w1t) + latents[index_t[1]] * w1t  # [2, F, D]: two stage-1 frames each
+    w2t = weights[2, :, None].to(latents.dtype)
+    return mel[0] * (1 - w2t) + mel[1] * w2t
+
+
+@dataclass(frozen=True)
+class LatentSpan:
+    """The latents ``first ...`` a window reads (a sentence with ``tokens`` latents known so far)."""
+
+    grid: FrameGrid
+    latents: list[torch.Tensor]  # [D] each
+    first: int
+    tokens: int
+
+
 @dataclass(frozen=True)
 class VocoderWindow:
-    """Resampled latents for frames ``[win_start, win_start + frames)``, of which ``[start, end)`` are new."""
+    """Resampled latents for frames ``[win_start, win_start + frames)``, of which ``[start, end)`` are new.
 
-    z: torch.Tensor  # [1, D, frames]
+    The resampling runs when :attr:`z` is first read: batched calls (:func:`decode_windows`) build all
+    their windows in one gather instead.
+    """
+
+    span: LatentSpan
     speaker: torch.Tensor  # [1, d_vector, 1]
     win_start: int
     start: int
     end: int
     final: bool  # reaches the sentence's end: HiFi-GAN must see the true boundary, not padding
-    width: int = 0  # frames to run HiFi-GAN over (right padding beyond ``frames``; non-final only)
+    width: int  # frames to run HiFi-GAN over (right padding beyond ``frames``; non-final only)
+    frames: int
 
-    @property
-    def frames(self) -> int:
-        return int(self.z.shape[-1])
+    @functools.cached_property
+    def z(self) -> torch.Tensor:
+        """``[1, D, frames]``: the resampled latents HiFi-GAN reads."""
+        span = self.span
+        with torch.inference_mode():
+            latents = torch.stack(span.latents)
+            return span.grid.resample(
+                latents, span.first, span.tokens, self.win_start, self.win_start + self.frames
+            )
 
     def new_audio(self, wav: torch.Tensor) -> torch.Tensor:
         """The samples of frames ``[start, end)`` in HiFi-GAN's output over this window (``wav``, 1-D)."""
@@ -241,21 +276,43 @@ def decode_windows(
         size = next(b for b in VOCODER_BATCHES if b >= len(part))
         width = max(max(windows[i].width, windows[i].frames) for i in part)
         left = [width - windows[i].frames if windows[i].final else 0 for i in part]
-        z = torch.cat(
-            [
-                torch.nn.functional.pad(windows[i].z, (pad, width - windows[i].frames - pad))
-                for i, pad in zip(part, left, strict=True)
-            ]
-        )
+        z = stack_windows([windows[i] for i in part], left, width, size)
         speakers = torch.cat([windows[i].speaker for i in part])
         if size > len(part):
-            z = torch.cat([z, z.new_zeros(size - len(part), *z.shape[1:])])
             speakers = torch.cat([speakers, speakers.new_zeros(size - len(part), *speakers.shape[1:])])
         wav = run(z, speakers)  # [size, 1, width * hop]
         hop = wav.shape[-1] // width
         for row, (i, pad) in enumerate(zip(part, left, strict=True)):
             out[i] = wav[row, 0, pad * hop : (pad + windows[i].frames) * hop]
     return [w for w in out if w is not None]
+
+
+def stack_windows(windows: list[VocoderWindow], left: list[int], width: int, size: int) -> torch.Tensor:
+    """``[size, D, width]``: each window's resampled latents at column ``left[i]`` of row ``i``, zeros
+    elsewhere (padding and the rows beyond ``len(windows)``), made in one gather for all of them.
+
+    The same float operations per frame as :meth:`VocoderWindow.z` (so the same values) and the same
+    zeros as padding would give, but ~10 kernels and two copies to the device for the whole call instead
+    of that many per window.
+    """
+    latents: list[torch.Tensor] = []
+    starts: list[int] = []
+    for w in windows:
+        starts.append(len(latents))
+        latents += w.span.latents
+    blank = len(latents)  # a zero latent that padding reads: 0 × weight + 0 × weight = 0
+    index = np.full((2, 2, size, width), blank, dtype=np.int64)
+    w1 = np.zeros((2, size, width), dtype=np.float32)
+    w2 = np.zeros((size, width), dtype=np.float32)
+    for row, (w, pad, at) in enumerate(zip(windows, left, starts, strict=True)):
+        idx, a, b = w.span.grid.weights(w.win_start, w.win_start + w.frames, w.span.tokens)
+        cols = slice(pad, pad + w.frames)
+        index[:, :, row, cols] = idx - w.span.first + at
+        w1[:, row, cols] = a
+        w2[row, cols] = b
+    table = torch.stack([*latents, torch.zeros_like(latents[0])])  # [T + 1, D]
+    frames = interpolate(table, index.reshape(2, 2, -1), w1.reshape(2, -1), w2.reshape(-1))  # [size·width, D]
+    return frames.view(size, width, -1).transpose(1, 2).contiguous()
 
 
 def _paddable(window: VocoderWindow) -> bool:

@@ -563,6 +563,38 @@ def test_batched_vocoder_windows_equal_single_calls(engine: XttsEngine, voice: V
         torch.testing.assert_close(a[new], b[new], atol=1e-5, rtol=1e-4)
 
 
+def test_batched_windows_are_built_in_one_gather_exactly_as_one_by_one(engine: XttsEngine) -> None:
+    """The stacked input of a batched HiFi-GAN call: each window's own resampling, padded with zeros."""
+    from worker.xtts_vocoder import stack_windows
+
+    decoder = engine.model.hifigan_decoder
+    gen = torch.Generator().manual_seed(3)
+    windows = []
+    for tokens, final in ((30, False), (11, True), (52, False)):
+        vocoder = StreamingVocoder(decoder, torch.randn(1, 512, 1, generator=gen), window_step=48)
+        for _ in range(tokens):
+            vocoder.push(torch.randn(64, generator=gen))
+        if tokens > 40:  # a later window of a longer sentence: its latents start past the first
+            vocoder.commit(vocoder.window())
+            for _ in range(8):
+                vocoder.push(torch.randn(64, generator=gen))
+        window = vocoder.window(final=final)
+        assert window is not None
+        windows.append(window)
+    assert windows[2].span.first > 0
+    width = max(max(w.width, w.frames) for w in windows)
+    left = [width - w.frames if w.final else 0 for w in windows]
+    with torch.inference_mode():
+        stacked = stack_windows(windows, left, width, size=4)
+        padded = [
+            torch.nn.functional.pad(w.z, (pad, width - w.frames - pad))
+            for w, pad in zip(windows, left, strict=True)
+        ]
+    assert stacked.shape == (4, 64, width)
+    assert torch.equal(stacked[:3], torch.cat(padded))  # the same float operations: bit for bit
+    assert not stacked[3].any()  # a zero row fills the call up
+
+
 def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
     engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

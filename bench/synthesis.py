@@ -367,6 +367,7 @@ def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens:
     beyond what the code does: the decode step includes waiting for its tokens)."""
     from collections import defaultdict
 
+    import worker.xtts_vocoder
     from worker.batch import BatchSynthesis
     from worker.batch_gpt import BatchDecoder
     from worker.xtts_vocoder import StreamingVocoder
@@ -377,11 +378,12 @@ def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens:
         (BatchSynthesis, "step", "session step"),
         (BatchDecoder, "step", "gpt step + token wait"),
         (BatchDecoder, "prefill", "prefill"),
-        (StreamingVocoder, "window", "vocoder window prep"),
-        (BatchSynthesis, "_launch", "vocoder launch"),
+        (StreamingVocoder, "window", "vocoder window planning"),
+        (BatchSynthesis, "_launch", "vocoder launch"),  # includes building the windows' input (next)
+        (worker.xtts_vocoder, "stack_windows", "of which batched windows built"),
         (BatchSynthesis, "_hand_out", "hand out audio"),
     ]
-    originals = [(cls, name, getattr(cls, name)) for cls, name, _ in parts]
+    originals: list[tuple[Any, str, Any]] = [(cls, name, getattr(cls, name)) for cls, name, _ in parts]
 
     def timed(original: Any, label: str) -> Any:
         def run(*args: Any, **kwargs: Any) -> Any:

@@ -36,7 +36,7 @@ from worker.scheduler import SynthesisScheduler
 from worker.testmodel import make_test_model
 from worker.types import SpeechRequest, VoiceEmbedding
 from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
-from worker.xtts_gpt import SamplingParams, decode_step, new_sequence, text_prefix
+from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
 
 TEXT = "Hello world, this is a test of the voice model, and it goes on for a while."
 LANGUAGE = "en"
@@ -188,10 +188,9 @@ def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], s
 def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -> float:
     """ms per token of the one-request reference loop (HF GPT-2 forward with a dynamic cache, float32)."""
     speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0)).to(engine.device)
-    gen = torch.Generator().manual_seed(0)
     state = new_sequence(
         engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0],
-        min_tokens=steps + 3, max_tokens=steps + 3, generator=gen,
+        min_tokens=steps + 3, max_tokens=steps + 3, draws=UniformDraws(0),
     )  # fmt: skip
     for _ in range(3):
         decode_step(engine.model.gpt, state, engine.sampling)

@@ -2,7 +2,7 @@
 
 A :class:`BatchSynthesis` holds up to ``capacity`` requests, one GPT row each in a
 :class:`~worker.batch_gpt.BatchDecoder`. Requests join (:meth:`BatchSynthesis.add`) and leave
-(:meth:`BatchSynthesis.remove`, or by finishing) between steps; each keeps its own sampling generator,
+(:meth:`BatchSynthesis.remove`, or by finishing) between steps; each keeps its own random draws,
 repetition history, chunk schedule, streaming vocoder and watermark state, so its audio is what
 :meth:`worker.xtts.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
 rounding). A request's sentences run one after another in its row: a finished sentence re-prefills the
@@ -31,7 +31,7 @@ import torch
 
 from worker.audio import OUTPUT_SAMPLE_RATE
 from worker.errors import InternalWorkerError, SpeechError
-from worker.xtts_gpt import draw_uniform, text_prefix
+from worker.xtts_gpt import UniformDraws, draw_uniform, text_prefix
 from worker.xtts_vocoder import WINDOW_STEP_CUDA, StreamingVocoder, VocoderWindow, decode_windows, prewarm
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class _Row:
     speech: PreparedSpeech
     stats: StreamStats
     writer: ChunkWriter
-    generator: torch.Generator
+    draws: UniformDraws
     vocoder: StreamingVocoder
     sentence: int = 0
     target: int = 0  # tokens before the next chunk
@@ -131,7 +131,7 @@ class BatchSynthesis:
             speech,
             stats,
             ChunkWriter(self.engine.watermark, stats),
-            torch.Generator().manual_seed(speech.seed),
+            UniformDraws(speech.seed),
             self._vocoder(speech),
             target=self.engine.chunks.first_tokens,
         )
@@ -170,7 +170,7 @@ class BatchSynthesis:
         ]
         if any(active):
             uniforms = [
-                draw_uniform(row.generator, self.engine.sampling) if on else 0.0
+                draw_uniform(row.draws, self.engine.sampling) if on else 0.0
                 for row, on in zip(self._slots, active, strict=True)
             ]
             result = self.decoder.step(active, uniforms)
@@ -199,7 +199,7 @@ class BatchSynthesis:
                     text_prefix(gpt, row.speech.gpt_cond_latent, row.speech.sentences[row.sentence])
                 )
             minimums.append(row.speech.min_tokens)
-            uniforms.append(draw_uniform(row.generator, self.engine.sampling))
+            uniforms.append(draw_uniform(row.draws, self.engine.sampling))
             row.needs_prefill = False
             row.stats.sentences += 1
         return self.decoder.prefill(slots, prefixes, minimums, uniforms)

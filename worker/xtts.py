@@ -38,7 +38,7 @@ from worker.errors import (
 )
 from worker.text import DEFAULT_CHAR_LIMIT, halve, split_sentences
 from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
-from worker.xtts_gpt import SamplingParams, decode_step, new_sequence
+from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence
 from worker.xtts_load import load_xtts
 from worker.xtts_vocoder import DEFAULT_CONTEXT_FRAMES, FrameGrid, StreamingVocoder, vocoder_dtype
 
@@ -281,11 +281,11 @@ class XttsEngine:
         stats.started = time.perf_counter()
         speech = speech.to(self.device)
         out = ChunkWriter(self.watermark, stats)
-        generator = torch.Generator().manual_seed(speech.seed)  # CPU: same draws on every device
+        draws = UniformDraws(speech.seed)
         try:
             for index, text_tokens in enumerate(speech.sentences):
                 first = self.chunks.first_tokens if index == 0 else self.chunks.tokens
-                for pcm in self._sentence(speech, text_tokens, generator, cancel, stats, first):
+                for pcm in self._sentence(speech, text_tokens, draws, cancel, stats, first):
                     if (chunk := out.write(pcm)).size:
                         yield chunk
                 if stats.cancelled:
@@ -299,7 +299,7 @@ class XttsEngine:
         self,
         speech: PreparedSpeech,
         text_tokens: torch.Tensor,
-        generator: torch.Generator,
+        draws: UniformDraws,
         cancel: threading.Event,
         stats: StreamStats,
         first_chunk_tokens: int,
@@ -312,7 +312,7 @@ class XttsEngine:
             text_tokens,
             min_tokens=speech.min_tokens,
             max_tokens=speech.max_tokens,
-            generator=generator,
+            draws=draws,
         )
         vocoder = StreamingVocoder(
             self.model.hifigan_decoder, speech.speaker_embedding, self.chunks.context_frames

@@ -2,7 +2,7 @@
 
 Stock coqui-tts runs generation through ``GPT2InferenceModel.generate``, which stores the text prefix on
 the shared module (``store_prefix_emb``) and can only run one request at a time. Here each sequence keeps
-its own KV cache, sampling state and random generator in a :class:`SequenceState`, and :func:`decode_step`
+its own KV cache, sampling state and random draws in a :class:`SequenceState`, and :func:`decode_step`
 advances one sequence by one token: the one-request reference path (continuous batching,
 :mod:`worker.batch_gpt`, runs many sequences per step and chooses tokens with the same function). Every
 step also returns the GPT latent that HiFi-GAN turns into audio.
@@ -53,7 +53,7 @@ class SequenceState:
 
     pending: torch.Tensor  # [1, n, D] embeddings to run through the GPT at the next step
     seen: torch.Tensor  # [1, num_audio_tokens] bool: tokens the repetition penalty applies to
-    generator: torch.Generator  # on the CPU: the same seed gives the same draws on every device
+    draws: UniformDraws  # the request's random numbers (the same seed gives the same draws everywhere)
     min_tokens: int
     max_tokens: int
     cache: Any = None  # transformers Cache, created by the first step
@@ -90,21 +90,44 @@ def new_sequence(
     *,
     min_tokens: int,
     max_tokens: int,
-    generator: torch.Generator,
+    draws: UniformDraws,
 ) -> SequenceState:
     """A sequence ready for its first :func:`decode_step` (which runs the whole prefix)."""
     return SequenceState(
         pending=text_prefix(gpt, cond_latent, text_tokens),
         seen=initial_seen(gpt, 1, text_tokens.device),
-        generator=generator,
+        draws=draws,
         min_tokens=min_tokens,
         max_tokens=max_tokens,
     )
 
 
-def draw_uniform(generator: torch.Generator, params: SamplingParams) -> float:
-    """The one uniform number a sampling step consumes (none when greedy), from the sequence's generator."""
-    return 0.0 if params.greedy else float(torch.rand((), generator=generator))
+class UniformDraws:
+    """A request's random numbers, one per sampling step, from its own CPU generator seeded with its seed.
+
+    Drawn :attr:`BLOCK` at a time: the CPU generator fills a tensor in order, so these are the numbers
+    one-by-one draws give (tested), at ~0.05 µs each instead of ~3 µs (a batch of 32 streams draws 32
+    per decode step).
+    """
+
+    BLOCK = 64
+
+    def __init__(self, seed: int) -> None:
+        self._generator = torch.Generator().manual_seed(seed)  # CPU: the same draws on every device
+        self._block: list[float] = []
+        self._next = 0
+
+    def next(self) -> float:
+        if self._next == len(self._block):
+            self._block = torch.rand(self.BLOCK, generator=self._generator).tolist()
+            self._next = 0
+        self._next += 1
+        return self._block[self._next - 1]
+
+
+def draw_uniform(draws: UniformDraws, params: SamplingParams) -> float:
+    """The one uniform number a sampling step consumes (none when greedy), from the request's draws."""
+    return 0.0 if params.greedy else draws.next()
 
 
 @torch.inference_mode()
@@ -120,7 +143,7 @@ def decode_step(gpt: GPT, state: SequenceState, params: SamplingParams) -> torch
     latent = gpt.final_norm(out.last_hidden_state[:, -1])  # [1, D]
     logits = gpt.mel_head(latent)  # [1, num_audio_tokens]
     device = logits.device
-    uniform = torch.tensor([draw_uniform(state.generator, params)], device=device)
+    uniform = torch.tensor([draw_uniform(state.draws, params)], device=device)
     steps = torch.tensor([state.steps], device=device)
     min_tokens = torch.tensor([state.min_tokens], device=device)
     chosen = choose_tokens(
@@ -155,7 +178,7 @@ def choose_tokens(
 
     Row-wise and free of host synchronisation, so a batch of sequences gives each row exactly what it
     gets alone, and the whole function can be captured in a CUDA graph. Sampling inverts the row's
-    cumulative distribution at its own ``uniform`` draw (one per step, from the sequence's generator).
+    cumulative distribution at its own ``uniform`` draw (one per step, from the sequence's draws).
     """
     scores = logits.float()
     if params.repetition_penalty != 1.0:

@@ -22,7 +22,7 @@ from worker.errors import (
 from worker.text import normalize_text, split_sentences
 from worker.types import SpeechRequest, VoiceEmbedding
 from worker.xtts import ChunkPlan, StreamStats, XttsEngine
-from worker.xtts_gpt import SamplingParams
+from worker.xtts_gpt import SamplingParams, UniformDraws, draw_uniform
 from worker.xtts_load import checkpoint_id
 from worker.xtts_vocoder import VOCODER_RECEPTIVE_FRAMES, FrameGrid
 
@@ -189,6 +189,17 @@ def test_fixed_seed_is_deterministic(engine: XttsEngine, voice: VoiceEmbedding) 
     c = np.concatenate(run(engine, speak(engine, voice, seed=4))[0])
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3])
+def test_draws_come_in_blocks_yet_are_the_one_by_one_draws(seed: int) -> None:
+    """A request's draws are taken 64 at a time; they must be what drawing them one by one gives."""
+    draws = UniformDraws(seed)
+    got = [draws.next() for _ in range(3 * UniformDraws.BLOCK + 5)]
+    generator = torch.Generator().manual_seed(seed)
+    expected = [float(torch.rand((), generator=generator)) for _ in range(len(got))]
+    assert got == expected
+    assert draw_uniform(UniformDraws(seed), SamplingParams(greedy=True)) == 0.0  # greedy draws nothing
 
 
 def test_french_and_english_both_speak(engine: XttsEngine, voice: VoiceEmbedding) -> None:

@@ -361,6 +361,47 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     return out
 
 
+def profile(
+    engine: XttsEngine, voice: VoiceEmbedding, n: int, tokens: int, out_dir: Path | None
+) -> dict[str, Any]:
+    """``n`` concurrent requests under torch.profiler: GPU kernels per decode step and the top ones by
+    device time, so one GPU run also says where a step's time goes kernel by kernel (kernels are traced
+    on every thread; CPU ops only on this one, not the engine thread's). The full table goes to
+    ``profile_x<n>.txt`` beside the JSON."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from worker.batch_gpt import BatchDecoder
+
+    cuda = torch.device(engine.device).type == "cuda"
+    steps = {"n": 0}
+    original = BatchDecoder.step
+
+    def counted(self: BatchDecoder, *args: Any) -> Any:
+        steps["n"] += 1
+        return original(self, *args)
+
+    scheduler = SynthesisScheduler(engine, max_queue=n, max_batch=n)
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    try:
+        asyncio.run(one_level(scheduler, voice, n, WARMUP_TOKENS))
+        BatchDecoder.step = counted  # type: ignore[method-assign]
+        with torch_profile(activities=activities) as prof:
+            row = asyncio.run(one_level(scheduler, voice, n, tokens))
+    finally:
+        BatchDecoder.step = original  # type: ignore[method-assign]
+        scheduler.close()
+    events = prof.key_averages()
+    sort = "cuda_time_total" if cuda else "self_cpu_time_total"
+    table = events.table(sort_by=sort, row_limit=25)
+    if out_dir is not None:
+        (out_dir / f"profile_x{n}.txt").write_text(events.table(sort_by=sort, row_limit=200))
+    kernels = sum(e.count for e in events if cuda and e.device_type.name == "CUDA")
+    per_step = kernels / max(1, steps["n"])
+    return {"concurrency": n, "steps": steps["n"], "wall_s": round(row.wall_s, 3),
+            "kernels_per_step": round(per_step, 1) if cuda else None, "table": table}  # fmt: skip
+
+
 def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens: int) -> list[dict[str, Any]]:
     """Host wall time per decode step, by part, at each level (the parts' calls timed; nothing synchronised
     beyond what the code does: the decode step includes waiting for its tokens)."""
@@ -510,6 +551,16 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
                 f"  {v['batch']:2d} × {v['frames']:3d} frames: fp32 {v['fp32_ms']:7.2f} ms "
                 f"({v['fp32_ms_per_audio_s']:.2f} ms per audio s){half}"
             )
+    for prof in result.get("profile") or []:
+        if prof:
+            per_step = prof["kernels_per_step"]
+            kernels = (
+                f", {per_step} GPU kernels per decode step (all work: steps, prefills, HiFi-GAN)"
+                if per_step is not None
+                else ""
+            )
+            print(f"\nx{prof['concurrency']} under the profiler: {prof['steps']} decode steps{kernels}")
+            print(prof["table"])
     for ph in result.get("phases") or []:
         parts_text = ", ".join(f"{k} {v:.2f}" for k, v in ph["parts_ms_per_step"].items())
         print(f"x{ph['concurrency']}: {ph['ms_per_step']:.2f} ms per decode step, of which {parts_text}")
@@ -552,6 +603,11 @@ def main() -> None:
     ap.add_argument(
         "--fp16-vocoder-at", default="1,32" if cuda else "", help="CUDA: levels to also run float16 HiFi-GAN"
     )
+    ap.add_argument(
+        "--profile-at",
+        default="32" if cuda else "",
+        help="levels to run once under torch.profiler ('' for none)",
+    )
     ap.add_argument("--phases-at", default="1,32" if cuda else "1,4", help="levels to time the parts at")
     ap.add_argument("--skip-stock", action="store_true", help="leave out stock coqui (quick runs)")
     ap.add_argument("--stock-at", help="levels to run stock at (default: every level; it is serial anyway)")
@@ -571,6 +627,7 @@ def main() -> None:
     overlap_levels = [int(x) for x in args.overlap_at.split(",") if x]
     eager_prefill_levels = [int(x) for x in args.eager_prefill_at.split(",") if x]
     fp16_vocoder_levels = [int(x) for x in args.fp16_vocoder_at.split(",") if x]
+    profile_levels = [int(x) for x in args.profile_at.split(",") if x]
     phase_levels = [int(x) for x in args.phases_at.split(",") if x]
 
     started = time.perf_counter()
@@ -655,6 +712,12 @@ def main() -> None:
         variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
     if fp16_vocoder_levels and cuda:  # batched HiFi-GAN calls in float16: what they buy
         variant("vox-fp16-vocoder", copy_of(vocoder_dtype=torch.float16), fp16_vocoder_levels)
+    if profile_levels:
+        where = out.parent if out is not None else None
+        result["profile"] = [
+            stage(f"profile-x{n}", lambda n=n: profile(engine, voice, n, args.tokens, where))
+            for n in profile_levels
+        ]
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (

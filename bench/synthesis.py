@@ -712,12 +712,6 @@ def main() -> None:
         variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
     if fp16_vocoder_levels and cuda:  # batched HiFi-GAN calls in float16: what they buy
         variant("vox-fp16-vocoder", copy_of(vocoder_dtype=torch.float16), fp16_vocoder_levels)
-    if profile_levels:
-        where = out.parent if out is not None else None
-        result["profile"] = [
-            stage(f"profile-x{n}", lambda n=n: profile(engine, voice, n, args.tokens, where))
-            for n in profile_levels
-        ]
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
@@ -749,6 +743,12 @@ def main() -> None:
             )
             or []
         )
+    if profile_levels:  # last: a profiler failure below Python must not cost the parts before it
+        where = out.parent if out is not None else None
+        result["profile"] = [
+            stage(f"profile-x{n}", lambda n=n: profile(engine, voice, n, args.tokens, where))
+            for n in profile_levels
+        ]
     order = {
         name: i
         for i, name in enumerate(

@@ -3,7 +3,8 @@
 All engines serve one random-weight XTTS-v2 checkpoint through ``worker.scheduler.SynthesisScheduler``
 (one engine thread, as ``voxclone worker`` runs it), N requests submitted at once: ``voxclone``
 (continuous batching; CUDA graphs + float16 on a GPU), ``vox-serial`` (same code, ``max_batch=1``),
-``vox-eager`` (CUDA only: batching without graphs, float32) and ``stock`` (it cannot batch). Reported:
+``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA experiments ``vox-overlap``,
+``vox-eager-prefill`` and ``vox-fp16-vocoder``, and ``stock`` (it cannot batch). Reported:
 time to first chunk (queue wait included), per-stream real-time factor, aggregate throughput (audio s
 per wall s), peak GPU memory and memory per extra stream; the GPT decode step alone per batch size; how
 closely the batched path reproduces the one-request reference (greedy). Lengths are pinned (--tokens).

@@ -592,36 +592,43 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         print(f"FAILED {name}: {error}")
 
 
+def level_list(text: str) -> list[int]:
+    """Concurrency levels from the command line: "1,32" → [1, 32]; "" → none."""
+    return [int(x) for x in text.split(",") if x]
+
+
+# Options that name concurrency levels: (flag, default on CUDA, default on the CPU, help).
+LEVEL_OPTIONS = (
+    ("--serial-at", "8", "8", "levels to also run one request at a time ('' for none)"),
+    ("--eager-at", "1,32", "", "CUDA: levels to also run without graphs"),
+    ("--overlap-at", "1,32", "", "CUDA: levels to also run HiFi-GAN overlapped"),
+    (
+        "--eager-prefill-at",
+        "1,32",
+        "",
+        "CUDA: levels to also run with captured decode steps but eager prefills",
+    ),
+    ("--fp16-vocoder-at", "1,32", "", "CUDA: levels to also run float16 HiFi-GAN"),
+    ("--profile-at", "32", "", "levels to run once under torch.profiler ('' for none)"),
+    ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
+)
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
     ap.add_argument("--device", default="cuda" if cuda else "cpu")
     ap.add_argument("--tokens", type=int, default=100, help="audio tokens per request (46.4 ms each)")
-    ap.add_argument("--concurrency", default="1,4,8,16,32" if cuda else "1,4,8,16")
-    ap.add_argument("--serial-at", default="8", help="levels to also run one request at a time ('' for none)")
-    ap.add_argument(
-        "--eager-at", default="1,32" if cuda else "", help="CUDA: levels to also run without graphs"
-    )
-    ap.add_argument(
-        "--overlap-at", default="1,32" if cuda else "", help="CUDA: levels to also run HiFi-GAN overlapped"
-    )
-    ap.add_argument(
-        "--eager-prefill-at",
-        default="1,32" if cuda else "",
-        help="CUDA: levels to also run with captured decode steps but eager prefills",
-    )
-    ap.add_argument(
-        "--fp16-vocoder-at", default="1,32" if cuda else "", help="CUDA: levels to also run float16 HiFi-GAN"
-    )
-    ap.add_argument(
-        "--profile-at",
-        default="32" if cuda else "",
-        help="levels to run once under torch.profiler ('' for none)",
-    )
-    ap.add_argument("--phases-at", default="1,32" if cuda else "1,4", help="levels to time the parts at")
+    ap.add_argument("--concurrency", type=level_list, default="1,4,8,16,32" if cuda else "1,4,8,16")
+    for flag, on_cuda, on_cpu, text in LEVEL_OPTIONS:
+        ap.add_argument(flag, type=level_list, default=on_cuda if cuda else on_cpu, help=text)
     ap.add_argument("--skip-stock", action="store_true", help="leave out stock coqui (quick runs)")
-    ap.add_argument("--stock-at", help="levels to run stock at (default: every level; it is serial anyway)")
+    ap.add_argument(
+        "--stock-at",
+        type=level_list,
+        help="levels to run stock at (default: every level; it is serial anyway)",
+    )
     ap.add_argument("--stock-chunk", type=int, default=20, help="stock stream_chunk_size (its default)")
     ap.add_argument("--model-dir", type=Path, help="reuse a checkpoint instead of generating one")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -631,15 +638,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    levels = [int(x) for x in args.concurrency.split(",")]
-    serial_levels = [int(x) for x in args.serial_at.split(",") if x]
-    eager_levels = [int(x) for x in args.eager_at.split(",") if x]
-    stock_levels = [int(x) for x in args.stock_at.split(",")] if args.stock_at else levels
-    overlap_levels = [int(x) for x in args.overlap_at.split(",") if x]
-    eager_prefill_levels = [int(x) for x in args.eager_prefill_at.split(",") if x]
-    fp16_vocoder_levels = [int(x) for x in args.fp16_vocoder_at.split(",") if x]
-    profile_levels = [int(x) for x in args.profile_at.split(",") if x]
-    phase_levels = [int(x) for x in args.phases_at.split(",") if x]
+    levels: list[int] = args.concurrency
+    serial_levels: list[int] = args.serial_at
+    eager_levels: list[int] = args.eager_at
+    stock_levels: list[int] = args.stock_at or levels
+    overlap_levels: list[int] = args.overlap_at
+    eager_prefill_levels: list[int] = args.eager_prefill_at
+    fp16_vocoder_levels: list[int] = args.fp16_vocoder_at
+    profile_levels: list[int] = args.profile_at
+    phase_levels: list[int] = args.phases_at
 
     started = time.perf_counter()
     model_dir = args.model_dir or make_test_model(Path(tempfile.mkdtemp()), size=args.size)

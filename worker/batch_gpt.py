@@ -132,15 +132,14 @@ class BatchDecoder:
         shape = (capacity, self.layers, 2, self.heads, max_positions, self.head_dim)
         dev = self.device
         self.kv = torch.zeros(shape, dtype=dtype, device=dev)
-        # The cache as rows of head_dim values: a step writes each row's new K/V with one index_copy_
-        # (graph-safe, no host sync) at offsets computed on the device.
+        # The cache as rows of head_dim values. Offsets of (layer, K/V, head) within a slot: a step adds
+        # each row's slot and write position once, then every layer writes its new K and V with one
+        # index_put_ (graph-safe, no host sync, no per-layer index arithmetic).
         self._kv_rows = self.kv.view(-1, self.head_dim)
         self._stride_slot = self.layers * 2 * self.heads * max_positions
-        self._head_offsets = torch.arange(self.heads, device=dev) * max_positions
-        # Offsets of (layer, K/V, head) within a slot: a step adds each row's slot and write position once,
-        # then every layer writes its new K and V with one index_put_ (no per-layer index arithmetic).
         per_kv = self.heads * max_positions
-        kv_heads = torch.arange(2, device=dev)[:, None] * per_kv + self._head_offsets  # [2, H]
+        heads = torch.arange(self.heads, device=dev) * max_positions
+        kv_heads = torch.arange(2, device=dev)[:, None] * per_kv + heads  # [2, H]
         self._write_offsets = torch.arange(self.layers, device=dev)[:, None, None] * (2 * per_kv) + kv_heads
         self._open = torch.zeros((), dtype=dtype, device=dev)  # attention bias of a visible position
         self._closed = torch.full((), -torch.inf, dtype=dtype, device=dev)  # and of a masked one

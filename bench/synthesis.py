@@ -3,8 +3,8 @@
 All engines serve one random-weight XTTS-v2 checkpoint through ``worker.scheduler.SynthesisScheduler``
 (one engine thread, as ``voxclone worker`` runs it), N requests submitted at once: ``voxclone``
 (continuous batching; CUDA graphs + float16 on a GPU), ``vox-serial`` (same code, ``max_batch=1``),
-``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA experiments ``vox-overlap``,
-``vox-eager-prefill`` and ``vox-fp16-vocoder``, and ``stock`` (it cannot batch). Reported:
+``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA comparisons ``vox-overlap``,
+``vox-eager-prefill`` and ``vox-fp32-vocoder``, and ``stock`` (it cannot batch). Reported:
 time to first chunk (queue wait included), per-stream real-time factor, aggregate throughput (audio s
 per wall s), peak GPU memory and memory per extra stream; the GPT decode step alone per batch size; how
 closely the batched path reproduces the one-request reference (greedy). Lengths are pinned (--tokens).
@@ -38,6 +38,7 @@ from worker.testmodel import make_test_model
 from worker.types import SpeechRequest, VoiceEmbedding
 from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
 from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
+from worker.xtts_vocoder import VocoderPrecision, precision_snr
 
 TEXT = "Hello world, this is a test of the voice model, and it goes on for a while."
 LANGUAGE = "en"
@@ -202,14 +203,17 @@ def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -
 
 
 def agreement(
-    engine: XttsEngine, voice: VoiceEmbedding, tokens: int, vocoder: torch.dtype = torch.float32
+    engine: XttsEngine, voice: VoiceEmbedding, tokens: int, vocoder: VocoderPrecision | None = None
 ) -> dict[str, object]:
-    """Greedy: the batched fast path (3 rows at once) against the one-request float32 reference path."""
+    """Greedy: the batched fast path (3 rows at once) against the one-request float32 reference path.
+
+    The batched path's HiFi-GAN runs as ``engine``'s does (float16 on CUDA when its check passed) unless
+    ``vocoder`` says otherwise."""
     params = SamplingParams(greedy=True, repetition_penalty=engine.sampling.repetition_penalty)
     greedy = XttsEngine(
         engine.model, engine.model_id, engine.device, sampling=params, fast_decode=engine.fast_decode
     )
-    greedy.vocoder_dtype = vocoder
+    greedy.vocoder_precision = vocoder or engine.vocoder_precision
     requests = [request(voice, tokens, seed) for seed in range(3)]
     reference = np.concatenate(list(greedy.stream(requests[0], threading.Event()))).astype(np.int32)
 
@@ -220,7 +224,7 @@ def agreement(
     noise = float(np.sqrt(np.mean(diff.astype(np.float64) ** 2))) if n else 0.0
     signal = float(np.sqrt(np.mean(reference[:n].astype(np.float64) ** 2))) if n else 0.0
     return {
-        "decode": greedy.fast_decode.label + ("" if vocoder == torch.float32 else ", float16 HiFi-GAN"),
+        "decode": f"{greedy.fast_decode.label}, {vocoder_label(greedy)} HiFi-GAN",
         "same_length": bool(ours.size == reference.size),
         "max_abs_diff_lsb": int(diff.max()) if n else None,
         "snr_db": round(20 * np.log10(signal / noise), 1) if noise > 0 and signal > 0 else None,
@@ -337,6 +341,10 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
         import copy
 
         half = copy.deepcopy(vocoder).half()
+        # How far float16 strays from exact float32 on the worker's probe, next to how far the float32
+        # path already strays: cuDNN convolves float32 in TF32 (10-bit mantissa, like float16) by default.
+        out["fp16_probe_snr_db"] = round(precision_snr(vocoder, half), 1)
+        out["tf32_probe_snr_db"] = round(precision_snr(vocoder, vocoder), 1)
     dim = int(speech.gpt_cond_latent.shape[-1])
     speaker = speech.speaker_embedding
     gen = torch.Generator(device=engine.device).manual_seed(0)
@@ -395,7 +403,7 @@ def profile(
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     try:
         asyncio.run(one_level(scheduler, voice, n, WARMUP_TOKENS))
-        BatchDecoder.step = counted  # type: ignore[method-assign]
+        BatchDecoder.step = counted  # type: ignore[method-assign,assignment]
         with torch_profile(activities=activities) as prof:
             row = asyncio.run(one_level(scheduler, voice, n, tokens))
     finally:
@@ -482,11 +490,16 @@ def reference_voice(engine: XttsEngine) -> VoiceEmbedding:
     return engine.embed(wav.astype(np.float32), sr)
 
 
+def vocoder_label(engine: XttsEngine) -> str:
+    """The precision ``engine``'s batched HiFi-GAN calls ran in (decided when its first session opened)."""
+    return str(engine.decoders.vocoder_dtype).removeprefix("torch.")
+
+
 def ratios(rows: list[Row]) -> list[dict[str, object]]:
     """voxclone against stock, and batched against serial, at each concurrency both were run at."""
     by = {(r.engine, r.concurrency): r for r in rows}
     out: list[dict[str, object]] = []
-    for other in ("stock", "vox-serial", "vox-eager", "vox-eager-prefill", "vox-overlap", "vox-fp16-vocoder"):
+    for other in ("stock", "vox-serial", "vox-eager", "vox-eager-prefill", "vox-overlap", "vox-fp32-vocoder"):
         for n in sorted({r.concurrency for r in rows}):
             ours, base = by.get(("voxclone", n)), by.get((other, n))
             if ours and base:
@@ -515,7 +528,7 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
     print(
         f"\n== XTTS-v2 {meta['size']} (random weights) on {meta['device_name']}, {meta['tokens']} tokens "
         f"= {meta['audio_s_per_request']:.2f} s audio per request, watermark {marked}, "
-        f"decode {meta['decode']}, torch {meta['torch']} =="
+        f"decode {meta['decode']}, {meta['vocoder']} HiFi-GAN, torch {meta['torch']} =="
     )
     head = f"{'engine':10s} {'conc':>4s} {'TTFC p50 ms':>11s} {'TTFC max ms':>11s} {'RTF p50':>8s} "
     print(head + f"{'RTF max':>8s} {'throughput ×RT':>14s} {'wall s':>7s} {'GPU GB':>7s}")
@@ -551,6 +564,11 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         eager_prefill = parts.get("prefill_one_row_eager_ms")
         launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""
         print(f"prefill of one row: {parts['prefill_one_row_ms']:.2f} ms{launched}; HiFi-GAN per window:")
+        if "fp16_probe_snr_db" in parts:
+            print(
+                f"  (on the worker's precision probe, SNR against exact float32: float16 "
+                f"{parts['fp16_probe_snr_db']} dB, float32 with cuDNN's TF32 {parts['tf32_probe_snr_db']} dB)"
+            )
         for v in parts["vocoder"]:
             half = (
                 f"  fp16 {v['fp16_ms']:7.2f} ms (max diff {v['fp16_max_diff_rel']:.4f}); cuDNN autotuned: "
@@ -581,7 +599,7 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             f"GPU memory per extra stream: {m['kv_cache_mb_per_stream']:.0f} MB KV cache (preallocated) "
             f"+ {m['peak_growth_mb_per_stream']:.1f} MB peak growth"
         )
-    for c in (result.get("check"), result.get("check_fp16_vocoder")):
+    for c in (result.get("check"), result.get("check_fp32_vocoder")):
         if c:
             print(
                 f"batched ({c['decode']}) vs one-request reference, greedy: same length {c['same_length']}, "
@@ -608,7 +626,7 @@ LEVEL_OPTIONS = (
         "",
         "CUDA: levels to also run with captured decode steps but eager prefills",
     ),
-    ("--fp16-vocoder-at", "1,32", "", "CUDA: levels to also run float16 HiFi-GAN"),
+    ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
     ("--profile-at", "32", "", "levels to run once under torch.profiler ('' for none)"),
     ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
 )
@@ -644,7 +662,7 @@ def main() -> None:
     stock_levels: list[int] = args.stock_at or levels
     overlap_levels: list[int] = args.overlap_at
     eager_prefill_levels: list[int] = args.eager_prefill_at
-    fp16_vocoder_levels: list[int] = args.fp16_vocoder_at
+    fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
 
@@ -698,6 +716,7 @@ def main() -> None:
         tokens=args.tokens,
         torch=torch.__version__,
         decode=decode_label,
+        vocoder=vocoder_label(engine),
         max_batch=max(levels),
         stock_chunk_tokens=args.stock_chunk,
         our_chunk_tokens=[engine.chunks.first_tokens, engine.chunks.tokens],
@@ -728,8 +747,9 @@ def main() -> None:
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
         variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
-    if fp16_vocoder_levels and cuda:  # batched HiFi-GAN calls in float16: what they buy
-        variant("vox-fp16-vocoder", copy_of(vocoder_dtype=torch.float16), fp16_vocoder_levels)
+    fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
+    if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
+        variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
@@ -744,10 +764,10 @@ def main() -> None:
     )
     result["components"] = stage("components", lambda: components(engine, voice))
     result["check"] = stage("check", lambda: agreement(engine, voice, tokens=min(args.tokens, 100)))
-    if fp16_vocoder_levels:
-        result["check_fp16_vocoder"] = stage(
-            "check-fp16-vocoder",
-            lambda: agreement(engine, voice, tokens=min(args.tokens, 100), vocoder=torch.float16),
+    if fp32_vocoder_levels and fp16_vocoder:
+        result["check_fp32_vocoder"] = stage(
+            "check-fp32-vocoder",
+            lambda: agreement(engine, voice, tokens=min(args.tokens, 100), vocoder=VocoderPrecision()),
         )
     if not args.skip_stock:
         rows += (
@@ -772,7 +792,7 @@ def main() -> None:
         for i, name in enumerate(
             (
                 "voxclone",
-                "vox-fp16-vocoder",
+                "vox-fp32-vocoder",
                 "vox-overlap",
                 "vox-eager-prefill",
                 "vox-serial",

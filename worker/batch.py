@@ -16,6 +16,7 @@ engine's decoders (static caches, captured graphs) between sessions.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -32,7 +33,15 @@ import torch
 from worker.audio import OUTPUT_SAMPLE_RATE
 from worker.errors import InternalWorkerError, SpeechError
 from worker.xtts_gpt import UniformDraws, draw_uniform, text_prefix
-from worker.xtts_vocoder import WINDOW_STEP_CUDA, StreamingVocoder, VocoderWindow, decode_windows, prewarm
+from worker.xtts_vocoder import (
+    VOCODER_MIN_SNR_DB,
+    WINDOW_STEP_CUDA,
+    StreamingVocoder,
+    VocoderWindow,
+    decode_windows,
+    precision_snr,
+    prewarm,
+)
 
 if TYPE_CHECKING:
     from worker.batch_gpt import BatchDecoder, StepResult
@@ -104,7 +113,7 @@ class BatchSynthesis:
         self.graphs = graphs
         self.batch_vocoder = batch_vocoder
         self.vocoder_stream = vocoder_stream  # CUDA, opt-in: HiFi-GAN overlaps the next decode steps
-        self.vocoder_net = vocoder_net  # CUDA, opt-in: a float16 HiFi-GAN (None: the model's own)
+        self.vocoder_net = vocoder_net  # CUDA: a float16 HiFi-GAN (None: the model's own)
         self._slots: list[_Row] = []  # row i lives in decoder slot i
         self._draining: dict[Hashable, _Row] = {}  # decoding finished, audio still being vocoded
         self._launches: deque[_Launch] = deque()  # vocoder work in flight, oldest first
@@ -377,6 +386,7 @@ class DecoderPool:
         self._free: dict[int, list[tuple[BatchDecoder, bool]]] = {}
         self._warm = threading.local()  # per thread: the streams it has cuDNN plans for
         self._net: torch.nn.Module | None = None  # HiFi-GAN in VOXCLONE_VOCODER_DTYPE, when not float32
+        self._net_decided = False  # the reduced-precision copy is made and checked once per engine
 
     def open(self, capacity: int) -> BatchSynthesis:
         """A session of ``capacity`` rows on a free decoder (built on first use)."""
@@ -395,18 +405,38 @@ class DecoderPool:
             self.engine, decoder, graphs=graphs, batch_vocoder=cuda, vocoder_stream=stream, vocoder_net=net
         )
 
+    @property
+    def vocoder_dtype(self) -> torch.dtype:
+        """The precision batched HiFi-GAN calls run in (float32 until a session has opened)."""
+        return next(self._net.parameters()).dtype if self._net is not None else torch.float32
+
     def _vocoder_net(self) -> torch.nn.Module | None:
-        """The HiFi-GAN copy batched calls use when ``engine.vocoder_dtype`` is not float32 (built once)."""
-        dtype = self.engine.vocoder_dtype
-        if dtype == torch.float32:
+        """The HiFi-GAN copy batched calls use when ``engine.vocoder_precision`` is not float32 (made once).
+
+        A checked precision (``auto``) that strays from float32 on these weights is not used: the worker
+        logs the figure and keeps the model's own HiFi-GAN.
+        """
+        precision = self.engine.vocoder_precision
+        if precision.dtype == torch.float32:
             return None
         with self._lock:
-            if self._net is None:
-                import copy
-
+            if not self._net_decided:
+                self._net_decided = True
                 own = self.engine.model.hifigan_decoder.waveform_decoder
-                self._net = copy.deepcopy(own).to(dtype)
-                log.info("batched HiFi-GAN calls run in %s", str(dtype).removeprefix("torch."))
+                net = copy.deepcopy(own).to(precision.dtype)
+                snr = precision_snr(own, net)
+                if precision.checked and not snr >= VOCODER_MIN_SNR_DB:
+                    log.warning(
+                        "%s HiFi-GAN strays from float32 on this model (SNR %.1f dB on a probe, below %.0f): "
+                        "batched vocoder calls stay in float32",
+                        precision.name, snr, VOCODER_MIN_SNR_DB,
+                    )  # fmt: skip
+                else:
+                    self._net = net
+                    log.info(
+                        "batched HiFi-GAN calls run in %s (SNR %.1f dB against float32 on a probe)",
+                        precision.name, snr,
+                    )  # fmt: skip
             return self._net
 
     def _prewarm(self, capacity: int, net: torch.nn.Module | None = None) -> None:

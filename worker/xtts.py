@@ -40,7 +40,7 @@ from worker.text import DEFAULT_CHAR_LIMIT, halve, split_sentences
 from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
 from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence
 from worker.xtts_load import load_xtts
-from worker.xtts_vocoder import DEFAULT_CONTEXT_FRAMES, FrameGrid, StreamingVocoder, vocoder_dtype
+from worker.xtts_vocoder import DEFAULT_CONTEXT_FRAMES, FrameGrid, StreamingVocoder, vocoder_precision
 
 if TYPE_CHECKING:
     from TTS.tts.models.xtts import Xtts
@@ -163,7 +163,7 @@ class XttsEngine:
         self.sample_rate = OUTPUT_SAMPLE_RATE
         self.fast_decode = fast_decode or resolve_fast_decode(device)
         self.vocoder_overlap = vocoder_overlap()  # CUDA: HiFi-GAN on a second stream (worker.batch)
-        self.vocoder_dtype = vocoder_dtype(device)  # CUDA: batched HiFi-GAN calls in float16 (opt-in)
+        self.vocoder_precision = vocoder_precision(device)  # CUDA: batched HiFi-GAN calls in float16
         self.decoders = DecoderPool(self)
 
     @classmethod

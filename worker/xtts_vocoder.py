@@ -258,7 +258,7 @@ def decode_windows(
     end, which padding would change). Other final windows run alone and unpadded. With ``batch`` the
     padded ones run at their standard width, stacked up to a size in :data:`VOCODER_BATCHES` (zero rows
     fill the rest). (Batching pays on a GPU; on a CPU it is slower.) ``net`` runs instead of the
-    decoder's own HiFi-GAN (a float16 copy, :func:`vocoder_dtype`); audio comes back in float32.
+    decoder's own HiFi-GAN (a float16 copy, :func:`vocoder_precision`); audio comes back in float32.
     """
     hifigan = net if net is not None else decoder.waveform_decoder
     dtype = next(hifigan.parameters()).dtype
@@ -345,20 +345,84 @@ def prewarm(
     return len(shapes)
 
 
-VOCODER_DTYPE_ENV = "VOXCLONE_VOCODER_DTYPE"  # "float32" (default) or "float16" (CUDA only)
+VOCODER_DTYPE_ENV = "VOXCLONE_VOCODER_DTYPE"  # "auto" (default), "float16" or "float32"
+# auto: float16 HiFi-GAN only where it stays this close to float32 on the loaded weights (SNR on a probe,
+# see precision_snr): its error then carries at most 1/30,000 of the audio's energy.
+VOCODER_MIN_SNR_DB = 45.0
+PROBE_FRAMES = 48  # frames of the precision probe: one standard window (12,288 samples)
 
 
-def vocoder_dtype(device: str) -> torch.dtype:
-    """The precision batched HiFi-GAN calls run in on ``device`` (``$VOXCLONE_VOCODER_DTYPE``).
+@dataclass(frozen=True)
+class VocoderPrecision:
+    """The precision batched HiFi-GAN calls run in, and whether it must pass :func:`precision_snr` first."""
 
-    ``float32`` by default. ``float16`` (CUDA only) is an experiment: on an H100, 32 windows of 130 frames
-    took 28.8 ms against 43.6 ms, and the largest sample moved by 0.6 % of the peak (random weights), so
-    the audio is no longer the float32 path's to within a few LSB; not the default until it is measured
-    end to end and listened to with real weights.
+    dtype: torch.dtype = torch.float32
+    checked: bool = False  # fall back to float32 when the copy strays below VOCODER_MIN_SNR_DB
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def vocoder_precision(device: str) -> VocoderPrecision:
+    """How batched HiFi-GAN calls run on ``device`` (``$VOXCLONE_VOCODER_DTYPE``).
+
+    ``auto`` (the default) is float16 on CUDA, checked against float32 on the loaded weights when the first
+    batch session opens (below :data:`VOCODER_MIN_SNR_DB` the worker stays in float32 and says so), and
+    float32 elsewhere. On an H100, 32 windows of 130 frames took 28.8 ms in float16 against 43.6 ms in
+    float32 (bench/README.md). ``float16`` skips the check (the SNR is still logged); ``float32`` keeps
+    the model's own HiFi-GAN. The CPU has no fast float16 convolution, so it refuses ``float16``.
     """
-    name = os.environ.get(VOCODER_DTYPE_ENV, "float32").strip().lower()
-    if name not in ("float32", "float16"):
-        raise ValueError(f"{VOCODER_DTYPE_ENV} must be float32 or float16, not {name!r}")
-    if name == "float16" and torch.device(device).type != "cuda":
+    name = os.environ.get(VOCODER_DTYPE_ENV, "auto").strip().lower()
+    if name not in ("auto", "float32", "float16"):
+        raise ValueError(f"{VOCODER_DTYPE_ENV} must be auto, float16 or float32, not {name!r}")
+    cuda = torch.device(device).type == "cuda"
+    if name == "float16" and not cuda:
         raise ValueError(f"{VOCODER_DTYPE_ENV}=float16 needs a CUDA device; this worker runs on {device}")
-    return torch.float16 if name == "float16" else torch.float32
+    if name == "float32" or not cuda:
+        return VocoderPrecision()
+    return VocoderPrecision(torch.float16, checked=name == "auto")
+
+
+@torch.inference_mode()
+def precision_snr(reference: Any, other: Any, frames: int = PROBE_FRAMES, seed: int = 0) -> float:
+    """How closely HiFi-GAN ``other`` (a copy in another precision) follows ``reference`` run in exact
+    float32, in dB (:func:`snr_db`), on :func:`precision_probe`'s window.
+
+    Exact: on CUDA, cuDNN convolves float32 in TF32 by default (a 10-bit mantissa, like float16's), so
+    the reference runs with that off for the moment (a process-wide switch; other threads' convolutions
+    meanwhile are only more exact). ``precision_snr(net, net)`` is therefore TF32's own deviation on CUDA.
+    """
+    z, g = precision_probe(reference, frames, seed)
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        exact = reference(z, g=g)
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+    low = next(other.parameters()).dtype
+    return snr_db(exact, other(z.to(low), g=g.to(low)))
+
+
+def precision_probe(net: Any, frames: int = PROBE_FRAMES, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed HiFi-GAN input ``(z, g)`` on ``net``'s device and in its dtype: latents like the GPT's (unit
+    normal, what its final layer norm makes before its gain) and a unit-length speaker vector, as XTTS's
+    speaker encoder gives."""
+    weight = next(net.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, int(net.conv_pre.in_channels), frames, generator=gen)
+    g = torch.randn(1, int(net.cond_layer.in_channels), 1, generator=gen)
+    return z.to(weight.device, weight.dtype), (g / g.norm()).to(weight.device, weight.dtype)
+
+
+def snr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """``reference``'s energy over the difference's, in dB: ``inf`` when they are equal, ``-inf`` when
+    ``other`` has a non-finite sample (a float16 overflow, say)."""
+    ref, out = reference.double(), other.double()
+    if not bool(torch.isfinite(out).all()):
+        return -math.inf
+    noise = float((out - ref).pow(2).sum())
+    signal = float(ref.pow(2).sum())
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf

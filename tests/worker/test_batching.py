@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import math
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -690,20 +692,52 @@ def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> N
     assert (serial.max_batch, batching.max_batch) == (1, engine.default_max_batch)
 
 
-def test_the_vocoder_precision_is_float32_unless_asked_and_float16_only_on_cuda(
+def test_the_vocoder_runs_float16_on_cuda_after_a_check_and_float32_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker.xtts_vocoder import vocoder_dtype
+    from worker.xtts_vocoder import VocoderPrecision, vocoder_precision
 
     monkeypatch.delenv("VOXCLONE_VOCODER_DTYPE", raising=False)
-    assert vocoder_dtype("cuda") == vocoder_dtype("cpu") == torch.float32
-    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "float16")
-    assert vocoder_dtype("cuda:0") == torch.float16
+    assert vocoder_precision("cuda") == VocoderPrecision(torch.float16, checked=True)
+    assert vocoder_precision("cpu") == VocoderPrecision(torch.float32)
+    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "Float16 ")
+    assert vocoder_precision("cuda:0") == VocoderPrecision(torch.float16, checked=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        vocoder_dtype("cpu")
+        vocoder_precision("cpu")
+    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "float32")
+    assert vocoder_precision("cuda") == vocoder_precision("cpu") == VocoderPrecision(torch.float32)
     monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "int8")
-    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_DTYPE must be float32 or float16"):
-        vocoder_dtype("cuda")
+    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_DTYPE must be auto, float16 or float32"):
+        vocoder_precision("cuda")
+
+
+def test_the_precision_probe_tells_a_faithful_copy_from_a_stray_one(greedy: XttsEngine) -> None:
+    import copy
+
+    from worker.xtts_vocoder import VOCODER_MIN_SNR_DB, precision_snr
+
+    own = greedy.model.hifigan_decoder.waveform_decoder
+    flags: list[bool] = []  # the reference runs in exact float32: cuDNN's TF32 off, then back as it was
+    hook = own.conv_pre.register_forward_hook(lambda *_: flags.append(torch.backends.cudnn.allow_tf32))
+    try:
+        assert torch.backends.cudnn.allow_tf32
+        assert precision_snr(own, own) == math.inf  # no TF32 on the CPU: the same numbers
+    finally:
+        hook.remove()
+    assert flags == [False, True] and torch.backends.cudnn.allow_tf32
+    wider = copy.deepcopy(own).double()
+    assert precision_snr(own, wider) > 100  # float32 against float64: rounding only
+    # bfloat16 keeps 8 bits of mantissa (float16 has 11): measurably coarser, still a finite figure
+    coarse = precision_snr(own, copy.deepcopy(own).bfloat16(), frames=16)
+    assert 10 < coarse < precision_snr(own, wider)
+    stray = copy.deepcopy(own).double()
+    with torch.no_grad():
+        stray.conv_post.weight.mul_(1.1)  # a copy that computes something else
+    assert precision_snr(own, stray) < VOCODER_MIN_SNR_DB
+    broken = copy.deepcopy(own).double()
+    with torch.no_grad():
+        broken.conv_pre.weight[0, 0, 0] = math.inf  # what a float16 overflow gives
+    assert precision_snr(own, broken) == -math.inf
 
 
 async def test_batched_vocoder_calls_run_in_the_engines_vocoder_precision(
@@ -714,8 +748,11 @@ async def test_batched_vocoder_calls_run_in_the_engines_vocoder_precision(
     One copy of HiFi-GAN in that precision, made once and used by every session; audio comes back as
     float32 and, float64 being closer to exact, within the batching tolerance of the float32 path.
     """
+    from worker.xtts_vocoder import VocoderPrecision
+
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
-    engine.vocoder_dtype = torch.float64
+    engine.vocoder_precision = VocoderPrecision(torch.float64, checked=True)  # passes: closer than float32
+    assert engine.decoders.vocoder_dtype == torch.float32  # nothing decided before a session opens
     seen: list[torch.dtype] = []
     first = engine.open_batch(2)
     net = first.vocoder_net
@@ -732,6 +769,34 @@ async def test_batched_vocoder_calls_run_in_the_engines_vocoder_precision(
     finally:
         hook.remove()
     assert seen and set(seen) == {torch.float64}
+    assert engine.decoders.vocoder_dtype == torch.float64
     assert next(engine.model.hifigan_decoder.waveform_decoder.parameters()).dtype == torch.float32
     for got, request in zip(outputs, requests, strict=True):
         assert_same_audio(got, alone(greedy, request))
+
+
+def test_a_vocoder_copy_that_fails_its_check_leaves_batched_calls_in_float32(
+    greedy: XttsEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``auto`` keeps the model's own HiFi-GAN where the copy strays (here: a bar no copy can pass), says
+    so once, and does not try again for every session; an explicitly asked precision is used anyway."""
+    import worker.batch
+    from worker.xtts_vocoder import VocoderPrecision
+
+    monkeypatch.setattr(worker.batch, "VOCODER_MIN_SNR_DB", math.inf)
+    checked = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    checked.vocoder_precision = VocoderPrecision(torch.float64, checked=True)
+    with caplog.at_level(logging.WARNING, logger="worker.batch"):
+        for _ in range(2):
+            session = checked.open_batch(2)
+            assert session.vocoder_net is None
+            session.close()
+    strays = [r.getMessage() for r in caplog.records if "strays from float32" in r.getMessage()]
+    assert len(strays) == 1 and "batched vocoder calls stay in float32" in strays[0]
+    assert checked.decoders.vocoder_dtype == torch.float32
+
+    asked = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    asked.vocoder_precision = VocoderPrecision(torch.float64, checked=False)
+    session = asked.open_batch(2)
+    assert session.vocoder_net is not None and asked.decoders.vocoder_dtype == torch.float64
+    session.close()

@@ -37,6 +37,7 @@ from worker.xtts_vocoder import (
     VOCODER_MIN_SNR_DB,
     WINDOW_STEP_CUDA,
     StreamingVocoder,
+    VocoderPrecision,
     VocoderWindow,
     decode_windows,
     precision_snr,
@@ -422,22 +423,31 @@ class DecoderPool:
         with self._lock:
             if not self._net_decided:
                 self._net_decided = True
-                own = self.engine.model.hifigan_decoder.waveform_decoder
-                net = copy.deepcopy(own).to(precision.dtype)
-                snr = precision_snr(own, net)
-                if precision.checked and not snr >= VOCODER_MIN_SNR_DB:
-                    log.warning(
-                        "%s HiFi-GAN strays from float32 on this model (SNR %.1f dB on a probe, below %.0f): "
-                        "batched vocoder calls stay in float32",
-                        precision.name, snr, VOCODER_MIN_SNR_DB,
-                    )  # fmt: skip
-                else:
-                    self._net = net
-                    log.info(
-                        "batched HiFi-GAN calls run in %s (SNR %.1f dB against float32 on a probe)",
-                        precision.name, snr,
-                    )  # fmt: skip
+                self._net = self._reduced_vocoder(precision)
             return self._net
+
+    def _reduced_vocoder(self, precision: VocoderPrecision) -> torch.nn.Module | None:
+        """A copy of HiFi-GAN in ``precision``, checked against float32 when asked; None keeps float32."""
+        own = self.engine.model.hifigan_decoder.waveform_decoder
+        try:
+            net = copy.deepcopy(own).to(precision.dtype)
+            snr = precision_snr(own, net)
+        except RuntimeError:  # out of GPU memory, say: the model's own HiFi-GAN still serves
+            log.warning(
+                "making a %s HiFi-GAN failed: vocoder calls stay in float32", precision.name, exc_info=True
+            )
+            return None
+        if precision.checked and not snr >= VOCODER_MIN_SNR_DB:
+            log.warning(
+                "%s HiFi-GAN strays from float32 on this model (SNR %.1f dB on a probe, below %.0f): "
+                "batched vocoder calls stay in float32",
+                precision.name, snr, VOCODER_MIN_SNR_DB,
+            )  # fmt: skip
+            return None
+        log.info(
+            "batched HiFi-GAN calls run in %s (SNR %.1f dB against float32 on a probe)", precision.name, snr
+        )
+        return net
 
     def _prewarm(self, capacity: int, net: torch.nn.Module | None = None) -> None:
         """cuDNN's plans for the vocoder's standard shapes, once per thread (its plan cache is per thread)."""

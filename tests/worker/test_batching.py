@@ -800,3 +800,22 @@ def test_a_vocoder_copy_that_fails_its_check_leaves_batched_calls_in_float32(
     session = asked.open_batch(2)
     assert session.vocoder_net is not None and asked.decoders.vocoder_dtype == torch.float64
     session.close()
+
+
+def test_a_vocoder_copy_that_cannot_be_made_leaves_batched_calls_in_float32(
+    greedy: XttsEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import worker.batch
+    from worker.xtts_vocoder import VocoderPrecision
+
+    def out_of_memory(*_: object) -> float:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(worker.batch, "precision_snr", out_of_memory)
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    engine.vocoder_precision = VocoderPrecision(torch.float64, checked=True)
+    with caplog.at_level(logging.WARNING, logger="worker.batch"):
+        session = engine.open_batch(2)  # serving goes on: the model's own HiFi-GAN
+    assert session.vocoder_net is None and engine.decoders.vocoder_dtype == torch.float32
+    session.close()
+    assert any("HiFi-GAN failed: vocoder calls stay in float32" in r.getMessage() for r in caplog.records)

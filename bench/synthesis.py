@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -333,6 +334,7 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
         finally:
             decoder.prefill_replay = captured
     out["decode_step_ops"] = step_ops(decoder)
+    graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
     vocoder = engine.model.hifigan_decoder.waveform_decoder
@@ -350,8 +352,13 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     gen = torch.Generator(device=engine.device).manual_seed(0)
     rows: list[dict[str, Any]] = []
     # 34 frames: the first chunk's window (8 tokens); 130: a 24-token chunk with 13 frames each side.
-    # (32, 144): what 32 streams' 24-token chunks run as on CUDA (windows in multiples of 48 frames).
-    shapes = ((1, 34), (1, 130), (8, 130), (32, 130), (32, 144)) if cuda else ((1, 34), (1, 130))
+    # On CUDA windows come in multiples of 48 frames: 1 × 48 is one stream's first chunk, 1 × 144 and
+    # 32 × 144 one and 32 streams' 24-token chunks; those are also replayed from their graphs.
+    shapes = (
+        ((1, 34), (1, 48), (1, 130), (1, 144), (8, 130), (32, 130), (32, 144))
+        if cuda
+        else ((1, 34), (1, 130))
+    )
     for batch, frames in shapes:
         z = torch.randn(batch, dim, frames, generator=gen, device=engine.device)
         g = speaker.expand(batch, -1, -1).contiguous()
@@ -372,6 +379,11 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
                     row["fp16_autotuned_ms"] = timed(lambda: half(zh, g=gh))  # noqa: B023
                 finally:
                     torch.backends.cudnn.benchmark = previous
+            if graphs is not None and graphs.run(z, g) is not None:
+                dtype = next(graphs.net.parameters()).dtype  # type: ignore[attr-defined]
+                zg, gg = z.to(dtype), g.to(dtype)
+                row["graph_ms"] = timed(lambda: graphs.run(zg, gg))  # noqa: B023
+                row["graph_dtype"] = str(dtype).removeprefix("torch.")
             audio_ms = batch * frames * 256 / 24
             row["fp32_ms_per_audio_s"] = round(1000 * row["fp32_ms"] / audio_ms, 3)
         rows.append(row)
@@ -499,7 +511,15 @@ def ratios(rows: list[Row]) -> list[dict[str, object]]:
     """voxclone against stock, and batched against serial, at each concurrency both were run at."""
     by = {(r.engine, r.concurrency): r for r in rows}
     out: list[dict[str, object]] = []
-    for other in ("stock", "vox-serial", "vox-eager", "vox-eager-prefill", "vox-overlap", "vox-fp32-vocoder"):
+    for other in (
+        "stock",
+        "vox-serial",
+        "vox-eager",
+        "vox-eager-prefill",
+        "vox-overlap",
+        "vox-fp32-vocoder",
+        "vox-eager-vocoder",
+    ):
         for n in sorted({r.concurrency for r in rows}):
             ours, base = by.get(("voxclone", n)), by.get((other, n))
             if ours and base:
@@ -576,9 +596,10 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
                 if "fp16_ms" in v
                 else ""
             )
+            graph = f"; from its graph ({v['graph_dtype']}) {v['graph_ms']:.2f} ms" if "graph_ms" in v else ""
             print(
                 f"  {v['batch']:2d} × {v['frames']:3d} frames: fp32 {v['fp32_ms']:7.2f} ms "
-                f"({v['fp32_ms_per_audio_s']:.2f} ms per audio s){half}"
+                f"({v['fp32_ms_per_audio_s']:.2f} ms per audio s){half}{graph}"
             )
     for prof in result.get("profile") or []:
         if prof:
@@ -626,6 +647,7 @@ LEVEL_OPTIONS = (
         "",
         "CUDA: levels to also run with captured decode steps but eager prefills",
     ),
+    ("--eager-vocoder-at", "1,32", "", "CUDA: levels to also run HiFi-GAN launched op by op (no graphs)"),
     ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
     ("--profile-at", "32", "", "levels to run once under torch.profiler ('' for none)"),
     ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
@@ -662,6 +684,7 @@ def main() -> None:
     stock_levels: list[int] = args.stock_at or levels
     overlap_levels: list[int] = args.overlap_at
     eager_prefill_levels: list[int] = args.eager_prefill_at
+    eager_vocoder_levels: list[int] = args.eager_vocoder_at
     fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
@@ -676,8 +699,9 @@ def main() -> None:
     print(f"checkpoint ready and loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     voice = reference_voice(engine)
     session = engine.open_batch(max(levels))  # builds the decoder (and captures graphs) before timing
-    captured = session.graphs, bool(session.decoder.prefill_replay)  # captures may have failed
-    decode_label = FastDecode(captured[0], engine.fast_decode.dtype, captured[1]).label
+    # captures may have failed
+    captured = session.graphs, bool(session.decoder.prefill_replay), session.vocoder_graphs is not None
+    decode_label = FastDecode(captured[0], engine.fast_decode.dtype, captured[1], captured[2]).label
     kv_bytes = session.decoder.kv_bytes_per_slot
     session.close()
     print(f"decoder ready ({decode_label}) at {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -747,6 +771,9 @@ def main() -> None:
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
         variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
+    if eager_vocoder_levels and captured[2]:  # what replaying HiFi-GAN from graphs buys
+        launched = dataclasses.replace(engine.fast_decode, vocoder_graphs=False)
+        variant("vox-eager-vocoder", copy_of(fast_decode=launched), eager_vocoder_levels)
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
         variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
@@ -795,6 +822,7 @@ def main() -> None:
                 "vox-fp32-vocoder",
                 "vox-overlap",
                 "vox-eager-prefill",
+                "vox-eager-vocoder",
                 "vox-serial",
                 "vox-eager",
                 "stock",

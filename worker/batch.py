@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from worker.types import FloatArray
     from worker.watermark import Watermarker
     from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
+    from worker.xtts_vocoder import CapturedVocoder
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class BatchSynthesis:
         batch_vocoder: bool,
         vocoder_stream: torch.cuda.Stream | None = None,
         vocoder_net: torch.nn.Module | None = None,
+        vocoder_graphs: CapturedVocoder | None = None,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
@@ -115,6 +117,7 @@ class BatchSynthesis:
         self.batch_vocoder = batch_vocoder
         self.vocoder_stream = vocoder_stream  # CUDA, opt-in: HiFi-GAN overlaps the next decode steps
         self.vocoder_net = vocoder_net  # CUDA: a float16 HiFi-GAN (None: the model's own)
+        self.vocoder_graphs = vocoder_graphs  # CUDA: that HiFi-GAN replayed at the standard shapes
         self._slots: list[_Row] = []  # row i lives in decoder slot i
         self._draining: dict[Hashable, _Row] = {}  # decoding finished, audio still being vocoded
         self._launches: deque[_Launch] = deque()  # vocoder work in flight, oldest first
@@ -256,14 +259,18 @@ class BatchSynthesis:
         windows = [w for _, w in due]
         stream = self.vocoder_stream
         if stream is None or not due:
-            waves = decode_windows(decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net)
+            waves = decode_windows(
+                decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net, graphs=self.vocoder_graphs
+            )
             new = [w.new_audio(wav) for w, wav in zip(windows, waves, strict=True)]
             # One copy to the host for every stream's chunk: on CUDA each copy is a synchronisation.
             pcm = torch.cat(new).float().cpu().split([int(a.shape[0]) for a in new]) if new else ()
             return _Launch([(row, a) for (row, _), a in zip(due, pcm, strict=True)], ends)
         stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
         with torch.inference_mode(), torch.cuda.stream(stream):
-            waves = decode_windows(decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net)
+            waves = decode_windows(
+                decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net, graphs=self.vocoder_graphs
+            )
             new = [w.new_audio(wav) for w, wav in zip(windows, waves, strict=True)]
             flat = torch.cat(new).float()
             host = torch.empty(flat.shape, dtype=torch.float32, pin_memory=True)
@@ -388,6 +395,8 @@ class DecoderPool:
         self._warm = threading.local()  # per thread: the streams it has cuDNN plans for
         self._net: torch.nn.Module | None = None  # HiFi-GAN in VOXCLONE_VOCODER_DTYPE, when not float32
         self._net_decided = False  # the reduced-precision copy is made and checked once per engine
+        self._graphs: CapturedVocoder | None = None  # HiFi-GAN in CUDA graphs, for up to _graph_streams
+        self._graph_streams = 0  # (-1: capturing failed; not tried again)
 
     def open(self, capacity: int) -> BatchSynthesis:
         """A session of ``capacity`` rows on a free decoder (built on first use)."""
@@ -398,13 +407,38 @@ class DecoderPool:
             decoder, graphs = self._build(capacity)
         cuda = torch.device(self.engine.device).type == "cuda"
         net = self._vocoder_net()
+        vocoder_graphs = None
         if cuda:
-            self._prewarm(capacity, net)
+            fast = self.engine.fast_decode
+            vocoder_graphs = (
+                self._vocoder_graphs(capacity, net) if fast.graphs and fast.vocoder_graphs else None
+            )
+            if vocoder_graphs is None:  # eager calls at the standard shapes: cuDNN's plans ready
+                self._prewarm(capacity, net)
         overlap = cuda and self.engine.vocoder_overlap
         stream = torch.cuda.Stream(device=self.engine.device) if overlap else None
         return BatchSynthesis(
-            self.engine, decoder, graphs=graphs, batch_vocoder=cuda, vocoder_stream=stream, vocoder_net=net
+            self.engine,
+            decoder,
+            graphs=graphs,
+            batch_vocoder=cuda,
+            vocoder_stream=stream,
+            vocoder_net=net,
+            vocoder_graphs=vocoder_graphs,
         )
+
+    def _vocoder_graphs(self, capacity: int, net: torch.nn.Module | None) -> CapturedVocoder | None:
+        """HiFi-GAN (``net``, or the model's own) captured at the standard shapes for ``capacity`` streams:
+        once per engine, again only for a session with more streams; None when capturing failed."""
+        from worker.batch_graphs import capture_vocoder
+
+        with self._lock:
+            if self._graph_streams < 0 or (self._graphs is not None and self._graph_streams >= capacity):
+                return self._graphs
+            hifigan = net if net is not None else self.engine.model.hifigan_decoder.waveform_decoder
+            self._graphs = capture_vocoder(hifigan, capacity)
+            self._graph_streams = capacity if self._graphs is not None else -1
+            return self._graphs
 
     @property
     def vocoder_dtype(self) -> torch.dtype:

@@ -6,9 +6,10 @@ decides whether to do that (:func:`resolve_fast_decode`: never on the CPU, autom
 ``VOXCLONE_FAST_DECODE`` environment variable overrides) and captures
 :meth:`worker.batch_gpt.BatchDecoder.run_step` once per (batch, cache length) bucket
 (:func:`capture_steps`), and the prefill of joining rows once per (rows, width) bucket
-(:func:`capture_prefills`). Every captured graph is checked against the eager code on the same inputs
-before use; a capture that fails or disagrees turns those graphs off for that decoder, with a warning,
-and that part runs eagerly. Nothing here runs, or imports CUDA state, unless graphs are on.
+(:func:`capture_prefills`), and HiFi-GAN once per standard vocoder shape (:func:`capture_vocoder`).
+Every captured graph is checked against the eager code on the same inputs before use; a capture that
+fails or disagrees turns those graphs off, with a warning, and that part runs eagerly. Nothing here
+runs, or imports CUDA state, unless graphs are on.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import torch
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from worker.batch_gpt import BatchDecoder
+    from worker.batch_gpt import BatchDecoder, Replayable
 
 log = logging.getLogger(__name__)
 
 FAST_DECODE_ENV = "VOXCLONE_FAST_DECODE"  # "auto" (default), "off", or "on"
 PREFILL_GRAPHS_ENV = "VOXCLONE_PREFILL_GRAPHS"  # "on" (default: with decode graphs) or "off"
+VOCODER_GRAPHS_ENV = "VOXCLONE_VOCODER_GRAPHS"  # "on" (default: with decode graphs) or "off"
 DECODE_DTYPE_ENV = "VOXCLONE_DECODE_DTYPE"  # "float16" (CUDA default), "bfloat16" or "float32"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}  # latent max abs diff
@@ -43,12 +45,18 @@ class FastDecode:
     graphs: bool = False
     dtype: torch.dtype = torch.float32
     prefill_graphs: bool = True  # with graphs: the prefill captured too (``VOXCLONE_PREFILL_GRAPHS``)
+    vocoder_graphs: bool = True  # with graphs: HiFi-GAN's standard shapes too (``VOXCLONE_VOCODER_GRAPHS``)
 
     @property
     def label(self) -> str:
         kind = "cuda-graphs" if self.graphs else "eager"
-        if self.graphs and not self.prefill_graphs:
-            kind += " (eager prefill)"
+        eager = [
+            part
+            for part, on in (("prefill", self.prefill_graphs), ("vocoder", self.vocoder_graphs))
+            if not on
+        ]
+        if self.graphs and eager:
+            kind += f" (eager {' and '.join(eager)})"
         return f"{kind}/{str(self.dtype).removeprefix('torch.')}"
 
 
@@ -60,7 +68,8 @@ def resolve_fast_decode(device: str, mode: str | None = None, dtype: str | None 
 
     ``auto`` and ``on`` mean CUDA graphs and float16 on a CUDA device; on the CPU ``auto`` is eager
     float32 and ``on`` is refused. ``dtype`` (or ``$VOXCLONE_DECODE_DTYPE``) overrides the precision.
-    With graphs, prefills are captured too unless ``$VOXCLONE_PREFILL_GRAPHS`` is ``off``.
+    With graphs, prefills and HiFi-GAN are captured too unless ``$VOXCLONE_PREFILL_GRAPHS`` or
+    ``$VOXCLONE_VOCODER_GRAPHS`` is ``off``.
     The default is ``auto``: on an H100 the captured float16 step took 2.5 ms against 11.6 ms eager at
     batch 1, and its greedy audio matched the float32 reference to 2 LSB (``bench/README.md``).
     """
@@ -76,10 +85,16 @@ def resolve_fast_decode(device: str, mode: str | None = None, dtype: str | None 
         raise ValueError(f"{DECODE_DTYPE_ENV} must be one of {', '.join(_DTYPES)}, not {name!r}")
     if not cuda and name != "float32":
         raise ValueError("reduced-precision decoding is only supported on CUDA")
-    prefill = os.environ.get(PREFILL_GRAPHS_ENV, "on").strip().lower()
-    if prefill not in ("on", "off"):
-        raise ValueError(f"{PREFILL_GRAPHS_ENV} must be on or off, not {prefill!r}")
-    return FastDecode(graphs=fast, dtype=_DTYPES[name], prefill_graphs=prefill == "on")
+    prefill, vocoder = (_switch(env) for env in (PREFILL_GRAPHS_ENV, VOCODER_GRAPHS_ENV))
+    return FastDecode(graphs=fast, dtype=_DTYPES[name], prefill_graphs=prefill, vocoder_graphs=vocoder)
+
+
+def _switch(env: str) -> bool:
+    """An on/off environment variable that is on unless set to ``off``."""
+    value = os.environ.get(env, "on").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{env} must be on or off, not {value!r}")
+    return value == "on"
 
 
 def capture_steps(decoder: BatchDecoder) -> bool:
@@ -138,7 +153,7 @@ def _capture_all(
         for shape in shapes:
             with torch.inference_mode():
                 prepare(*shape)
-            graphs[shape] = _capture(decoder, functools.partial(run, *shape), pool, stream)
+            graphs[shape] = _capture(decoder.device, functools.partial(run, *shape), pool, stream)
             if not agrees(decoder, graphs[shape], *shape):
                 log.warning("a captured %s disagrees with the eager one: running it eagerly", what)
                 return None
@@ -155,13 +170,13 @@ def _capture_all(
 
 
 def _capture(
-    decoder: BatchDecoder, run: Callable[[], None], pool: Any, stream: torch.cuda.Stream
+    device: torch.device, run: Callable[[], None], pool: Any, stream: torch.cuda.Stream
 ) -> torch.cuda.CUDAGraph:
-    stream.wait_stream(torch.cuda.current_stream(decoder.device))
+    stream.wait_stream(torch.cuda.current_stream(device))
     with torch.inference_mode(), torch.cuda.stream(stream):
         for _ in range(2):
             run()
-    torch.cuda.current_stream(decoder.device).wait_stream(stream)
+    torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     # thread_local: other threads (embedding, transcription) may use the GPU while this one captures.
     with (
@@ -225,3 +240,96 @@ def _reset_rows(decoder: BatchDecoder) -> None:
     with torch.inference_mode():
         for buf in (decoder.x, decoder.pos, decoder.steps, decoder.uniform, decoder.seen, decoder.active):
             buf.zero_()
+
+
+class VocoderGraphs:
+    """HiFi-GAN replayed from CUDA graphs at the vocoder's standard shapes (:func:`capture_vocoder`).
+
+    A HiFi-GAN call is ~300 operations launched from Python, ~4.5 ms of host time on the lent H100
+    whatever its size (one 34-frame window: 4.53 ms in float32, 5.23 in float16; 32 windows of 130
+    frames: 43.6 ms), so one stream's windows cost far more to launch than to compute. Batched calls
+    already come in a few shapes (:func:`worker.xtts_vocoder.standard_shapes`); captured, a call is two
+    copies in, a replay and a copy out. Inputs and outputs live in static buffers per shape.
+    """
+
+    def __init__(self, net: Any, shapes: list[tuple[int, int]]) -> None:
+        self.net = net  # a HifiganGenerator
+        weight = next(net.parameters())
+        dim, d_vector = int(net.conv_pre.in_channels), int(net.cond_layer.in_channels)
+        self.z = {s: torch.zeros(s[0], dim, s[1], dtype=weight.dtype, device=weight.device) for s in shapes}
+        self.g = {s: torch.zeros(s[0], d_vector, 1, dtype=weight.dtype, device=weight.device) for s in shapes}
+        self.out: dict[tuple[int, int], torch.Tensor] = {}
+        self.graphs: dict[tuple[int, int], Replayable] = {}
+
+    def forward(self, batch: int, width: int) -> None:
+        """HiFi-GAN over this shape's static input, into its static output: what each graph captures."""
+        shape = (batch, width)
+        self.out[shape] = self.net(self.z[shape], g=self.g[shape])
+
+    def run(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        """HiFi-GAN's output for ``(z, g)`` from the graph of their shape (a copy: the next replay reuses
+        the static output); None when there is none."""
+        shape = (int(z.shape[0]), int(z.shape[-1]))
+        graph = self.graphs.get(shape)
+        if graph is None:
+            return None
+        self.z[shape].copy_(z)
+        self.g[shape].copy_(g)
+        graph.replay()
+        return self.out[shape].clone()
+
+
+def capture_vocoder(net: torch.nn.Module, streams: int, widths: int = 3) -> VocoderGraphs | None:
+    """Graphs of HiFi-GAN ``net`` at every standard shape for up to ``streams`` streams (``widths`` as in
+    :func:`worker.xtts_vocoder.standard_shapes`), each checked against the eager call on a random input;
+    None (with a warning) if any capture fails or disagrees."""
+    from worker.xtts_vocoder import standard_shapes
+
+    started = time.perf_counter()
+    shapes = standard_shapes(streams, widths=widths)
+    graphs = VocoderGraphs(net, shapes)
+    device = next(net.parameters()).device
+    pool = torch.cuda.graph_pool_handle()
+    stream = torch.cuda.Stream(device=device)
+    try:
+        for shape in shapes:
+            graph = _capture(device, functools.partial(graphs.forward, *shape), pool, stream)
+            if not _vocoder_agrees(graphs, graph, *shape):
+                log.warning("a captured HiFi-GAN disagrees with the eager one: running it eagerly")
+                return None
+            graphs.graphs[shape] = graph
+    except RuntimeError:
+        log.warning("capturing HiFi-GAN in a CUDA graph failed: running it eagerly", exc_info=True)
+        return None
+    log.info(
+        "captured HiFi-GAN in CUDA graphs for %d shapes, %s to %s, in %.1f s",
+        len(shapes), shapes[0], shapes[-1], time.perf_counter() - started,
+    )  # fmt: skip
+    return graphs
+
+
+def _vocoder_agrees(graphs: VocoderGraphs, graph: Replayable, batch: int, width: int) -> bool:
+    """Replay ``graph`` on a random input and run HiFi-GAN eagerly on the same; compare the audio."""
+    shape = (batch, width)
+    z, g = graphs.z[shape], graphs.g[shape]
+    gen = torch.Generator(device=z.device).manual_seed(batch * 100_043 + width)
+    with torch.inference_mode():
+        z.copy_(torch.randn(z.shape, generator=gen, device=z.device))
+        g.copy_(torch.nn.functional.normalize(torch.randn(g.shape, generator=gen, device=z.device), dim=1))
+        graph.replay()
+        replayed = graphs.out[shape].float()
+        eager = graphs.net(z, g=g).float()
+    diff = float((replayed - eager).abs().max())
+    peak = float(eager.abs().max())
+    ok = diff <= _VOCODER_TOLERANCE * max(peak, 1e-6)
+    if not ok:
+        log.warning(
+            "graph check of HiFi-GAN at %d × %d frames: largest difference %.3g of peak %.3g",
+            *shape,
+            diff,
+            peak,
+        )
+    return ok
+
+
+_VOCODER_TOLERANCE = 1e-3  # of the peak: the same kernels replayed agree far closer; a wrong capture does not

@@ -25,7 +25,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -248,7 +248,12 @@ class VocoderWindow:
 
 @torch.inference_mode()
 def decode_windows(
-    decoder: HifiDecoder, windows: list[VocoderWindow], *, batch: bool, net: torch.nn.Module | None = None
+    decoder: HifiDecoder,
+    windows: list[VocoderWindow],
+    *,
+    batch: bool,
+    net: torch.nn.Module | None = None,
+    graphs: CapturedVocoder | None = None,
 ) -> list[torch.Tensor]:
     """HiFi-GAN over several streams' windows; with ``batch`` (CUDA), padded windows share calls.
 
@@ -259,12 +264,16 @@ def decode_windows(
     padded ones run at their standard width, stacked up to a size in :data:`VOCODER_BATCHES` (zero rows
     fill the rest). (Batching pays on a GPU; on a CPU it is slower.) ``net`` runs instead of the
     decoder's own HiFi-GAN (a float16 copy, :func:`vocoder_precision`); audio comes back in float32.
+    ``graphs`` (CUDA graphs of that HiFi-GAN, :class:`worker.batch_graphs.VocoderGraphs`) replace the
+    calls at the shapes they were captured for.
     """
     hifigan = net if net is not None else decoder.waveform_decoder
     dtype = next(hifigan.parameters()).dtype
 
     def run(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return hifigan(z.to(dtype), g=g.to(dtype)).float()
+        z, g = z.to(dtype), g.to(dtype)
+        replayed = graphs.run(z, g) if graphs is not None else None
+        return (replayed if replayed is not None else hifigan(z, g=g)).float()
 
     out: list[torch.Tensor | None] = [None] * len(windows)
     group = [i for i, w in enumerate(windows) if batch and _paddable(w)]
@@ -315,6 +324,22 @@ def stack_windows(windows: list[VocoderWindow], left: list[int], width: int, siz
     return frames.view(size, width, -1).transpose(1, 2).contiguous()
 
 
+class CapturedVocoder(Protocol):
+    """HiFi-GAN replayed from CUDA graphs at some shapes (:class:`worker.batch_graphs.VocoderGraphs`)."""
+
+    def run(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        """HiFi-GAN's output for ``(z, g)``, or None when no graph has their shape."""
+        ...
+
+
+def standard_shapes(streams: int, step: int = WINDOW_STEP_CUDA, widths: int = 3) -> list[tuple[int, int]]:
+    """The (windows, frames) shapes batched calls for up to ``streams`` streams come in: batch sizes of
+    :data:`VOCODER_BATCHES` up to the one ``streams`` pads to, widths ``step, 2 × step, …`` (``widths`` of
+    them: 8-, 16- and 24-token chunks)."""
+    most = next((b for b in VOCODER_BATCHES if b >= streams), VOCODER_BATCHES[-1])  # what calls pad up to
+    return [(b, step * k) for b in VOCODER_BATCHES if b <= most for k in range(1, widths + 1)]
+
+
 def _paddable(window: VocoderWindow) -> bool:
     """Whether padding ``window`` (right if non-final, left if final) leaves its new frames exact."""
     return not window.final or window.start - window.win_start >= VOCODER_RECEPTIVE_FRAMES
@@ -328,17 +353,15 @@ def prewarm(
     widths: int = 3,
     net: torch.nn.Module | None = None,
 ) -> int:
-    """Run HiFi-GAN once at every standard (streams, width) shape, so that this thread has its cuDNN plans.
+    """Run HiFi-GAN once at every :func:`standard_shapes` shape, so that this thread has its cuDNN plans.
 
-    Widths ``step, 2 × step, …`` (``widths`` of them: 8-, 16- and 24-token chunks); ``net`` as in
-    :func:`decode_windows` (plans are per dtype too). Returns the shape count.
+    ``net`` as in :func:`decode_windows` (plans are per dtype too). Returns the shape count.
     """
     hifigan: Any = net if net is not None else decoder.waveform_decoder
     weight = next(hifigan.parameters())
     dim = int(hifigan.conv_pre.in_channels)
     d_vector = int(hifigan.cond_layer.in_channels)
-    most = next((b for b in VOCODER_BATCHES if b >= streams), VOCODER_BATCHES[-1])  # what calls pad up to
-    shapes = [(b, step * k) for b in VOCODER_BATCHES if b <= most for k in range(1, widths + 1)]
+    shapes = standard_shapes(streams, step, widths)
     for b, width in shapes:
         z = torch.zeros(b, dim, width, device=weight.device, dtype=weight.dtype)
         hifigan(z, g=torch.zeros(b, d_vector, 1, device=weight.device, dtype=weight.dtype))

@@ -26,7 +26,7 @@ import torch
 
 from worker.batch import BatchSynthesis
 from worker.batch_gpt import BatchDecoder, fused_activation
-from worker.batch_graphs import FastDecode, resolve_fast_decode
+from worker.batch_graphs import FastDecode, VocoderGraphs, resolve_fast_decode
 from worker.errors import InternalWorkerError, SynthesisCancelled, WorkerBusy
 from worker.scheduler import SynthesisScheduler, SynthesisStream
 from worker.types import SpeechRequest, VoiceEmbedding
@@ -311,6 +311,7 @@ class StandInGraph:
 
 ORIGINAL_RUN_STEP = BatchDecoder.run_step
 ORIGINAL_RUN_PREFILL = BatchDecoder.run_prefill
+ORIGINAL_VOCODER_FORWARD = VocoderGraphs.forward
 
 
 @pytest.fixture
@@ -329,7 +330,7 @@ def stand_in_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
         StandInGraph.recording = None
 
     def recorded(original: Any) -> Any:
-        def run(self: BatchDecoder, *shape: int) -> None:
+        def run(self: Any, *shape: int) -> None:
             if StandInGraph.recording is not None:  # captured: replays run it again at this shape
                 StandInGraph.recording.call = functools.partial(original, self, *shape)
             original(self, *shape)
@@ -338,6 +339,7 @@ def stand_in_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(BatchDecoder, "run_step", recorded(ORIGINAL_RUN_STEP))
     monkeypatch.setattr(BatchDecoder, "run_prefill", recorded(ORIGINAL_RUN_PREFILL))
+    monkeypatch.setattr(VocoderGraphs, "forward", recorded(ORIGINAL_VOCODER_FORWARD))
     for name, value in {
         "graph_pool_handle": lambda: object(),
         "Stream": lambda device=None: stream,
@@ -622,6 +624,17 @@ def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
     with pytest.raises(ValueError, match="VOXCLONE_PREFILL_GRAPHS must be on or off"):
         resolve_fast_decode("cuda")
     monkeypatch.delenv("VOXCLONE_PREFILL_GRAPHS")
+    assert resolve_fast_decode("cuda").vocoder_graphs
+    monkeypatch.setenv("VOXCLONE_VOCODER_GRAPHS", "off")
+    assert not resolve_fast_decode("cuda").vocoder_graphs and resolve_fast_decode("cuda").prefill_graphs
+    assert "(eager vocoder)/float16" in resolve_fast_decode("cuda").label
+    monkeypatch.setenv("VOXCLONE_PREFILL_GRAPHS", "off")
+    assert "(eager prefill and vocoder)" in resolve_fast_decode("cuda").label
+    monkeypatch.setenv("VOXCLONE_VOCODER_GRAPHS", "1")
+    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_GRAPHS must be on or off"):
+        resolve_fast_decode("cuda")
+    monkeypatch.delenv("VOXCLONE_VOCODER_GRAPHS")
+    monkeypatch.delenv("VOXCLONE_PREFILL_GRAPHS")
     monkeypatch.setenv("VOXCLONE_FAST_DECODE", "off")
     assert not resolve_fast_decode("cuda").graphs
     with pytest.raises(ValueError, match="needs a CUDA device"):
@@ -819,3 +832,111 @@ def test_a_vocoder_copy_that_cannot_be_made_leaves_batched_calls_in_float32(
     assert session.vocoder_net is None and engine.decoders.vocoder_dtype == torch.float32
     session.close()
     assert any("HiFi-GAN failed: vocoder calls stay in float32" in r.getMessage() for r in caplog.records)
+
+
+class SmallVocoder(torch.nn.Module):
+    """HiFi-GAN's interface (``conv_pre``, ``cond_layer``, 256 samples per frame) at a tiny cost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_pre = torch.nn.Conv1d(4, 8, 3, padding=1)
+        self.cond_layer = torch.nn.Conv1d(3, 8, 1)
+
+    def forward(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.conv_pre(z) + self.cond_layer(g)).mean(dim=1, keepdim=True)
+        return x.repeat_interleave(256, dim=-1)
+
+
+def test_hifigan_graphs_cover_the_standard_shapes_and_hand_out_copies(stand_in_cuda: None) -> None:
+    from worker.batch_graphs import capture_vocoder
+
+    net = SmallVocoder()
+    graphs = capture_vocoder(net, streams=3)
+    assert graphs is not None
+    assert set(graphs.graphs) == {(b, w) for b in (1, 2, 4) for w in (48, 96, 144)}  # 3 streams pad to 4
+    gen = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(4, 4, 96, generator=gen), torch.randn(4, 4, 96, generator=gen)
+    g = torch.randn(4, 3, 1, generator=gen)
+    before = StandInGraph.replays["forward"]
+    with torch.inference_mode():
+        first = graphs.run(z1, g)
+        second = graphs.run(z2, g)  # the same shape: replays into the same static output
+        assert first is not None and second is not None
+        assert StandInGraph.replays["forward"] - before == 2
+        assert torch.equal(first, net(z1, g)) and torch.equal(second, net(z2, g))  # the first is a copy
+        assert graphs.run(torch.randn(8, 4, 96), torch.randn(8, 3, 1)) is None  # no graph: run it eagerly
+        assert graphs.run(torch.randn(1, 4, 50), g[:1]) is None
+
+
+def test_a_hifigan_graph_that_disagrees_or_fails_leaves_the_vocoder_eager(
+    stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker.batch_graphs import capture_vocoder
+
+    replay = StandInGraph.replay
+
+    def off_by_a_little(self: StandInGraph) -> None:
+        replay(self)
+        assert self.call is not None
+        graphs, shape = self.call.args[0], self.call.args[1:]
+        graphs.out[shape] = graphs.out[shape] + 0.01  # a capture that computes something else
+
+    monkeypatch.setattr(StandInGraph, "replay", off_by_a_little)
+    with caplog.at_level(logging.WARNING, logger="worker.batch_graphs"):
+        assert capture_vocoder(SmallVocoder(), streams=1) is None
+    assert any("HiFi-GAN disagrees" in r.getMessage() for r in caplog.records)
+
+    def broken(self: StandInGraph) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(StandInGraph, "replay", broken)
+    assert capture_vocoder(SmallVocoder(), streams=1) is None
+
+
+def test_an_engine_captures_hifigan_once_and_does_not_retry_a_failure(
+    greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.batch_graphs
+
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    tries: list[int] = []
+
+    def capture(net: torch.nn.Module, streams: int) -> VocoderGraphs | None:
+        tries.append(streams)
+        return VocoderGraphs(net, [(1, 48)])
+
+    monkeypatch.setattr(worker.batch_graphs, "capture_vocoder", capture)
+    pool = engine.decoders
+    first = pool._vocoder_graphs(2, None)
+    assert first is not None and first.net is engine.model.hifigan_decoder.waveform_decoder
+    assert pool._vocoder_graphs(2, None) is first and pool._vocoder_graphs(1, None) is first
+    assert pool._vocoder_graphs(4, None) is not first  # more streams: more shapes to capture
+    assert tries == [2, 4]
+    failing = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    monkeypatch.setattr(worker.batch_graphs, "capture_vocoder", lambda net, streams: tries.append(0))
+    assert failing.decoders._vocoder_graphs(2, None) is None
+    assert failing.decoders._vocoder_graphs(8, None) is None  # not tried again
+    assert tries == [2, 4, 0]
+
+
+def test_a_session_replays_hifigan_from_graphs_with_the_same_audio(
+    greedy: XttsEngine, voice: VoiceEmbedding, stand_in_cuda: None
+) -> None:
+    """Batched vocoder calls at a captured shape replay their graph; the audio is what each request
+    makes alone. (The real HiFi-GAN, captured at its narrowest shapes only, to keep this quick.)"""
+    from worker.batch_graphs import capture_vocoder
+
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    graphs = capture_vocoder(engine.model.hifigan_decoder.waveform_decoder, streams=2, widths=1)
+    assert graphs is not None and set(graphs.graphs) == {(1, 48), (2, 48)}
+    session = engine.open_batch(2)
+    session.batch_vocoder, session.vocoder_graphs = True, graphs  # as on CUDA
+    requests = mixed(voice)[:2]
+    before = StandInGraph.replays["forward"]
+    try:
+        got = drive(session, {str(i): engine.prepare(r) for i, r in enumerate(requests)})
+    finally:
+        session.close()
+    assert StandInGraph.replays["forward"] - before >= 1  # the first chunks' 48-frame windows
+    for i, request in enumerate(requests):
+        assert_same_audio(got[str(i)], alone(engine, request))

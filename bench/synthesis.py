@@ -108,8 +108,13 @@ class DecodeRow:
     speedup_vs_batch1: float
 
 
-async def one_level(scheduler: SynthesisScheduler, voice: VoiceEmbedding, n: int, tokens: int) -> Row:
+async def one_level(
+    scheduler: SynthesisScheduler, voice: VoiceEmbedding, n: int, tokens: int, stagger_s: float = 0.0
+) -> Row:
+    """``n`` requests at once, or (``stagger_s``) the i-th after ``i × stagger_s / n`` seconds."""
+
     async def one(seed: int) -> tuple[float, StreamStats]:
+        await asyncio.sleep(seed * stagger_s / n)
         submitted = time.perf_counter()
         stream = scheduler.submit(request(voice, tokens, seed))
         first: float | None = None
@@ -139,9 +144,16 @@ async def one_level(scheduler: SynthesisScheduler, voice: VoiceEmbedding, n: int
 
 
 async def measure(
-    engine: Any, name: str, voice: VoiceEmbedding, levels: list[int], tokens: int, max_batch: int
+    engine: Any,
+    name: str,
+    voice: VoiceEmbedding,
+    levels: list[int],
+    tokens: int,
+    max_batch: int,
+    stagger_s: float = 0.0,
 ) -> list[Row]:
-    """Each level on one scheduler (its decoder and graphs are built once), after a warm-up at that level."""
+    """Each level on one scheduler (its decoder and graphs are built once), after a warm-up at that level;
+    ``stagger_s``: arrivals spread over that long, as real traffic comes, instead of all at once."""
     rows = []
     scheduler = SynthesisScheduler(engine, max_queue=max(levels), max_batch=max_batch)
     try:
@@ -150,7 +162,7 @@ async def measure(
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            row = await one_level(scheduler, voice, n, tokens)
+            row = await one_level(scheduler, voice, n, tokens, stagger_s)
             row.engine = name
             if torch.cuda.is_available():
                 row.peak_gpu_mem_gb = torch.cuda.max_memory_allocated() / 1e9
@@ -507,23 +519,33 @@ def vocoder_label(engine: XttsEngine) -> str:
     return str(engine.decoders.vocoder_dtype).removeprefix("torch.")
 
 
+# (ours, other): the rows compared. Staggered rows only with staggered rows (their arrivals take time).
+RATIO_PAIRS = (
+    *(
+        ("voxclone", other)
+        for other in (
+            "stock",
+            "vox-serial",
+            "vox-eager",
+            "vox-eager-prefill",
+            "vox-overlap",
+            "vox-fp32-vocoder",
+            "vox-eager-vocoder",
+        )
+    ),
+    ("vox-staggered", "vox-staggered-eager-vocoder"),
+)
+
+
 def ratios(rows: list[Row]) -> list[dict[str, object]]:
     """voxclone against stock, and batched against serial, at each concurrency both were run at."""
     by = {(r.engine, r.concurrency): r for r in rows}
     out: list[dict[str, object]] = []
-    for other in (
-        "stock",
-        "vox-serial",
-        "vox-eager",
-        "vox-eager-prefill",
-        "vox-overlap",
-        "vox-fp32-vocoder",
-        "vox-eager-vocoder",
-    ):
+    for mine, other in RATIO_PAIRS:
         for n in sorted({r.concurrency for r in rows}):
-            ours, base = by.get(("voxclone", n)), by.get((other, n))
+            ours, base = by.get((mine, n)), by.get((other, n))
             if ours and base:
-                out.append({"vs": other, "concurrency": n,
+                out.append({"ours": mine, "vs": other, "concurrency": n,
                             "throughput_x": ours.throughput_x / base.throughput_x,
                             "ttfc_p50_x_faster": base.ttfc_ms_p50 / ours.ttfc_ms_p50,
                             "ttfc_max_x_faster": base.ttfc_ms_max / ours.ttfc_ms_max})  # fmt: skip
@@ -550,17 +572,17 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         f"= {meta['audio_s_per_request']:.2f} s audio per request, watermark {marked}, "
         f"decode {meta['decode']}, {meta['vocoder']} HiFi-GAN, torch {meta['torch']} =="
     )
-    head = f"{'engine':10s} {'conc':>4s} {'TTFC p50 ms':>11s} {'TTFC max ms':>11s} {'RTF p50':>8s} "
+    head = f"{'engine':16s} {'conc':>4s} {'TTFC p50 ms':>11s} {'TTFC max ms':>11s} {'RTF p50':>8s} "
     print(head + f"{'RTF max':>8s} {'throughput ×RT':>14s} {'wall s':>7s} {'GPU GB':>7s}")
     for r in rows:
         mem = f"{r.peak_gpu_mem_gb:7.2f}" if r.peak_gpu_mem_gb is not None else f"{'-':>7s}"
         print(
-            f"{r.engine:10s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_max:11.0f} {r.rtf_p50:8.3f} "
+            f"{r.engine:16s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_max:11.0f} {r.rtf_p50:8.3f} "
             f"{r.rtf_max:8.3f} {r.throughput_x:14.2f} {r.wall_s:7.1f} {mem}"
         )
     for q in result["ratios"]:
         print(
-            f"ratio vs {q['vs']:10s} x{q['concurrency']:<3d} throughput {q['throughput_x']:6.2f}×   "
+            f"{q['ours']} vs {q['vs']:10s} x{q['concurrency']:<3d} throughput {q['throughput_x']:6.2f}×   "
             f"TTFC p50 {q['ttfc_p50_x_faster']:6.2f}× faster   TTFC max {q['ttfc_max_x_faster']:6.2f}× faster"
         )
     reference = result.get("reference_ms_per_token")
@@ -647,6 +669,7 @@ LEVEL_OPTIONS = (
         "",
         "CUDA: levels to also run with captured decode steps but eager prefills",
     ),
+    ("--staggered-at", "32", "", "levels to also run with arrivals spread over --stagger-s"),
     ("--eager-vocoder-at", "1,32", "", "CUDA: levels to also run HiFi-GAN launched op by op (no graphs)"),
     ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
     ("--profile-at", "32", "", "levels to run once under torch.profiler ('' for none)"),
@@ -663,6 +686,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=level_list, default="1,4,8,16,32" if cuda else "1,4,8,16")
     for flag, on_cuda, on_cpu, text in LEVEL_OPTIONS:
         ap.add_argument(flag, type=level_list, default=on_cuda if cuda else on_cpu, help=text)
+    ap.add_argument("--stagger-s", type=float, default=1.0, help="seconds staggered arrivals spread over")
     ap.add_argument("--skip-stock", action="store_true", help="leave out stock coqui (quick runs)")
     ap.add_argument(
         "--stock-at",
@@ -685,6 +709,7 @@ def main() -> None:
     overlap_levels: list[int] = args.overlap_at
     eager_prefill_levels: list[int] = args.eager_prefill_at
     eager_vocoder_levels: list[int] = args.eager_vocoder_at
+    staggered_levels: list[int] = args.staggered_at
     fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
@@ -747,11 +772,14 @@ def main() -> None:
         watermark=args.watermark,
     )
 
-    def variant(name: str, runner: XttsEngine, at: list[int], max_batch: int | None = None) -> None:
+    def variant(
+        name: str, runner: XttsEngine, at: list[int], max_batch: int | None = None, stagger_s: float = 0.0
+    ) -> None:
         """Rows for one engine at the concurrency levels ``at`` (a failure is recorded, the run goes on)."""
         batch = max(at) if max_batch is None else max_batch
         rows.extend(
-            stage(name, lambda: asyncio.run(measure(runner, name, voice, at, args.tokens, batch))) or []
+            stage(name, lambda: asyncio.run(measure(runner, name, voice, at, args.tokens, batch, stagger_s)))
+            or []
         )
 
     def copy_of(**changes: Any) -> XttsEngine:
@@ -771,9 +799,15 @@ def main() -> None:
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
         variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
-    if eager_vocoder_levels and captured[2]:  # what replaying HiFi-GAN from graphs buys
-        launched = dataclasses.replace(engine.fast_decode, vocoder_graphs=False)
-        variant("vox-eager-vocoder", copy_of(fast_decode=launched), eager_vocoder_levels)
+    launched = None  # the same, HiFi-GAN launched op by op: what replaying it from graphs buys
+    if captured[2] and (eager_vocoder_levels or staggered_levels):
+        launched = copy_of(fast_decode=dataclasses.replace(engine.fast_decode, vocoder_graphs=False))
+    if eager_vocoder_levels and launched is not None:
+        variant("vox-eager-vocoder", launched, eager_vocoder_levels)
+    if staggered_levels:  # arrivals spread out, as real traffic comes: many small vocoder calls
+        variant("vox-staggered", engine, staggered_levels, stagger_s=args.stagger_s)
+        if launched is not None:
+            variant("vox-staggered-eager-vocoder", launched, staggered_levels, stagger_s=args.stagger_s)
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
         variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
@@ -823,6 +857,8 @@ def main() -> None:
                 "vox-overlap",
                 "vox-eager-prefill",
                 "vox-eager-vocoder",
+                "vox-staggered",
+                "vox-staggered-eager-vocoder",
                 "vox-serial",
                 "vox-eager",
                 "stock",

@@ -22,14 +22,17 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
     command = [
         sys.executable, str(ROOT / "bench" / "synthesis.py"), "--model-dir", str(tiny_xtts_dir),
         "--tokens", "8", "--concurrency", "1,2", "--serial-at", "2", "--overlap-at", "1",
-        "--phases-at", "2", "--profile-at", "2", "--skip-stock", "--out", str(out),
+        "--phases-at", "2", "--profile-at", "2", "--staggered-at", "2", "--stagger-s", "0.3",
+        "--skip-stock", "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["errors"] == {}
     engines = {(row["engine"], row["concurrency"]) for row in result["rows"]}
-    assert engines == {("voxclone", 1), ("voxclone", 2), ("vox-serial", 2), ("vox-overlap", 1)}
+    assert engines == {
+        ("voxclone", 1), ("voxclone", 2), ("vox-serial", 2), ("vox-overlap", 1), ("vox-staggered", 2),
+    }  # fmt: skip
     assert all(row["throughput_x"] > 0 and row["ttfc_ms_p50"] > 0 for row in result["rows"])
     assert [r["vs"] for r in result["ratios"]] == ["vox-serial", "vox-overlap"]
     assert result["check"]["same_length"] and result["check"]["max_abs_diff_lsb"] <= 2
@@ -38,4 +41,4 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
     # 8 tokens: the first comes from the prefill, 7 from decode steps
     assert result["phases"][0]["concurrency"] == 2 and result["phases"][0]["steps"] >= 7
     assert result["profile"][0]["steps"] >= 7 and (tmp_path / "profile_x2.txt").stat().st_size > 0
-    assert "ratio vs vox-serial x2" in done.stdout
+    assert "voxclone vs vox-serial x2" in done.stdout

@@ -22,6 +22,7 @@ non-final ones are right-padded (exact, see above) and stacked into calls of a f
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ import torch
 
 if TYPE_CHECKING:
     from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
+
+log = logging.getLogger(__name__)
 
 # XTTS-v2's HiFi-GAN: an output sample depends on input frames up to 13 away on either side (measured by
 # perturbing one frame; tests/worker/test_xtts.py checks it). Context beyond it makes chunks exact.
@@ -267,13 +270,18 @@ def decode_windows(
     ``graphs`` (CUDA graphs of that HiFi-GAN, :class:`worker.batch_graphs.VocoderGraphs`) replace the
     calls at the shapes they were captured for.
     """
-    hifigan = net if net is not None else decoder.waveform_decoder
+    own = decoder.waveform_decoder
+    hifigan = net if net is not None else own
     dtype = next(hifigan.parameters()).dtype
 
     def run(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        z, g = z.to(dtype), g.to(dtype)
-        replayed = graphs.run(z, g) if graphs is not None else None
-        return (replayed if replayed is not None else hifigan(z, g=g)).float()
+        low_z, low_g = z.to(dtype), g.to(dtype)
+        replayed = graphs.run(low_z, low_g) if graphs is not None else None
+        wav = (replayed if replayed is not None else hifigan(low_z, g=low_g)).float()
+        if hifigan is not own and not bool(torch.isfinite(wav).all()):
+            _warn_non_finite(dtype)
+            wav = own(z.to(torch.float32), g=g.to(torch.float32))  # never overflow into members' ears
+        return wav
 
     out: list[torch.Tensor | None] = [None] * len(windows)
     group = [i for i, w in enumerate(windows) if batch and _paddable(w)]
@@ -322,6 +330,20 @@ def stack_windows(windows: list[VocoderWindow], left: list[int], width: int, siz
     table = torch.stack([*latents, torch.zeros_like(latents[0])])  # [T + 1, D]
     frames = interpolate(table, index.reshape(2, 2, -1), w1.reshape(2, -1), w2.reshape(-1))  # [size·width, D]
     return frames.view(size, width, -1).transpose(1, 2).contiguous()
+
+
+_non_finite_calls = 0  # reduced-precision calls redone in float32 (overflow), in this process
+
+
+def _warn_non_finite(dtype: torch.dtype) -> None:
+    global _non_finite_calls
+    _non_finite_calls += 1
+    if _non_finite_calls == 1 or _non_finite_calls % 100 == 0:
+        log.warning(
+            "%s HiFi-GAN gave a non-finite sample (%d calls so far): redone in float32; "
+            "VOXCLONE_VOCODER_DTYPE=float32 avoids it",
+            str(dtype).removeprefix("torch."), _non_finite_calls,
+        )  # fmt: skip
 
 
 class CapturedVocoder(Protocol):

@@ -940,3 +940,28 @@ def test_a_session_replays_hifigan_from_graphs_with_the_same_audio(
     assert StandInGraph.replays["forward"] - before >= 1  # the first chunks' 48-frame windows
     for i, request in enumerate(requests):
         assert_same_audio(got[str(i)], alone(engine, request))
+
+
+async def test_a_reduced_precision_call_that_overflows_is_redone_in_float32(
+    greedy: XttsEngine, voice: VoiceEmbedding, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Members never hear an overflow: a non-finite sample from the reduced-precision copy (here one
+    made to give NaN everywhere) sends that call to the model's own HiFi-GAN, and the audio is the
+    float32 path's."""
+    from worker.xtts_vocoder import VocoderPrecision
+
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
+    engine.vocoder_precision = VocoderPrecision(torch.float64, checked=False)  # used unchecked, as asked
+    session = engine.open_batch(2)
+    net = session.vocoder_net
+    session.close()
+    assert net is not None
+    with torch.no_grad():
+        net.conv_post.weight.fill_(math.nan)
+    requests = mixed(voice)[:2]
+    with caplog.at_level(logging.WARNING, logger="worker.xtts_vocoder"):
+        outputs = await batched(engine, requests, max_batch=2)
+    for got, request in zip(outputs, requests, strict=True):
+        assert_same_audio(got, alone(greedy, request))
+    warned = [r.getMessage() for r in caplog.records if "non-finite sample" in r.getMessage()]
+    assert warned and "redone in float32" in warned[0] and "VOXCLONE_VOCODER_DTYPE=float32" in warned[0]

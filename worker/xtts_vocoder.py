@@ -25,6 +25,7 @@ import functools
 import logging
 import math
 import os
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +45,9 @@ WINDOW_STEP_CUDA = 48  # frames: CUDA windows are multiples of this (chunks of 8
 VOCODER_BATCHES = (1, 2, 4, 8, 16, 24, 32)  # streams per batched HiFi-GAN call, padded up to one of these
 
 
+_GRIDS: weakref.WeakKeyDictionary[Any, FrameGrid] = weakref.WeakKeyDictionary()  # by HifiDecoder
+
+
 def _scale(factor: float) -> float:
     """The source-coordinate step torch's linear upsampling uses for ``scale_factor`` (float32, 1/factor)."""
     return float(np.float32(1.0 / factor))
@@ -58,6 +62,15 @@ class FrameGrid:
         self.hop = decoder.output_hop_length  # 256 output samples per frame
         self.step1 = _scale(self.factor1)
         self.step2 = _scale(self.factor2)
+        self._exact: dict[int, int] = {}  # exact_frames by token count (asked every step of every stream)
+
+    @classmethod
+    def of(cls, decoder: HifiDecoder) -> FrameGrid:
+        """The grid of ``decoder``, made once: every sentence's vocoder shares it (and its cache)."""
+        grid = _GRIDS.get(decoder)
+        if grid is None:
+            grid = _GRIDS[decoder] = cls(decoder)
+        return grid
 
     def stage1_len(self, tokens: int) -> int:
         return math.floor(tokens * self.factor1)
@@ -82,6 +95,12 @@ class FrameGrid:
 
     def exact_frames(self, tokens: int) -> int:
         """How many leading frames no later latent can change, when ``tokens`` latents are known so far."""
+        known = self._exact.get(tokens)
+        if known is None:
+            known = self._exact[tokens] = self._exact_frames(tokens)
+        return known
+
+    def _exact_frames(self, tokens: int) -> int:
         n1 = self.stage1_len(tokens)
         total = self.frames(tokens)
         if total == 0:
@@ -136,7 +155,7 @@ class StreamingVocoder:
         if context_frames < VOCODER_RECEPTIVE_FRAMES:
             raise ValueError(f"context_frames must be >= {VOCODER_RECEPTIVE_FRAMES} for exact chunks")
         self.decoder = decoder
-        self.grid = FrameGrid(decoder)
+        self.grid = FrameGrid.of(decoder)
         self.speaker = speaker_embedding
         self.context = context_frames
         self.window_step = window_step  # windows span a multiple of this many frames where they can

@@ -338,3 +338,16 @@ def test_vocoder_receptive_field(engine: XttsEngine) -> None:
     reach_left = 40 - int(changed.min()) // 256
     reach_right = int(changed.max()) // 256 - 40
     assert max(reach_left, reach_right) == VOCODER_RECEPTIVE_FRAMES
+
+
+def test_every_sentence_shares_one_frame_grid_and_its_cached_answers(engine: XttsEngine) -> None:
+    from worker.xtts_vocoder import FrameGrid, StreamingVocoder
+
+    decoder = engine.model.hifigan_decoder
+    shared = StreamingVocoder(decoder, torch.zeros(1, 512, 1)).grid
+    assert StreamingVocoder(decoder, torch.zeros(1, 512, 1)).grid is shared is FrameGrid.of(decoder)
+    fresh = FrameGrid(decoder)
+    answers = [shared.exact_frames(t) for t in range(700)]
+    assert answers == [shared.exact_frames(t) for t in range(700)]  # now from the cache
+    assert answers == [fresh._exact_frames(t) for t in range(700)]
+    assert answers[100] > answers[99] > 0 and answers[0] == 0

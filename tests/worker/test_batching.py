@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -965,3 +966,83 @@ async def test_a_reduced_precision_call_that_overflows_is_redone_in_float32(
         assert_same_audio(got, alone(greedy, request))
     warned = [r.getMessage() for r in caplog.records if "non-finite sample" in r.getMessage()]
     assert warned and "redone in float32" in warned[0] and "VOXCLONE_VOCODER_DTYPE=float32" in warned[0]
+
+
+class GatedMarker:
+    """A stand-in watermark (halves the audio, so every sample shows it was marked) whose first calls
+    wait for :attr:`gate`: the engine thread must decode on meanwhile. Records the threads it ran on."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.threads: set[str] = set()
+
+    def apply(self, pcm: np.ndarray, sample_rate: int) -> np.ndarray:
+        self.gate.wait(timeout=30)
+        self.threads.add(threading.current_thread().name)
+        return (pcm * 0.5).astype(np.float32)
+
+
+def test_watermarking_runs_beside_decoding_and_keeps_each_streams_order(
+    greedy: XttsEngine, voice: VoiceEmbedding
+) -> None:
+    marker = GatedMarker()
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, watermark=marker)  # type: ignore[arg-type]
+    engine.decoders.mark_threads = 3  # several streams' chunks at once, whatever this machine has
+    requests = mixed(voice)[:3]
+    session = engine.open_batch(3)
+    assert session.marking is not None
+    chunks: dict[str, list[np.ndarray]] = {str(i): [] for i in range(3)}
+    stats = {str(i): StreamStats() for i in range(3)}
+    for i, r in enumerate(requests):
+        session.add(str(i), engine.prepare(r), stats[str(i)])
+    try:
+        for _ in range(12):  # the first chunks (4 tokens) wait for the gate; decoding does not
+            assert all(out.error is None and not out.chunks for out in session.step())
+        assert all(s.tokens >= 12 for s in stats.values()) and not any(s.samples for s in stats.values())
+        marker.gate.set()
+        while session.keys:
+            for out in session.step():
+                assert out.error is None
+                chunks[out.key] += out.chunks  # type: ignore[index]
+    finally:
+        marker.gate.set()
+        session.close()
+    assert marker.threads and all(name.startswith("watermark") for name in marker.threads)
+    reference = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, watermark=marker)  # type: ignore[arg-type]
+    for i, request in enumerate(requests):
+        expected = alone(reference, request)
+        assert_same_audio(chunks[str(i)], expected)
+        assert np.abs(np.concatenate(chunks[str(i)])).max() <= 16384  # halved: every sample was marked
+
+
+def test_a_streams_chunks_are_made_in_order_and_a_failure_reaches_that_stream_only() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.batch import RowOutput, _after, _guarded
+
+    order: dict[int, list[int]] = {0: [], 1: []}
+
+    def make(stream: int, index: int) -> np.ndarray:
+        time.sleep(0.002 * ((index * 7 + stream) % 3))  # later jobs would often overtake earlier ones
+        order[stream].append(index)
+        if stream == 1 and index == 5:
+            raise RuntimeError("perth failed")
+        return np.full(4, index, dtype=np.int16)
+
+    with ThreadPoolExecutor(4) as pool:
+        last: dict[int, Any] = {0: None, 1: None}
+        futures: dict[int, list[Any]] = {0: [], 1: []}
+        for index in range(20):
+            for stream in (0, 1):
+                last[stream] = pool.submit(_after, last[stream], functools.partial(make, stream, index))
+                futures[stream].append(last[stream])
+        for f in futures[0] + futures[1]:
+            f.exception(timeout=30)
+    assert order[0] == order[1] == list(range(20))
+    ok, failed = RowOutput("a"), RowOutput("b")
+    for f in futures[0]:
+        _guarded(ok, f.result)
+    for f in futures[1]:
+        _guarded(failed, f.result)
+    assert ok.error is None and [int(c[0]) for c in ok.chunks] == list(range(20))
+    assert isinstance(failed.error, InternalWorkerError) and len(failed.chunks) == 5  # up to the failure

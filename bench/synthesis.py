@@ -531,6 +531,7 @@ RATIO_PAIRS = (
             "vox-overlap",
             "vox-fp32-vocoder",
             "vox-eager-vocoder",
+            "vox-watermarked",
         )
     ),
     ("vox-staggered", "vox-staggered-eager-vocoder"),
@@ -670,6 +671,7 @@ LEVEL_OPTIONS = (
         "CUDA: levels to also run with captured decode steps but eager prefills",
     ),
     ("--staggered-at", "32", "", "levels to also run with arrivals spread over --stagger-s"),
+    ("--watermarked-at", "1,32", "", "levels to also run watermarked, as the worker serves (perth, CPU)"),
     ("--eager-vocoder-at", "1,32", "", "CUDA: levels to also run HiFi-GAN launched op by op (no graphs)"),
     ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
     ("--profile-at", "32", "", "levels to run once under torch.profiler ('' for none)"),
@@ -710,6 +712,7 @@ def main() -> None:
     eager_prefill_levels: list[int] = args.eager_prefill_at
     eager_vocoder_levels: list[int] = args.eager_vocoder_at
     staggered_levels: list[int] = args.staggered_at
+    watermarked_levels: list[int] = args.watermarked_at
     fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
@@ -808,6 +811,12 @@ def main() -> None:
         variant("vox-staggered", engine, staggered_levels, stagger_s=args.stagger_s)
         if launched is not None:
             variant("vox-staggered-eager-vocoder", launched, staggered_levels, stagger_s=args.stagger_s)
+    if watermarked_levels:  # as the worker serves: every chunk watermarked (perth, on the CPU)
+        from worker.watermark import Watermarker
+
+        marked = stage("watermarker", lambda: copy_of(watermark=Watermarker()))
+        if marked is not None:
+            variant("vox-watermarked", marked, watermarked_levels)
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
         variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
@@ -859,6 +868,7 @@ def main() -> None:
                 "vox-eager-vocoder",
                 "vox-staggered",
                 "vox-staggered-eager-vocoder",
+                "vox-watermarked",
                 "vox-serial",
                 "vox-eager",
                 "stock",

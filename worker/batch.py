@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARK_THREADS_MAX = 8  # watermarking threads per engine: half the cores, at most this many
+MAX_UNMADE_CHUNKS = 4  # a stream's chunks waiting for the watermark before its row sits out steps
 
 
 @dataclass
@@ -77,6 +78,7 @@ class _Row:
     draws: UniformDraws
     vocoder: StreamingVocoder
     marking: Future[Int16Array] | None = None  # the row's last chunk job: the next one runs after it
+    unmade: deque[Future[Int16Array]] = field(default_factory=deque)  # its chunk jobs not known done
     sentence: int = 0
     target: int = 0  # tokens before the next chunk
     since_chunk: int = 0
@@ -184,6 +186,8 @@ class BatchSynthesis:
         """
         if not self._slots and not self._launches:
             return []
+        if self.marking is not None:  # a stream whose watermarking is behind waits for it too
+            held = {*held, *(row.key for row in self._slots if _marking_behind(row))}
         joining = [i for i, row in enumerate(self._slots) if row.needs_prefill and row.key not in held]
         produced: list[tuple[int, torch.Tensor, int]] = []  # (slot, latent, token)
         if joining:
@@ -352,6 +356,7 @@ class BatchSynthesis:
             row.marking = done
             return done
         row.marking = pool.submit(_after, previous, make)
+        row.unmade.append(row.marking)
         return row.marking
 
     def _next_sentence(self, row: _Row) -> bool:
@@ -413,6 +418,15 @@ class ChunkWriter:
             if self._stats.first_chunk_s is None:
                 self._stats.first_chunk_s = time.perf_counter() - self._stats.started
         return out
+
+
+def _marking_behind(row: _Row) -> bool:
+    """Whether ``row`` has :data:`MAX_UNMADE_CHUNKS` chunks waiting for the watermark: if marking cannot
+    keep up, decoding further ahead only queues more (and later streams' first chunks behind them)."""
+    unmade = row.unmade
+    while unmade and unmade[0].done():
+        unmade.popleft()
+    return len(unmade) >= MAX_UNMADE_CHUNKS
 
 
 def _after(previous: Future[Int16Array] | None, make: Callable[[], Int16Array]) -> Int16Array:

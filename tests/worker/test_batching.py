@@ -1046,3 +1046,71 @@ def test_a_streams_chunks_are_made_in_order_and_a_failure_reaches_that_stream_on
         _guarded(failed, f.result)
     assert ok.error is None and [int(c[0]) for c in ok.chunks] == list(range(20))
     assert isinstance(failed.error, InternalWorkerError) and len(failed.chunks) == 5  # up to the failure
+
+
+class Parking:
+    """An executor that runs chunk jobs at once, except one stream's, which it keeps until released."""
+
+    def __init__(self) -> None:
+        self.stuck: object = None  # the ChunkWriter whose jobs wait
+        self.parked: list[tuple[Any, Any, Any, Any]] = []
+
+    def submit(self, fn: Any, previous: Any, make: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        if getattr(make, "func", make).__self__ is self.stuck:
+            self.parked.append((future, fn, previous, make))
+        else:
+            future.set_result(fn(previous, make))
+        return future
+
+    def release(self) -> None:
+        self.stuck = None
+        for future, fn, previous, make in self.parked:
+            future.set_result(fn(previous, make))
+
+
+def test_a_stream_whose_watermarking_is_behind_sits_out_decode_steps(
+    greedy: XttsEngine, voice: VoiceEmbedding
+) -> None:
+    """Decoding does not run ahead of a stuck watermark without bound: once a stream has a few chunks
+    waiting for it, its row sits out steps while the others go on; released, it ends with the same audio."""
+    from worker.batch import MAX_UNMADE_CHUNKS
+    from worker.watermark import Watermarker
+    from worker.xtts import ChunkPlan
+
+    small = ChunkPlan(first_tokens=2, tokens=4)  # many chunks in a few tokens
+    engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, chunks=small)
+    engine.watermark = GatedMarker()  # type: ignore[assignment]
+    engine.watermark.gate.set()  # type: ignore[attr-defined]
+    requests = [req(voice, "The stream whose marking is stuck.", 40, 7), req(voice, "The other one.", 40, 8)]
+    stats = {"a": StreamStats(), "b": StreamStats()}
+    session = engine.open_batch(2)
+    parking = Parking()
+    session.marking = parking  # type: ignore[assignment]
+    for key, request in zip(stats, requests, strict=True):
+        session.add(key, engine.prepare(request), stats[key])
+    stuck = session._slots[0]
+    parking.stuck = stuck.writer
+    chunks: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+    try:
+        while stats["b"].tokens < 40:  # (with b done too, a step would wait for a's marking)
+            for out in session.step():
+                chunks[out.key] += out.chunks  # type: ignore[index]
+        assert stats["a"].tokens < 20  # only the stuck stream waits
+        assert len(parking.parked) == len(stuck.unmade) == MAX_UNMADE_CHUNKS
+        assert not chunks["a"] and not chunks["b"]  # chunks go out in launch order: after a's first
+        parking.release()
+        while session.keys:
+            for out in session.step():
+                assert out.error is None
+                chunks[out.key] += out.chunks  # type: ignore[index]
+    finally:
+        session.close()
+    assert stats["a"].tokens == 40
+    reference = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, chunks=small)
+    reference.watermark = engine.watermark
+    for key, request in zip(stats, requests, strict=True):
+        assert_same_audio(chunks[key], alone(reference, request))
+    assert isinstance(engine.watermark, GatedMarker) and not isinstance(engine.watermark, Watermarker)

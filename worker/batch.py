@@ -77,8 +77,7 @@ class _Row:
     writer: ChunkWriter
     draws: UniformDraws
     vocoder: StreamingVocoder
-    marking: Future[Int16Array] | None = None  # the row's last chunk job: the next one runs after it
-    unmade: deque[Future[Int16Array]] = field(default_factory=deque)  # its chunk jobs not known done
+    unmade: deque[Future[Int16Array]] = field(default_factory=deque)  # its marking jobs not known done
     sentence: int = 0
     target: int = 0  # tokens before the next chunk
     since_chunk: int = 0
@@ -316,8 +315,7 @@ class BatchSynthesis:
                 if launch.chunks is None:
                     self._make_chunks(launch)
                 assert launch.chunks is not None
-                for _, chunk, _ in launch.chunks:
-                    concurrent.futures.wait([chunk])
+                concurrent.futures.wait([chunk for _, chunk, _ in launch.chunks])
             wait = False
             self._launches.popleft()
             assert launch.chunks is not None
@@ -346,18 +344,16 @@ class BatchSynthesis:
 
     def _chunk(self, row: _Row, make: Callable[[], Int16Array]) -> Future[Int16Array]:
         """``make()`` on the marking threads after the row's previous chunk (at once without them)."""
-        previous, pool = row.marking, self.marking
-        if pool is None:
+        if self.marking is None:
             done: Future[Int16Array] = Future()
             try:
                 done.set_result(make())
             except Exception as exc:  # noqa: BLE001 (handed to _guarded by result(), as from a thread)
                 done.set_exception(exc)
-            row.marking = done
             return done
-        row.marking = pool.submit(_after, previous, make)
-        row.unmade.append(row.marking)
-        return row.marking
+        previous = row.unmade[-1] if row.unmade else None  # (one no longer there is done)
+        row.unmade.append(self.marking.submit(_after, previous, make))
+        return row.unmade[-1]
 
     def _next_sentence(self, row: _Row) -> bool:
         """Start ``row``'s next sentence; False when that was its last."""

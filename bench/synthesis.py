@@ -417,7 +417,7 @@ def profile(
 
     cuda = torch.device(engine.device).type == "cuda"
     steps = {"n": 0}
-    original = BatchDecoder.step
+    original = BatchDecoder.launch
 
     def counted(self: BatchDecoder, *args: Any) -> Any:
         steps["n"] += 1
@@ -427,11 +427,11 @@ def profile(
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     try:
         asyncio.run(one_level(scheduler, voice, n, WARMUP_TOKENS))
-        BatchDecoder.step = counted  # type: ignore[method-assign,assignment]
+        BatchDecoder.launch = counted  # type: ignore[method-assign,assignment]
         with torch_profile(activities=activities) as prof:
             row = asyncio.run(one_level(scheduler, voice, n, tokens))
     finally:
-        BatchDecoder.step = original  # type: ignore[method-assign]
+        BatchDecoder.launch = original  # type: ignore[method-assign]
         scheduler.close()
     events = prof.key_averages()
     sort = "cuda_time_total" if cuda else "self_cpu_time_total"
@@ -446,19 +446,21 @@ def profile(
 
 def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens: int) -> list[dict[str, Any]]:
     """Host wall time per decode step, by part, at each level (the parts' calls timed; nothing synchronised
-    beyond what the code does: the decode step includes waiting for its tokens)."""
+    beyond what the code does: launching a step waits for nothing, reading its tokens waits for the device;
+    pipelined, the device runs the next step meanwhile)."""
     from collections import defaultdict
 
     import worker.xtts_vocoder
     from worker.batch import BatchSynthesis
-    from worker.batch_gpt import BatchDecoder
+    from worker.batch_gpt import BatchDecoder, PendingStep
     from worker.xtts_vocoder import StreamingVocoder
 
     spent: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     parts = [
         (BatchSynthesis, "step", "session step"),
-        (BatchDecoder, "step", "gpt step + token wait"),
+        (BatchDecoder, "launch", "gpt step launch"),
+        (PendingStep, "result", "wait for a step's tokens"),
         (BatchDecoder, "prefill", "prefill"),
         (StreamingVocoder, "window", "vocoder window planning"),
         (BatchSynthesis, "_launch", "vocoder launch"),  # includes building the windows' input (next)
@@ -491,7 +493,7 @@ def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens:
                 row = asyncio.run(one_level(scheduler, voice, n, tokens))
             finally:
                 scheduler.close()
-            steps = max(1, calls["gpt step + token wait"])
+            steps = max(1, calls["gpt step launch"])
             per = {label: round(1000 * spent[label] / steps, 3) for _, _, label in parts}
             per["outside the session (scheduler loop)"] = round(
                 1000 * row.wall_s / steps - per["session step"], 3
@@ -532,6 +534,8 @@ RATIO_PAIRS = (
             "vox-fp32-vocoder",
             "vox-eager-vocoder",
             "vox-watermarked",
+            "vox-unpipelined",
+            "vox-pipelined",
         )
     ),
     ("vox-staggered", "vox-staggered-eager-vocoder"),
@@ -571,7 +575,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
     print(
         f"\n== XTTS-v2 {meta['size']} (random weights) on {meta['device_name']}, {meta['tokens']} tokens "
         f"= {meta['audio_s_per_request']:.2f} s audio per request, watermark {marked}, "
-        f"decode {meta['decode']}, {meta['vocoder']} HiFi-GAN, torch {meta['torch']} =="
+        f"decode {meta['decode']}, {meta['vocoder']} HiFi-GAN, "
+        f"{'pipelined' if meta.get('pipelined') else 'unpipelined'} engine loop, torch {meta['torch']} =="
     )
     head = f"{'engine':16s} {'conc':>4s} {'TTFC p50 ms':>11s} {'TTFC max ms':>11s} {'RTF p50':>8s} "
     print(head + f"{'RTF max':>8s} {'throughput ×RT':>14s} {'wall s':>7s} {'GPU GB':>7s}")
@@ -674,6 +679,12 @@ LEVEL_OPTIONS = (
     ("--watermarked-at", "1,32", "", "levels to also run watermarked, as the worker serves (perth, CPU)"),
     ("--eager-vocoder-at", "1,32", "", "CUDA: levels to also run HiFi-GAN launched op by op (no graphs)"),
     ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
+    (
+        "--flip-pipeline-at",
+        "1,32",
+        "",
+        "levels to also run with the engine loop's pipelining switched: vox-unpipelined on CUDA",
+    ),
     ("--profile-at", "32", "", "levels to run once under torch.profiler ('' for none)"),
     ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
 )
@@ -714,6 +725,7 @@ def main() -> None:
     staggered_levels: list[int] = args.staggered_at
     watermarked_levels: list[int] = args.watermarked_at
     fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
+    flip_pipeline_levels: list[int] = args.flip_pipeline_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
 
@@ -773,6 +785,7 @@ def main() -> None:
         stock_chunk_tokens=args.stock_chunk,
         our_chunk_tokens=[engine.chunks.first_tokens, engine.chunks.tokens],
         watermark=args.watermark,
+        pipelined=engine.pipeline,
     )
 
     def variant(
@@ -820,6 +833,9 @@ def main() -> None:
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
         variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
+    if flip_pipeline_levels:  # the other engine loop: what launching each step before reading the last buys
+        name = "vox-unpipelined" if engine.pipeline else "vox-pipelined"
+        variant(name, copy_of(pipeline=not engine.pipeline), flip_pipeline_levels)
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
@@ -863,6 +879,8 @@ def main() -> None:
             (
                 "voxclone",
                 "vox-fp32-vocoder",
+                "vox-unpipelined",
+                "vox-pipelined",
                 "vox-overlap",
                 "vox-eager-prefill",
                 "vox-eager-vocoder",

@@ -7,9 +7,11 @@ repetition history, chunk schedule, streaming vocoder and watermark state, so it
 :meth:`worker.xtts.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
 rounding). A request's sentences run one after another in its row: a finished sentence re-prefills the
 row with the next one. Chunks due at a step are vocoded together (several streams in one HiFi-GAN call
-where that pays) and each launch's audio is handed out, in launch order, once it is done: at once by
-default, or by a later :meth:`BatchSynthesis.step` when HiFi-GAN runs on a second CUDA stream
-(``VOXCLONE_VOCODER_OVERLAP=on``, an experiment: measured slower, see :func:`vocoder_overlap`).
+where that pays) and each launch's audio is handed out, in launch order, once it is done: at once on the
+CPU, by the next :meth:`BatchSynthesis.step` on CUDA, where the engine loop is pipelined (each decode
+step launched before the previous one is read, :func:`decode_pipeline`), and later still when HiFi-GAN
+runs on a second CUDA stream (``VOXCLONE_VOCODER_OVERLAP=on``, an experiment: measured slower, see
+:func:`vocoder_overlap`).
 :class:`ChunkWriter` (int16 chunks, watermark) serves both synthesis paths; :class:`DecoderPool` keeps an
 engine's decoders (static caches, captured graphs) between sessions.
 """
@@ -17,6 +19,7 @@ engine's decoders (static caches, captured graphs) between sessions.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import functools
 import logging
@@ -34,7 +37,7 @@ import torch
 
 from worker.audio import OUTPUT_SAMPLE_RATE
 from worker.errors import InternalWorkerError, SpeechError
-from worker.xtts_gpt import UniformDraws, draw_uniform, text_prefix
+from worker.xtts_gpt import UniformDraws, draw_uniform, text_prefix, undraw_uniform
 from worker.xtts_vocoder import (
     VOCODER_MIN_SNR_DB,
     WINDOW_STEP_CUDA,
@@ -44,10 +47,11 @@ from worker.xtts_vocoder import (
     decode_windows,
     precision_snr,
     prewarm,
+    redo_in_float32,
 )
 
 if TYPE_CHECKING:
-    from worker.batch_gpt import BatchDecoder, StepResult
+    from worker.batch_gpt import BatchDecoder, PendingStep, StepResult
     from worker.types import FloatArray
     from worker.watermark import Watermarker
     from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
@@ -84,6 +88,15 @@ class _Row:
     steps: int = 0  # tokens of the current sentence
     needs_prefill: bool = True
     removed: bool = False  # cancelled or failed: audio still in flight for it is dropped
+    epoch: int = 0  # sentences ended so far: a step launched before the last end is not this row's
+
+
+@dataclass
+class _InFlight:
+    """A decode step launched and not yet read, and the rows it advanced (with their epochs then)."""
+
+    step: PendingStep
+    rows: list[tuple[int, _Row, int]]  # (index in the step's outputs, row, row's epoch at launch)
 
 
 @dataclass
@@ -93,6 +106,7 @@ class _Launch:
 
     items: list[tuple[_Row, torch.Tensor]]  # each row's new audio (float32 on the host once ready)
     ends: list[_Row]  # rows whose last sentence ended at that step: done once this audio is out
+    windows: list[VocoderWindow]  # what each item's audio was made from (to redo a reduced-precision one)
     event: torch.cuda.Event | None = None  # None: computed synchronously, ready at once
     keep: object = None  # device tensors the side stream uses: alive until the event completes
     chunks: list[tuple[_Row, Future[Int16Array], bool]] | None = None  # (row, chunk, ends the stream)
@@ -122,6 +136,7 @@ class BatchSynthesis:
         vocoder_net: torch.nn.Module | None = None,
         vocoder_graphs: CapturedVocoder | None = None,
         marking: ThreadPoolExecutor | None = None,
+        pipeline: bool = False,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
@@ -131,6 +146,8 @@ class BatchSynthesis:
         self.vocoder_net = vocoder_net  # CUDA: a float16 HiFi-GAN (None: the model's own)
         self.vocoder_graphs = vocoder_graphs  # CUDA: that HiFi-GAN replayed at the standard shapes
         self.marking = marking  # threads that watermark chunks (None: made on this thread)
+        self.pipeline = pipeline  # launch each decode step before reading the last (VOXCLONE_PIPELINE)
+        self._pending: _InFlight | None = None  # pipelined: the step launched last, read next time
         self._slots: list[_Row] = []  # row i lives in decoder slot i
         self._draining: dict[Hashable, _Row] = {}  # decoding finished, audio still being vocoded
         self._launches: deque[_Launch] = deque()  # vocoder work in flight, oldest first
@@ -182,31 +199,58 @@ class BatchSynthesis:
 
         Returns the audio that is ready: on CUDA a chunk launched at one step usually comes out at the
         next. With no row to advance, it waits for the oldest chunks in flight instead.
+
+        Pipelined (:attr:`pipeline`), the decode step launched here is read by the next call, after that
+        call has launched its own: the host books one step's tokens, plans and launches its vocoder
+        work and hands out audio while the device runs the next, instead of the device waiting for the
+        host between steps. A row whose sentence ended at the step being read was advanced once more by
+        the step launched meanwhile; that token is dropped and its random draw given back, so each
+        stream's audio is what it would be unpipelined.
         """
-        if not self._slots and not self._launches:
+        if not self._slots and not self._launches and self._pending is None:
             return []
         if self.marking is not None:  # a stream whose watermarking is behind waits for it too
             held = {*held, *(row.key for row in self._slots if _marking_behind(row))}
         joining = [i for i, row in enumerate(self._slots) if row.needs_prefill and row.key not in held]
-        produced: list[tuple[int, torch.Tensor, int]] = []  # (slot, latent, token)
+        produced: list[tuple[_Row, torch.Tensor, int]] = []  # (row, latent, token)
         if joining:
             result = self._prefill(joining)
-            produced += [(s, result.latents[j], result.tokens[j]) for j, s in enumerate(joining)]
+            produced += [(self._slots[s], result.latents[j], result.tokens[j]) for j, s in enumerate(joining)]
+        # Unpipelined, rows that just joined take their next token at the next call, as they always did.
+        launched = self._launch_step(held, () if self.pipeline else set(joining))
+        earlier = len(self._launches)  # vocoder work launched before this call
+        if self.pipeline:
+            launched, self._pending = self._pending, launched
+        if launched is not None:
+            result = launched.step.result()
+            produced += [
+                (row, result.latents[i], result.tokens[i])
+                for i, row, epoch in launched.rows
+                if not row.removed and row.epoch == epoch
+            ]
+        # Pipelined, the device has the next step queued behind the vocoder work launched before this
+        # call: waiting for that work's audio now idles nothing.
+        return self._advance(produced, block=not produced, vocoded=earlier if self.pipeline else 0)
+
+    def _launch_step(self, held: Collection[Hashable], skip: Collection[int]) -> _InFlight | None:
+        """Launch a decode step for every row not held, joining or waiting for its prefill."""
         active = [
-            not row.needs_prefill and row.key not in held and i not in joining
+            not row.needs_prefill and row.key not in held and i not in skip
             for i, row in enumerate(self._slots)
         ]
-        if any(active):
-            uniforms = [
-                draw_uniform(row.draws, self.engine.sampling) if on else 0.0
-                for row, on in zip(self._slots, active, strict=True)
-            ]
-            result = self.decoder.step(active, uniforms)
-            produced += [(i, result.latents[i], result.tokens[i]) for i, on in enumerate(active) if on]
-        return self._advance(produced)
+        if not any(active):
+            return None
+        uniforms = [
+            draw_uniform(row.draws, self.engine.sampling) if on else 0.0
+            for row, on in zip(self._slots, active, strict=True)
+        ]
+        pending = self.decoder.launch(active, uniforms)
+        advanced = enumerate(zip(self._slots, active, strict=True))
+        return _InFlight(pending, [(i, row, row.epoch) for i, (row, on) in advanced if on])
 
     def close(self, *, reuse: bool = True) -> None:
         """End the session; its decoder goes back to the engine unless a failure may have broken it."""
+        self._pending = None  # (on the decoder's stream: whatever runs there next runs after it)
         while self._launches:  # the side stream must be done with this session's tensors
             self._launches.popleft().wait()
         self._draining.clear()
@@ -232,19 +276,22 @@ class BatchSynthesis:
             row.stats.sentences += 1
         return self.decoder.prefill(slots, prefixes, minimums, uniforms)
 
-    def _advance(self, produced: list[tuple[int, torch.Tensor, int]]) -> list[RowOutput]:
-        """Book each row's new token; launch the vocoder on the chunks that are due; hand out ready audio."""
+    def _advance(
+        self, produced: list[tuple[_Row, torch.Tensor, int]], *, block: bool, vocoded: int
+    ) -> list[RowOutput]:
+        """Book each row's new token; launch the vocoder on the chunks that are due; hand out ready audio
+        (as :meth:`_hand_out` with ``block`` and ``vocoded``)."""
         stop = self.engine.model.gpt.stop_audio_token
         due: list[tuple[_Row, VocoderWindow]] = []
         finished: list[_Row] = []
-        for slot, latent, token in produced:
-            row = self._slots[slot]
+        for row, latent, token in produced:
             row.vocoder.push(latent)
             row.stats.tokens += 1
             row.steps += 1
             row.since_chunk += 1
             if token == stop or row.steps >= row.speech.max_tokens:
                 finished.append(row)
+                self._sentence_ended(row)
                 window = row.vocoder.window(final=True)
             elif row.since_chunk >= row.target and row.vocoder.pending_frames(final=False) > 0:
                 window = row.vocoder.window(final=False)
@@ -262,61 +309,83 @@ class BatchSynthesis:
         if due or ends:
             self._launches.append(self._launch(due, ends))
         outputs: dict[Hashable, RowOutput] = {}
-        self._hand_out(outputs, wait=not produced)
+        self._hand_out(outputs, block=block, vocoded=vocoded)
         for out in outputs.values():
             if out.done or out.error is not None:
                 self.remove(out.key)
         return list(outputs.values())
 
+    def _sentence_ended(self, row: _Row) -> None:
+        """``row``'s sentence ended at the step being read. Pipelined, the step launched meanwhile advanced
+        it once more: that token is dropped when it is read (the row's epoch moves on), and the random
+        number it drew is given back, to be drawn again by the row's next sentence, as unpipelined."""
+        flight = self._pending
+        if flight is not None and any(r is row and epoch == row.epoch for _, r, epoch in flight.rows):
+            undraw_uniform(row.draws, self.engine.sampling)
+        row.epoch += 1
+
     def _launch(self, due: list[tuple[_Row, VocoderWindow]], ends: list[_Row]) -> _Launch:
-        """HiFi-GAN over the due windows: on the side stream (CUDA) or at once."""
-        decoder = self.engine.model.hifigan_decoder
+        """HiFi-GAN over the due windows: at once, queued (pipelined), or on the side stream (CUDA).
+
+        The audio comes back to the host in one copy for every stream's chunk. Unpipelined the host waits
+        for it here; queued or on the side stream, an event says when it is there.
+        """
         windows = [w for _, w in due]
+        if not due:
+            return _Launch([], ends, [])
         stream = self.vocoder_stream
-        if stream is None or not due:
+        queued = torch.device(self.engine.device).type == "cuda" and (stream is not None or self.pipeline)
+        on_side = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+        with torch.inference_mode(), on_side:
+            if stream is not None:
+                stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
             waves = decode_windows(
-                decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net, graphs=self.vocoder_graphs
-            )
-            new = [w.new_audio(wav) for w, wav in zip(windows, waves, strict=True)]
-            # One copy to the host for every stream's chunk: on CUDA each copy is a synchronisation.
-            pcm = torch.cat(new).float().cpu().split([int(a.shape[0]) for a in new]) if new else ()
-            return _Launch([(row, a) for (row, _), a in zip(due, pcm, strict=True)], ends)
-        stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
-        with torch.inference_mode(), torch.cuda.stream(stream):
-            waves = decode_windows(
-                decoder, windows, batch=self.batch_vocoder, net=self.vocoder_net, graphs=self.vocoder_graphs
+                self.engine.model.hifigan_decoder,
+                windows,
+                batch=self.batch_vocoder,
+                net=self.vocoder_net,
+                graphs=self.vocoder_graphs,
             )
             new = [w.new_audio(wav) for w, wav in zip(windows, waves, strict=True)]
             flat = torch.cat(new).float()
-            host = torch.empty(flat.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(flat, non_blocking=True)  # one copy back for every stream's chunk
-            event = torch.cuda.Event()
-            event.record(stream)
+            event = None
+            if queued:
+                host = torch.empty(flat.shape, dtype=torch.float32, pin_memory=True)
+                host.copy_(flat, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()  # on the side stream when there is one: the current stream here
+            else:
+                host = flat.cpu()
         pcm = host.split([int(a.shape[0]) for a in new])
-        return _Launch([(row, a) for (row, _), a in zip(due, pcm, strict=True)], ends, event, (windows, flat))
+        items = [(row, a) for (row, _), a in zip(due, pcm, strict=True)]
+        return _Launch(items, ends, windows, event, (windows, flat) if stream is not None else None)
 
-    def _hand_out(self, outputs: dict[Hashable, RowOutput], *, wait: bool) -> None:
-        """Chunks of finished launches, oldest first (chunks stay in order); ``wait``: block for the oldest.
+    def _hand_out(self, outputs: dict[Hashable, RowOutput], *, block: bool, vocoded: int = 0) -> None:
+        """Chunks of finished launches, oldest first (chunks stay in order).
 
-        Launches whose audio is ready get their chunks made first (watermarked on the marking threads,
-        each stream's in order), so that the engine thread goes on decoding meanwhile.
+        Launches whose audio is on the host get their chunks made first (watermarked on the marking
+        threads, each stream's in order), so that the engine thread goes on decoding meanwhile; for the
+        ``vocoded`` oldest it waits until their audio is there. ``block``: wait for the oldest launch's
+        chunks to be made too (when there is nothing else to do); never for a later one's marking.
         """
-        for launch in self._launches:
+        for i, launch in enumerate(self._launches):
             if launch.chunks is None:
-                if not launch.ready():
+                if i < vocoded:
+                    launch.wait()
+                elif not launch.ready():
                     break  # in order: a later launch's chunks wait for an earlier one's
                 self._make_chunks(launch)
         while self._launches:
             launch = self._launches[0]
             if not launch.made():
-                if not wait:
+                if not block:
                     return
                 launch.wait()
                 if launch.chunks is None:
                     self._make_chunks(launch)
                 assert launch.chunks is not None
                 concurrent.futures.wait([chunk for _, chunk, _ in launch.chunks])
-            wait = False
+            block = False
             self._launches.popleft()
             assert launch.chunks is not None
             for row, chunk, last in launch.chunks:
@@ -330,9 +399,16 @@ class BatchSynthesis:
                     self._draining.pop(row.key, None)
 
     def _make_chunks(self, launch: _Launch) -> None:
-        """Start making ``launch``'s int16 chunks: each after its stream's previous one."""
+        """Start making ``launch``'s int16 chunks: each after its stream's previous one.
+
+        Reduced-precision audio is checked here, on the host, where checking costs no wait for the GPU:
+        a window with a non-finite sample is redone in float32 first.
+        """
         chunks: list[tuple[_Row, Future[Int16Array], bool]] = []
-        for row, pcm in launch.items:
+        reduced = next(self.vocoder_net.parameters()).dtype if self.vocoder_net is not None else None
+        for (row, pcm), window in zip(launch.items, launch.windows, strict=True):
+            if reduced is not None and not row.removed and not bool(torch.isfinite(pcm).all()):
+                pcm = redo_in_float32(self.engine.model.hifigan_decoder, window, reduced)
             if not row.removed:
                 chunks.append(
                     (row, self._chunk(row, functools.partial(row.writer.write, pcm.numpy())), False)
@@ -501,6 +577,7 @@ class DecoderPool:
             vocoder_net=net,
             vocoder_graphs=vocoder_graphs,
             marking=self._marking(),
+            pipeline=self.engine.pipeline,
         )
 
     def _marking(self) -> ThreadPoolExecutor | None:
@@ -644,3 +721,19 @@ def vocoder_overlap() -> bool:
     if mode not in ("on", "off"):
         raise ValueError(f"{VOCODER_OVERLAP_ENV} must be on or off, not {mode!r}")
     return mode == "on"
+
+
+PIPELINE_ENV = "VOXCLONE_PIPELINE"  # "auto" (default: on with CUDA), "on" or "off"
+
+
+def decode_pipeline(device: str, mode: str | None = None) -> bool:
+    """Whether the engine loop launches each decode step before reading the last one's tokens.
+
+    ``auto`` (the default) pipelines on CUDA, where the device can run a step while the host books the
+    last one; on the CPU both are the same cores, and each sentence's end would cost one dropped step.
+    ``on`` pipelines anywhere (the same audio; for tests), ``off`` nowhere.
+    """
+    mode = (mode or os.environ.get(PIPELINE_ENV) or "auto").strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"{PIPELINE_ENV} must be auto, on or off, not {mode!r}")
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from worker.transfer import copy_to
 from worker.xtts_gpt import SamplingParams, choose_tokens, initial_seen
 
 if TYPE_CHECKING:
@@ -49,6 +50,26 @@ class StepResult:
 
     latents: torch.Tensor  # [rows, D] float32 GPT latents, what HiFi-GAN consumes
     tokens: list[int]  # the audio token each row chose (the stop token ends a sentence)
+
+
+@dataclass(frozen=True)
+class PendingStep:
+    """A decode step that was launched and may still be running (:meth:`BatchDecoder.launch`).
+
+    Its outputs were copied as soon as it ran (in stream order), so later steps do not overwrite them:
+    the latents stay on the device, the tokens come to pinned host memory, and :attr:`done` (CUDA) marks
+    when they are there.
+    """
+
+    latents: torch.Tensor  # [rows, D] float32, on the device
+    tokens: torch.Tensor  # [rows] int64, on the host
+    done: torch.cuda.Event | None = None  # None: computed synchronously (CPU)
+
+    def result(self) -> StepResult:
+        """The step's outputs, waiting for the device if it is still running."""
+        if self.done is not None:
+            self.done.synchronize()
+        return StepResult(self.latents, self.tokens.tolist())
 
 
 def fused_activation(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -233,8 +254,8 @@ class BatchDecoder:
                 (self.p_sizes, [sizes[i] for i in part]),
                 (self.p_min_tokens, [min_tokens[i] for i in part]),
             ):
-                buf[:rows].copy_(torch.tensor(values, dtype=torch.long))
-            self.p_uniform[:rows].copy_(torch.tensor([uniforms[i] for i in part], dtype=torch.float32))
+                copy_to(buf[:rows], torch.tensor(values, dtype=torch.long))
+            copy_to(self.p_uniform[:rows], torch.tensor([uniforms[i] for i in part], dtype=torch.float32))
             captured = self.prefill_replay.get((rows, width)) if graphs else None
             if captured is not None:
                 captured.replay()
@@ -300,14 +321,24 @@ class BatchDecoder:
             return rows, length
         return bucket_for(rows, self.batch_sizes), bucket_for(length, self.lengths)
 
-    @torch.inference_mode()
     def step(self, active: Sequence[bool], uniforms: Sequence[float]) -> StepResult:
         """One token for every occupied row whose ``active`` is True; inactive rows stay where they are."""
+        return self.launch(active, uniforms).result()
+
+    @torch.inference_mode()
+    def launch(self, active: Sequence[bool], uniforms: Sequence[float]) -> PendingStep:
+        """:meth:`step` without waiting for it: on CUDA the host goes on while the device runs it.
+
+        Nothing here waits for the device (the inputs go over in queued copies), so a step can be launched
+        while the previous one still runs. The next step, a prefill or a :meth:`release` may follow before
+        :meth:`PendingStep.result`: each runs after this one, in stream order, and this step's outputs were
+        copied aside first. The host's cache lengths count this step at once.
+        """
         rows = self.rows
         if rows == 0 or len(active) != rows or len(uniforms) != rows:
             raise ValueError("step needs one active flag and one uniform per occupied row")
-        self.active[:rows].copy_(torch.tensor(list(active), dtype=torch.bool))
-        self.uniform[:rows].copy_(torch.tensor(list(uniforms), dtype=torch.float32))
+        copy_to(self.active[:rows], torch.tensor(list(active), dtype=torch.bool))
+        copy_to(self.uniform[:rows], torch.tensor(list(uniforms), dtype=torch.float32))
         shape = self.shape_for_step(graphs=bool(self.replay))
         self.active[rows : shape[0]] = False  # padding rows of a bucket are computed, never advanced
         captured = self.replay.get(shape)
@@ -317,7 +348,14 @@ class BatchDecoder:
             self.run_step(*shape)
         for slot, on in enumerate(active):
             self._pos_host[slot] += int(on)
-        return StepResult(self.out_latent[:rows].clone(), self.out_tokens[:rows].tolist())
+        latents = self.out_latent[:rows].clone()
+        if self.device.type != "cuda":
+            return PendingStep(latents, self.out_tokens[:rows].clone())
+        tokens = torch.empty(rows, dtype=torch.long, pin_memory=True)
+        tokens.copy_(self.out_tokens[:rows], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return PendingStep(latents, tokens, done)
 
     def run_step(self, batch: int, length: int) -> None:
         """The decode step over slots ``[0, batch)`` attending to ``length`` cache positions.

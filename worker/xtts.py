@@ -28,7 +28,7 @@ import numpy.typing as npt
 import torch
 
 from worker.audio import OUTPUT_SAMPLE_RATE
-from worker.batch import BatchSynthesis, ChunkWriter, DecoderPool, vocoder_overlap
+from worker.batch import BatchSynthesis, ChunkWriter, DecoderPool, decode_pipeline, vocoder_overlap
 from worker.batch_graphs import FastDecode, resolve_fast_decode
 from worker.errors import (
     IncompatibleVoice,
@@ -163,6 +163,7 @@ class XttsEngine:
         self.sample_rate = OUTPUT_SAMPLE_RATE
         self.fast_decode = fast_decode or resolve_fast_decode(device)
         self.vocoder_overlap = vocoder_overlap()  # CUDA: HiFi-GAN on a second stream (worker.batch)
+        self.pipeline = decode_pipeline(device)  # CUDA: each decode step launched before the last is read
         self.vocoder_precision = vocoder_precision(device)  # CUDA: batched HiFi-GAN calls in float16
         self.decoders = DecoderPool(self)
 

@@ -124,10 +124,22 @@ class UniformDraws:
         self._next += 1
         return self._block[self._next - 1]
 
+    def unread(self) -> None:
+        """Give the last number back: the next :meth:`next` returns it again."""
+        if self._next == 0:
+            raise RuntimeError("no number was drawn since the last block was made")
+        self._next -= 1
+
 
 def draw_uniform(draws: UniformDraws, params: SamplingParams) -> float:
     """The one uniform number a sampling step consumes (none when greedy), from the request's draws."""
     return 0.0 if params.greedy else draws.next()
+
+
+def undraw_uniform(draws: UniformDraws, params: SamplingParams) -> None:
+    """Undo the last :func:`draw_uniform` (a step whose token was dropped)."""
+    if not params.greedy:
+        draws.unread()
 
 
 @torch.inference_mode()

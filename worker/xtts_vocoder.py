@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from worker.transfer import to_device
+
 if TYPE_CHECKING:
     from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
 
@@ -216,9 +218,10 @@ class StreamingVocoder:
 
 def interpolate(latents: torch.Tensor, index: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> torch.Tensor:
     """``[F, D]`` frames from ``latents`` (``[T, D]``) by :meth:`FrameGrid.weights`' indices (into
-    ``latents``) and weights, with ``F.interpolate``'s float operations. Two copies to the device."""
-    index_t = torch.from_numpy(np.ascontiguousarray(index)).to(latents.device)  # [2, 2, F]
-    weights = torch.from_numpy(np.concatenate([w1, w2[None]])).to(latents.device)  # [3, F]
+    ``latents``) and weights, with ``F.interpolate``'s float operations. Two copies to the device, queued
+    (:mod:`worker.transfer`): the host does not wait for the decode step in flight."""
+    index_t = to_device(index, latents.device)  # [2, 2, F]
+    weights = to_device(np.concatenate([w1, w2[None]]), latents.device)  # [3, F]
     w1t = weights[:2, :, None].to(latents.dtype)
     mel = latents[index_t[0]] * (1 - w1t) + latents[index_t[1]] * w1t  # [2, F, D]: two stage-1 frames each
     w2t = weights[2, :, None].to(latents.dtype)
@@ -285,22 +288,18 @@ def decode_windows(
     end, which padding would change). Other final windows run alone and unpadded. With ``batch`` the
     padded ones run at their standard width, stacked up to a size in :data:`VOCODER_BATCHES` (zero rows
     fill the rest). (Batching pays on a GPU; on a CPU it is slower.) ``net`` runs instead of the
-    decoder's own HiFi-GAN (a float16 copy, :func:`vocoder_precision`); audio comes back in float32.
-    ``graphs`` (CUDA graphs of that HiFi-GAN, :class:`worker.batch_graphs.VocoderGraphs`) replace the
-    calls at the shapes they were captured for.
+    decoder's own HiFi-GAN (a float16 copy, :func:`vocoder_precision`); audio comes back in float32, and
+    the caller checks it once it is on the host (:func:`redo_in_float32`: checking here would make the
+    host wait for the GPU). ``graphs`` (CUDA graphs of that HiFi-GAN,
+    :class:`worker.batch_graphs.VocoderGraphs`) replace the calls at the shapes they were captured for.
     """
-    own = decoder.waveform_decoder
-    hifigan = net if net is not None else own
+    hifigan = net if net is not None else decoder.waveform_decoder
     dtype = next(hifigan.parameters()).dtype
 
     def run(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         low_z, low_g = z.to(dtype), g.to(dtype)
         replayed = graphs.run(low_z, low_g) if graphs is not None else None
-        wav = (replayed if replayed is not None else hifigan(low_z, g=low_g)).float()
-        if hifigan is not own and not bool(torch.isfinite(wav).all()):
-            _warn_non_finite(dtype)
-            wav = own(z.to(torch.float32), g=g.to(torch.float32))  # never overflow into members' ears
-        return wav
+        return (replayed if replayed is not None else hifigan(low_z, g=low_g)).float()
 
     out: list[torch.Tensor | None] = [None] * len(windows)
     group = [i for i, w in enumerate(windows) if batch and _paddable(w)]
@@ -351,18 +350,26 @@ def stack_windows(windows: list[VocoderWindow], left: list[int], width: int, siz
     return frames.view(size, width, -1).transpose(1, 2).contiguous()
 
 
-_non_finite_calls = 0  # reduced-precision calls redone in float32 (overflow), in this process
+_non_finite_calls = 0  # reduced-precision windows redone in float32 (overflow), in this process
 
 
-def _warn_non_finite(dtype: torch.dtype) -> None:
+@torch.inference_mode()
+def redo_in_float32(decoder: HifiDecoder, window: VocoderWindow, dtype: torch.dtype) -> torch.Tensor:
+    """``window``'s new audio (1-D, float32, on the host) from the model's own float32 HiFi-GAN.
+
+    For a window whose ``dtype`` call gave a non-finite sample (an overflow on an unusual input): members
+    never hear it. Logged on the first and every 100th time.
+    """
     global _non_finite_calls
     _non_finite_calls += 1
     if _non_finite_calls == 1 or _non_finite_calls % 100 == 0:
         log.warning(
-            "%s HiFi-GAN gave a non-finite sample (%d calls so far): redone in float32; "
+            "%s HiFi-GAN gave a non-finite sample (%d windows so far): redone in float32; "
             "VOXCLONE_VOCODER_DTYPE=float32 avoids it",
             str(dtype).removeprefix("torch."), _non_finite_calls,
         )  # fmt: skip
+    wav = decoder.waveform_decoder(window.z, g=window.speaker).reshape(-1)
+    return window.new_audio(wav).float().cpu()
 
 
 class CapturedVocoder(Protocol):

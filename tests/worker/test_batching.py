@@ -111,14 +111,25 @@ async def until(condition: Any, timeout: float = 20.0) -> None:
 def rows_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """How many rows each batched decode step advanced."""
     seen: list[int] = []
-    original = BatchDecoder.step
+    original = BatchDecoder.launch
 
     def spy(self: BatchDecoder, active: list[bool], uniforms: list[float]) -> Any:
         seen.append(sum(active))
         return original(self, active, uniforms)
 
-    monkeypatch.setattr(BatchDecoder, "step", spy)
+    monkeypatch.setattr(BatchDecoder, "launch", spy)
     yield seen
+
+
+@pytest.fixture(params=["unpipelined", "pipelined"])
+def pipeline(request: pytest.FixtureRequest, engine: XttsEngine, greedy: XttsEngine) -> Iterator[bool]:
+    """Both engine loops: each step read before the next is launched (the CPU default), and launched
+    before the last is read (CUDA's, ``VOXCLONE_PIPELINE``)."""
+    on = request.param == "pipelined"
+    before = engine.pipeline, greedy.pipeline
+    engine.pipeline = greedy.pipeline = on  # sessions opened from here on
+    yield on
+    engine.pipeline, greedy.pipeline = before
 
 
 # ----- same audio, batched or not --------------------------------------------------------------------
@@ -126,7 +137,12 @@ def rows_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 @pytest.mark.parametrize("sampling", ["greedy", "seeded"])
 async def test_batched_equals_one_by_one(
-    engine: XttsEngine, greedy: XttsEngine, voice: VoiceEmbedding, rows_seen: list[int], sampling: str
+    engine: XttsEngine,
+    greedy: XttsEngine,
+    voice: VoiceEmbedding,
+    rows_seen: list[int],
+    sampling: str,
+    pipeline: bool,
 ) -> None:
     chosen = greedy if sampling == "greedy" else engine
     requests = mixed(voice)
@@ -137,7 +153,7 @@ async def test_batched_equals_one_by_one(
 
 
 async def test_rows_join_and_leave_mid_flight(
-    engine: XttsEngine, voice: VoiceEmbedding, rows_seen: list[int]
+    engine: XttsEngine, voice: VoiceEmbedding, rows_seen: list[int], pipeline: bool
 ) -> None:
     first = [
         req(voice, "Hello world.", 8, 5),
@@ -161,7 +177,9 @@ async def test_rows_join_and_leave_mid_flight(
         assert_same_audio(got, alone(engine, request))
 
 
-async def test_cancelling_one_leaves_the_others_intact(engine: XttsEngine, voice: VoiceEmbedding) -> None:
+async def test_cancelling_one_leaves_the_others_intact(
+    engine: XttsEngine, voice: VoiceEmbedding, pipeline: bool
+) -> None:
     keep = [req(voice, "Hello world.", 24, 9), req(voice, "Good morning.", 20, 10)]
     scheduler = SynthesisScheduler(engine, max_queue=4, max_batch=3)
     try:
@@ -177,6 +195,58 @@ async def test_cancelling_one_leaves_the_others_intact(engine: XttsEngine, voice
     assert doomed.stats.cancelled and doomed.stats.tokens < 100
     for got, request in zip(results, keep, strict=True):
         assert_same_audio(got, alone(engine, request))
+
+
+def test_a_pipelined_session_launches_each_step_before_reading_the_last(
+    engine: XttsEngine, voice: VoiceEmbedding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device gets step n + 1 before the host reads step n; each sentence's end costs one dropped
+    token (the step launched meanwhile advanced that row once more), and the audio is each stream's own
+    (seeded sampling: a dropped step's random draw is given back, or the next sentence would differ)."""
+    from worker.batch_gpt import PendingStep
+
+    order: list[str] = []
+    advanced: list[int] = []
+    launch, result = BatchDecoder.launch, PendingStep.result
+
+    def launched(self: BatchDecoder, active: list[bool], uniforms: list[float]) -> Any:
+        order.append("launch")
+        advanced.append(sum(active))
+        return launch(self, active, uniforms)
+
+    def read(self: PendingStep) -> Any:
+        order.append("read")
+        return result(self)
+
+    monkeypatch.setattr(BatchDecoder, "launch", launched)
+    monkeypatch.setattr(PendingStep, "result", read)
+    monkeypatch.setattr(engine, "pipeline", True)
+    requests = [
+        req(voice, "Bonjour à tous. Ceci est une deuxième phrase.", 10, 2, "fr"),  # two sentences
+        req(voice, "Hello world.", 16, 1),
+        req(voice, "Short!", 6, 3),
+    ]
+    speeches = {str(i): engine.prepare(r) for i, r in enumerate(requests)}
+    stats = {key: StreamStats() for key in speeches}
+    chunks: dict[str, list[np.ndarray]] = {key: [] for key in speeches}
+    session = engine.open_batch(3)
+    try:
+        for key, speech in speeches.items():
+            session.add(key, speech, stats[key])
+        while session.keys:
+            for out in session.step():
+                assert out.error is None
+                chunks[out.key] += out.chunks  # type: ignore[index]
+    finally:
+        session.close()
+    assert order[:3] == ["launch", "launch", "read"]  # the second step went out before the first was read
+    assert order.count("read") == order.count("launch") - 1  # the last, launched as the last sentence ended
+    sentences = sum(len(speech.sentences) for speech in speeches.values())
+    assert sentences == 4
+    decoded = sum(s.tokens for s in stats.values()) - sentences  # each sentence's first token: its prefill
+    assert sum(advanced) - decoded == sentences  # one dropped token per sentence end
+    for i, request in enumerate(requests):
+        assert_same_audio(chunks[str(i)], alone(engine, request))
 
 
 class LateEvent:
@@ -214,7 +284,7 @@ def late_vocoder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 async def test_audio_that_comes_back_late_comes_out_in_order_and_unchanged(
-    engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int], rows_seen: list[int]
+    engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int], rows_seen: list[int], pipeline: bool
 ) -> None:
     requests = mixed(voice)
     outputs = await batched(engine, requests, max_batch=4)
@@ -224,7 +294,7 @@ async def test_audio_that_comes_back_late_comes_out_in_order_and_unchanged(
 
 
 def test_a_stream_cancelled_while_its_last_audio_is_in_flight_gets_none_of_it(
-    engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int]
+    engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int], pipeline: bool
 ) -> None:
     session = engine.open_batch(2)
     try:
@@ -460,7 +530,9 @@ def test_the_mlp_activation_is_fused_only_when_it_is_the_same_function() -> None
 # ----- flow control ----------------------------------------------------------------------------------
 
 
-async def test_a_slow_listener_pauses_only_its_own_row(engine: XttsEngine, voice: VoiceEmbedding) -> None:
+async def test_a_slow_listener_pauses_only_its_own_row(
+    engine: XttsEngine, voice: VoiceEmbedding, pipeline: bool
+) -> None:
     plan = engine.chunks
     # Chunks end at 8, 24 and 48 tokens: one is read, one fills the channel, the third waits in an outbox.
     held_at = plan.first_tokens + plan.after(plan.first_tokens) + plan.after(plan.after(plan.first_tokens))
@@ -471,7 +543,9 @@ async def test_a_slow_listener_pauses_only_its_own_row(engine: XttsEngine, voice
         await until(lambda: slow.stats.tokens >= held_at)
         fast_request = req(voice, "Hello world.", 30, 13)
         fast = await read_all(scheduler.submit(fast_request))
-        assert slow.stats.tokens == held_at  # held, not decoding ahead of its listener, not in the way
+        # Held, not decoding ahead of its listener, not in the way; pipelined, the step launched before
+        # the held chunk was read still counts.
+        assert slow.stats.tokens == held_at + int(pipeline)
         assert len([c async for c in _take(slow, 2)]) == 2  # the listener catches up: the row goes on
         await until(lambda: slow.stats.tokens > held_at)
         slow.cancel()
@@ -505,9 +579,9 @@ async def test_full_batch_and_queue_answer_busy(engine: XttsEngine, voice: Voice
 
 
 async def test_a_failed_step_fails_its_batch_and_the_next_request_runs(
-    engine: XttsEngine, voice: VoiceEmbedding, monkeypatch: pytest.MonkeyPatch
+    engine: XttsEngine, voice: VoiceEmbedding, monkeypatch: pytest.MonkeyPatch, pipeline: bool
 ) -> None:
-    original = BatchDecoder.step
+    original = BatchDecoder.launch
     calls = {"n": 0}
 
     def flaky(self: BatchDecoder, active: list[bool], uniforms: list[float]) -> Any:
@@ -516,7 +590,7 @@ async def test_a_failed_step_fails_its_batch_and_the_next_request_runs(
             raise RuntimeError("device fell over")
         return original(self, active, uniforms)
 
-    monkeypatch.setattr(BatchDecoder, "step", flaky)
+    monkeypatch.setattr(BatchDecoder, "launch", flaky)
     scheduler = SynthesisScheduler(engine, max_queue=4, max_batch=2)
     try:
         streams = [scheduler.submit(req(voice, "Hello world.", 30, seed)) for seed in (18, 19)]
@@ -691,6 +765,31 @@ def test_vocoder_overlap_is_opt_in_and_never_on_the_cpu(
     monkeypatch.setenv("VOXCLONE_VOCODER_OVERLAP", "sometimes")
     with pytest.raises(ValueError, match="VOXCLONE_VOCODER_OVERLAP must be on or off"):
         vocoder_overlap()
+
+
+def test_the_engine_loop_is_pipelined_on_cuda_and_not_on_the_cpu(
+    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.batch import decode_pipeline
+
+    monkeypatch.delenv("VOXCLONE_PIPELINE", raising=False)
+    assert decode_pipeline("cuda") and decode_pipeline("cuda:1")
+    assert not decode_pipeline("cpu")  # the same cores: nothing to overlap, a dropped step per sentence
+    cpu = XttsEngine(engine.model, engine.model_id, "cpu")
+    session = cpu.open_batch(2)
+    assert not session.pipeline
+    session.close()
+    assert decode_pipeline("cpu", "on") and not decode_pipeline("cuda", "off")
+    monkeypatch.setenv("VOXCLONE_PIPELINE", "off")
+    assert not decode_pipeline("cuda")
+    monkeypatch.setenv("VOXCLONE_PIPELINE", "On")
+    on = XttsEngine(engine.model, engine.model_id, "cpu")
+    session = on.open_batch(2)
+    assert session.pipeline
+    session.close()
+    monkeypatch.setenv("VOXCLONE_PIPELINE", "maybe")
+    with pytest.raises(ValueError, match="VOXCLONE_PIPELINE must be auto, on or off"):
+        decode_pipeline("cuda")
 
 
 def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> None:
@@ -982,12 +1081,14 @@ class GatedMarker:
         return (pcm * 0.5).astype(np.float32)
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
 def test_watermarking_runs_beside_decoding_and_keeps_each_streams_order(
-    greedy: XttsEngine, voice: VoiceEmbedding
+    greedy: XttsEngine, voice: VoiceEmbedding, pipelined: bool
 ) -> None:
     marker = GatedMarker()
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, watermark=marker)  # type: ignore[arg-type]
     engine.decoders.mark_threads = 3  # several streams' chunks at once, whatever this machine has
+    engine.pipeline = pipelined
     requests = mixed(voice)[:3]
     session = engine.open_batch(3)
     assert session.marking is not None
@@ -1071,11 +1172,13 @@ class Parking:
             future.set_result(fn(previous, make))
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
 def test_a_stream_whose_watermarking_is_behind_sits_out_decode_steps(
-    greedy: XttsEngine, voice: VoiceEmbedding
+    greedy: XttsEngine, voice: VoiceEmbedding, pipelined: bool
 ) -> None:
     """Decoding does not run ahead of a stuck watermark without bound: once a stream has a few chunks
-    waiting for it, its row sits out steps while the others go on; released, it ends with the same audio."""
+    waiting for it, its row sits out steps while the others go on; released, it ends with the same audio.
+    (Pipelined, the step launched before the hold began may add one more chunk.)"""
     from worker.batch import MAX_UNMADE_CHUNKS
     from worker.watermark import Watermarker
     from worker.xtts import ChunkPlan
@@ -1084,6 +1187,7 @@ def test_a_stream_whose_watermarking_is_behind_sits_out_decode_steps(
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, chunks=small)
     engine.watermark = GatedMarker()  # type: ignore[assignment]
     engine.watermark.gate.set()  # type: ignore[attr-defined]
+    engine.pipeline = pipelined
     requests = [req(voice, "The stream whose marking is stuck.", 40, 7), req(voice, "The other one.", 40, 8)]
     stats = {"a": StreamStats(), "b": StreamStats()}
     session = engine.open_batch(2)
@@ -1099,7 +1203,8 @@ def test_a_stream_whose_watermarking_is_behind_sits_out_decode_steps(
             for out in session.step():
                 chunks[out.key] += out.chunks  # type: ignore[index]
         assert stats["a"].tokens < 20  # only the stuck stream waits
-        assert len(parking.parked) == len(stuck.unmade) == MAX_UNMADE_CHUNKS
+        assert len(parking.parked) == len(stuck.unmade)
+        assert MAX_UNMADE_CHUNKS <= len(stuck.unmade) <= MAX_UNMADE_CHUNKS + int(pipelined)
         assert not chunks["a"] and not chunks["b"]  # chunks go out in launch order: after a's first
         parking.release()
         while session.keys:

@@ -23,7 +23,7 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
         sys.executable, str(ROOT / "bench" / "synthesis.py"), "--model-dir", str(tiny_xtts_dir),
         "--tokens", "8", "--concurrency", "1,2", "--serial-at", "2", "--overlap-at", "1",
         "--phases-at", "2", "--profile-at", "2", "--staggered-at", "2", "--stagger-s", "0.3",
-        "--watermarked-at", "2",
+        "--watermarked-at", "2", "--flip-pipeline-at", "2",
         "--skip-stock", "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
@@ -33,10 +33,12 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
     engines = {(row["engine"], row["concurrency"]) for row in result["rows"]}
     assert engines == {
         ("voxclone", 1), ("voxclone", 2), ("vox-serial", 2), ("vox-overlap", 1), ("vox-staggered", 2),
-        ("vox-watermarked", 2),
+        ("vox-watermarked", 2), ("vox-pipelined", 2),
     }  # fmt: skip
     assert all(row["throughput_x"] > 0 and row["ttfc_ms_p50"] > 0 for row in result["rows"])
-    assert [r["vs"] for r in result["ratios"]] == ["vox-serial", "vox-overlap", "vox-watermarked"]
+    assert [r["vs"] for r in result["ratios"]] == [
+        "vox-serial", "vox-overlap", "vox-watermarked", "vox-pipelined",
+    ]  # fmt: skip
     assert result["check"]["same_length"] and result["check"]["max_abs_diff_lsb"] <= 2
     ops = result["components"]["decode_step_ops"]
     assert ops["per_layer"] <= 12 and ops["total"] == ops["rest"] + 2 * ops["per_layer"]  # tiny: 2 layers
@@ -44,3 +46,4 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
     assert result["phases"][0]["concurrency"] == 2 and result["phases"][0]["steps"] >= 7
     assert result["profile"][0]["steps"] >= 7 and (tmp_path / "profile_x2.txt").stat().st_size > 0
     assert "voxclone vs vox-serial x2" in done.stdout
+    assert "unpipelined engine loop" in done.stdout  # the CPU default, named in the header

@@ -22,7 +22,7 @@ from worker.errors import (
 from worker.text import normalize_text, split_sentences
 from worker.types import SpeechRequest, VoiceEmbedding
 from worker.xtts import ChunkPlan, StreamStats, XttsEngine
-from worker.xtts_gpt import SamplingParams, UniformDraws, draw_uniform
+from worker.xtts_gpt import SamplingParams, UniformDraws, draw_uniform, undraw_uniform
 from worker.xtts_load import checkpoint_id
 from worker.xtts_vocoder import VOCODER_RECEPTIVE_FRAMES, FrameGrid
 
@@ -200,6 +200,26 @@ def test_draws_come_in_blocks_yet_are_the_one_by_one_draws(seed: int) -> None:
     expected = [float(torch.rand((), generator=generator)) for _ in range(len(got))]
     assert got == expected
     assert draw_uniform(UniformDraws(seed), SamplingParams(greedy=True)) == 0.0  # greedy draws nothing
+
+
+def test_a_number_given_back_is_drawn_again_also_across_blocks() -> None:
+    """A pipelined step whose token is dropped gives its draw back (worker.batch): the stream's numbers
+    stay the one-by-one sequence, also where the given-back one was the first of a new block."""
+    expected, draws = UniformDraws(5), UniformDraws(5)
+    reference = [expected.next() for _ in range(2 * UniformDraws.BLOCK + 3)]
+    got = []
+    for i in range(len(reference)):
+        got.append(draws.next())
+        if i in (3, UniformDraws.BLOCK - 1, UniformDraws.BLOCK, 2 * UniformDraws.BLOCK):  # 64: a block's 1st
+            draws.unread()
+            assert draws.next() == got[-1]
+    assert got == reference
+    sampled, greedy = SamplingParams(), SamplingParams(greedy=True)
+    undraw_uniform(draws, greedy)  # greedy drew nothing: nothing to give back
+    last = draws.next()
+    assert last == expected.next()
+    undraw_uniform(draws, sampled)
+    assert draws.next() == last
 
 
 def test_french_and_english_both_speak(engine: XttsEngine, voice: VoiceEmbedding) -> None:

@@ -1,0 +1,30 @@
+"""Host-to-device copies that do not make the host wait for the GPU.
+
+A plain copy from ordinary (pageable) host memory to a CUDA tensor synchronises the stream: the host
+waits until every kernel queued before it has run. In the engine loop that is the one thing that must not
+happen while a decode step is in flight (``worker.batch``'s pipelined loop queues the next step before it
+reads the last one's tokens), and it idles the GPU even without the pipeline. From pinned memory with
+``non_blocking`` the copy is queued like a kernel; PyTorch's caching host allocator keeps the pinned block
+until the copy has run, so the source can go out of scope at once. On the CPU these are plain copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def to_device(values: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    """``values`` (on the host) on ``device``, queued behind the device's work instead of waiting for it."""
+    host = torch.from_numpy(np.ascontiguousarray(values)) if isinstance(values, np.ndarray) else values
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def copy_to(target: torch.Tensor, values: torch.Tensor) -> None:
+    """Copy host ``values`` into the device tensor ``target`` the same way (queued, not waited for)."""
+    if target.device.type != "cuda":
+        target.copy_(values)
+        return
+    target.copy_(values.pin_memory(), non_blocking=True)

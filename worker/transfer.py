@@ -17,7 +17,7 @@ import torch
 def to_device(values: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
     """``values`` (on the host) on ``device``, queued behind the device's work instead of waiting for it."""
     host = torch.from_numpy(np.ascontiguousarray(values)) if isinstance(values, np.ndarray) else values
-    if device.type != "cuda":
+    if device.type != "cuda" or host.device.type != "cpu":  # (a copy between devices waits for neither)
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
 

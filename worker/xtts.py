@@ -37,6 +37,7 @@ from worker.errors import (
     UnsupportedLanguage,
 )
 from worker.text import DEFAULT_CHAR_LIMIT, halve, split_sentences
+from worker.transfer import to_device
 from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
 from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence
 from worker.xtts_load import load_xtts
@@ -120,15 +121,19 @@ class PreparedSpeech:
     seed: int
 
     def to(self, device: str | torch.device) -> PreparedSpeech:
-        """The same request with its tensors on ``device`` (itself when they are there already)."""
+        """The same request with its tensors on ``device`` (itself when they are there already).
+
+        Copied without waiting for the device (:mod:`worker.transfer`): a request joins a batch between
+        steps, with a decode step in flight.
+        """
         target, here = torch.device(device), self.gpt_cond_latent.device
         if here.type == target.type and target.index in (None, here.index):  # "cuda" is the current card
             return self
         return dataclasses.replace(
             self,
-            sentences=tuple(t.to(target) for t in self.sentences),
-            gpt_cond_latent=self.gpt_cond_latent.to(target),
-            speaker_embedding=self.speaker_embedding.to(target),
+            sentences=tuple(to_device(t, target) for t in self.sentences),
+            gpt_cond_latent=to_device(self.gpt_cond_latent, target),
+            speaker_embedding=to_device(self.speaker_embedding, target),
         )
 
 

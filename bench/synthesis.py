@@ -536,6 +536,7 @@ RATIO_PAIRS = (
             "vox-watermarked",
             "vox-unpipelined",
             "vox-pipelined",
+            "vox-one-row-step",
         )
     ),
     ("vox-staggered", "vox-staggered-eager-vocoder"),
@@ -593,7 +594,12 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         )
     reference = result.get("reference_ms_per_token")
     loop = f"{reference:.2f} ms/token" if reference is not None else "not measured"
-    for key, label in (("decode", meta["decode"]), ("decode_eager", "eager/float32")):
+    padded = f", a lone stream padded to {meta['min_batch']} rows" if meta.get("min_batch", 1) > 1 else ""
+    for key, label in (
+        ("decode", meta["decode"] + padded),
+        ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
+        ("decode_eager", "eager/float32"),
+    ):
         if not result.get(key):
             continue
         print(f"\nGPT decode step alone ({label}; the one-request loop: {loop}):")
@@ -680,12 +686,18 @@ LEVEL_OPTIONS = (
     ("--eager-vocoder-at", "1,32", "", "CUDA: levels to also run HiFi-GAN launched op by op (no graphs)"),
     ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
     (
+        "--one-row-at",
+        "1",
+        "",
+        "CUDA: levels to also run with a lone stream's decode step at one row, not padded to two",
+    ),
+    (
         "--flip-pipeline-at",
         "1,32",
         "",
         "levels to also run with the engine loop's pipelining switched: vox-unpipelined on CUDA",
     ),
-    ("--profile-at", "32", "", "levels to run once under torch.profiler ('' for none)"),
+    ("--profile-at", "1,32", "", "levels to run once under torch.profiler ('' for none)"),
     ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
 )
 
@@ -726,6 +738,7 @@ def main() -> None:
     watermarked_levels: list[int] = args.watermarked_at
     fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
     flip_pipeline_levels: list[int] = args.flip_pipeline_at
+    one_row_levels: list[int] = args.one_row_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
 
@@ -786,17 +799,30 @@ def main() -> None:
         our_chunk_tokens=[engine.chunks.first_tokens, engine.chunks.tokens],
         watermark=args.watermark,
         pipelined=engine.pipeline,
+        min_batch=engine.fast_decode.min_batch if captured[0] else 1,
     )
 
     def variant(
-        name: str, runner: XttsEngine, at: list[int], max_batch: int | None = None, stagger_s: float = 0.0
+        name: str,
+        runner: XttsEngine,
+        at: list[int],
+        max_batch: int | None = None,
+        stagger_s: float = 0.0,
+        pipeline: bool | None = None,
     ) -> None:
-        """Rows for one engine at the concurrency levels ``at`` (a failure is recorded, the run goes on)."""
+        """Rows for one engine at the concurrency levels ``at`` (a failure is recorded, the run goes on);
+        ``pipeline``: its engine loop pipelined or not for these rows (its decoders and graphs shared)."""
         batch = max(at) if max_batch is None else max_batch
-        rows.extend(
-            stage(name, lambda: asyncio.run(measure(runner, name, voice, at, args.tokens, batch, stagger_s)))
-            or []
-        )
+
+        def run() -> list[Row]:
+            before = runner.pipeline
+            runner.pipeline = before if pipeline is None else pipeline
+            try:
+                return asyncio.run(measure(runner, name, voice, at, args.tokens, batch, stagger_s))
+            finally:
+                runner.pipeline = before
+
+        rows.extend(stage(name, run) or [])
 
     def copy_of(**changes: Any) -> XttsEngine:
         """Another engine on the same model (its own decoders and graphs), with attributes changed."""
@@ -833,14 +859,23 @@ def main() -> None:
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
         variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
+    # A lone stream's step at one row: what padding it to two buys (cuBLASLt's bias epilogue). A session
+    # for one stream has no spare row, so these rows run the same engine one request at a time.
+    one_row = bool(one_row_levels and captured[0] and engine.fast_decode.min_batch > 1)
+    if one_row:
+        variant("vox-one-row-step", engine, one_row_levels, max_batch=1)
     if flip_pipeline_levels:  # the other engine loop: what launching each step before reading the last buys
         name = "vox-unpipelined" if engine.pipeline else "vox-pipelined"
-        variant(name, copy_of(pipeline=not engine.pipeline), flip_pipeline_levels)
+        variant(name, engine, flip_pipeline_levels, pipeline=not engine.pipeline)
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
         stage("decode", lambda: [asdict(d) for d in decode_steps(engine, voice, levels, steps=50)]) or []
     )
+    if one_row:  # a session of one row: the step unpadded
+        result["decode_one_row"] = stage(
+            "decode-one-row", lambda: [asdict(d) for d in decode_steps(engine, voice, [1], steps=50)]
+        )
     if eager_levels:
         result["decode_eager"] = stage(
             "decode-eager", lambda: [asdict(d) for d in decode_steps(eager, voice, eager_levels, steps=30)]
@@ -881,6 +916,7 @@ def main() -> None:
                 "vox-fp32-vocoder",
                 "vox-unpipelined",
                 "vox-pipelined",
+                "vox-one-row-step",
                 "vox-overlap",
                 "vox-eager-prefill",
                 "vox-eager-vocoder",

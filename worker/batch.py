@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import os
@@ -680,16 +681,17 @@ class DecoderPool:
             max_positions=max_positions(gpt),
             device=engine.device,
             dtype=fast.dtype,
+            min_batch=fast.min_batch if fast.graphs else 1,
         )
         graphs = False
         if fast.graphs:
-            from worker.batch_graphs import FastDecode, capture_prefills, capture_steps
+            from worker.batch_graphs import capture_prefills, capture_steps
 
             graphs = capture_steps(decoder)
             if not graphs:  # don't try again for every decoder this engine builds
-                engine.fast_decode = FastDecode(graphs=False, dtype=fast.dtype)
+                engine.fast_decode = dataclasses.replace(fast, graphs=False)
             elif fast.prefill_graphs and not capture_prefills(decoder):
-                engine.fast_decode = FastDecode(graphs=True, dtype=fast.dtype, prefill_graphs=False)
+                engine.fast_decode = dataclasses.replace(fast, prefill_graphs=False)
         log.info(
             "batch decoder for %d streams on %s (%s)",
             capacity,

@@ -115,6 +115,7 @@ class BatchDecoder:
         max_positions: int,
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
+        min_batch: int = 1,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -148,7 +149,9 @@ class BatchDecoder:
         self.dim, self.vocab = gpt.model_dim, gpt.num_audio_tokens
         self.scaling = float(first.scaling)
         self.activation = fused_activation(gpt.gpt.h[0].mlp.act)
-        self.batch_sizes = buckets(capacity)
+        # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
+        # FastDecode.min_batch), as far as the cache has rows.
+        self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
         self.lengths = buckets(max_positions, min(LENGTH_BUCKET_MIN, max_positions))
         shape = (capacity, self.layers, 2, self.heads, max_positions, self.head_dim)
         dev = self.device

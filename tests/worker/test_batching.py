@@ -249,6 +249,58 @@ def test_a_pipelined_session_launches_each_step_before_reading_the_last(
         assert_same_audio(chunks[str(i)], alone(engine, request))
 
 
+def test_random_joins_holds_and_cancels_leave_each_stream_its_own_audio(
+    engine: XttsEngine, voice: VoiceEmbedding, pipeline: bool
+) -> None:
+    """Requests join at random steps, streams are held at random (a listener behind), some are
+    cancelled mid-flight, rows move when others leave; every stream that finishes has its own audio."""
+    import random
+
+    rng = random.Random(6)
+    texts = ["Hello world.", "Short!", "Good morning. How are you today?", "One. Two. Three.", "the lazy dog"]
+    waiting = [
+        SpeechRequest(
+            rng.choice(texts),
+            "en",
+            voice,
+            max_new_tokens=rng.randint(3, 30),
+            min_new_tokens=rng.choice([0, 3]),
+            seed=rng.randint(0, 99),
+        )
+        for _ in range(7)
+    ]
+    requests: dict[str, SpeechRequest] = {}
+    chunks: dict[str, list[np.ndarray]] = {}
+    finished: set[str] = set()
+    cancelled: set[str] = set()
+    session = engine.open_batch(4)
+    try:
+        while waiting or session.keys:
+            if waiting and session.free and rng.random() < 0.3:
+                key = f"r{len(requests)}"
+                requests[key], chunks[key] = waiting.pop(), []
+                session.add(key, engine.prepare(requests[key]), StreamStats())
+            if session.keys and rng.random() < 0.02:
+                key = str(rng.choice(session.keys))
+                session.remove(key)
+                cancelled.add(key)
+            for out in session.step({key for key in session.keys if rng.random() < 0.2}):
+                assert out.error is None
+                chunks[out.key] += out.chunks  # type: ignore[index]
+                if out.done:
+                    finished.add(out.key)  # type: ignore[arg-type]
+    finally:
+        session.close()
+    assert len(requests) == 7 and finished | cancelled == set(requests) and not finished & cancelled
+    assert len(finished) >= 4
+    for key in finished:
+        reference = alone(engine, requests[key])
+        assert [c.size for c in chunks[key]] == [c.size for c in reference]
+        if reference:
+            got, want = np.concatenate(chunks[key]), np.concatenate(reference)
+            assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= TOLERANCE_LSB
+
+
 class LateEvent:
     """Plays a CUDA event of vocoder work on a side stream: not done for the first ``polls`` queries."""
 

@@ -808,19 +808,24 @@ def main() -> None:
         at: list[int],
         max_batch: int | None = None,
         stagger_s: float = 0.0,
-        pipeline: bool | None = None,
+        changes: dict[str, Any] | None = None,
     ) -> None:
-        """Rows for one engine at the concurrency levels ``at`` (a failure is recorded, the run goes on);
-        ``pipeline``: its engine loop pipelined or not for these rows (its decoders and graphs shared)."""
+        """Rows for one engine at the concurrency levels ``at`` (a failure is recorded, the run goes on).
+
+        ``changes``: engine attributes set for these rows only, on switches each session reads when it
+        opens; the engine's decoders and graphs are shared (no second capture: GPU minutes are few).
+        """
         batch = max(at) if max_batch is None else max_batch
 
         def run() -> list[Row]:
-            before = runner.pipeline
-            runner.pipeline = before if pipeline is None else pipeline
+            before = {key: getattr(runner, key) for key in changes or {}}
+            for key, value in (changes or {}).items():
+                setattr(runner, key, value)
             try:
                 return asyncio.run(measure(runner, name, voice, at, args.tokens, batch, stagger_s))
             finally:
-                runner.pipeline = before
+                for key, value in before.items():
+                    setattr(runner, key, value)
 
         rows.extend(stage(name, run) or [])
 
@@ -837,25 +842,25 @@ def main() -> None:
     if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
         variant("vox-eager", eager, eager_levels)
     if overlap_levels:  # the same graphs, HiFi-GAN on a second CUDA stream: what overlapping it buys
-        variant("vox-overlap", copy_of(vocoder_overlap=True), overlap_levels)
+        variant("vox-overlap", engine, overlap_levels, changes={"vocoder_overlap": True})
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
         variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
-    launched = None  # the same, HiFi-GAN launched op by op: what replaying it from graphs buys
-    if captured[2] and (eager_vocoder_levels or staggered_levels):
-        launched = copy_of(fast_decode=dataclasses.replace(engine.fast_decode, vocoder_graphs=False))
-    if eager_vocoder_levels and launched is not None:
-        variant("vox-eager-vocoder", launched, eager_vocoder_levels)
+    # The same, HiFi-GAN launched op by op: what replaying it from graphs buys.
+    launched = {"fast_decode": dataclasses.replace(engine.fast_decode, vocoder_graphs=False)}
+    if eager_vocoder_levels and captured[2]:
+        variant("vox-eager-vocoder", engine, eager_vocoder_levels, changes=launched)
     if staggered_levels:  # arrivals spread out, as real traffic comes: many small vocoder calls
         variant("vox-staggered", engine, staggered_levels, stagger_s=args.stagger_s)
-        if launched is not None:
-            variant("vox-staggered-eager-vocoder", launched, staggered_levels, stagger_s=args.stagger_s)
+        if captured[2]:
+            name = "vox-staggered-eager-vocoder"
+            variant(name, engine, staggered_levels, stagger_s=args.stagger_s, changes=launched)
     if watermarked_levels:  # as the worker serves: every chunk watermarked (perth, on the CPU)
         from worker.watermark import Watermarker
 
-        marked = stage("watermarker", lambda: copy_of(watermark=Watermarker()))
-        if marked is not None:
-            variant("vox-watermarked", marked, watermarked_levels)
+        marker = stage("watermarker", Watermarker)
+        if marker is not None:
+            variant("vox-watermarked", engine, watermarked_levels, changes={"watermark": marker})
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
         variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
@@ -866,7 +871,7 @@ def main() -> None:
         variant("vox-one-row-step", engine, one_row_levels, max_batch=1)
     if flip_pipeline_levels:  # the other engine loop: what launching each step before reading the last buys
         name = "vox-unpipelined" if engine.pipeline else "vox-pipelined"
-        variant(name, engine, flip_pipeline_levels, pipeline=not engine.pipeline)
+        variant(name, engine, flip_pipeline_levels, changes={"pipeline": not engine.pipeline})
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (

@@ -228,15 +228,9 @@ def test_a_pipelined_session_launches_each_step_before_reading_the_last(
     ]
     speeches = {str(i): engine.prepare(r) for i, r in enumerate(requests)}
     stats = {key: StreamStats() for key in speeches}
-    chunks: dict[str, list[np.ndarray]] = {key: [] for key in speeches}
     session = engine.open_batch(3)
     try:
-        for key, speech in speeches.items():
-            session.add(key, speech, stats[key])
-        while session.keys:
-            for out in session.step():
-                assert out.error is None
-                chunks[out.key] += out.chunks  # type: ignore[index]
+        chunks = drive(session, speeches, stats)
     finally:
         session.close()
     assert order[:3] == ["launch", "launch", "read"]  # the second step went out before the first was read
@@ -369,11 +363,14 @@ def test_a_stream_cancelled_while_its_last_audio_is_in_flight_gets_none_of_it(
     assert [out.key for out in outputs if out.done] == ["long"]
 
 
-def drive(session: BatchSynthesis, speeches: dict[str, Any]) -> dict[str, list[np.ndarray]]:
-    """Run ``speeches`` (key → prepared speech) in ``session`` to their ends; each key's chunks."""
+def drive(
+    session: BatchSynthesis, speeches: dict[str, Any], stats: dict[str, StreamStats] | None = None
+) -> dict[str, list[np.ndarray]]:
+    """Run ``speeches`` (key → prepared speech) in ``session`` to their ends; each key's chunks.
+    ``stats``: each key's stream statistics, filled in."""
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in speeches}
     for key, speech in speeches.items():
-        session.add(key, speech, StreamStats())
+        session.add(key, speech, stats[key] if stats is not None else StreamStats())
     while session.keys:
         for out in session.step():
             assert out.error is None

@@ -109,7 +109,7 @@ class _Launch:
     ends: list[_Row]  # rows whose last sentence ended at that step: done once this audio is out
     windows: list[VocoderWindow]  # what each item's audio was made from (to redo a reduced-precision one)
     event: torch.cuda.Event | None = None  # None: computed synchronously, ready at once
-    keep: object = None  # device tensors the side stream uses: alive until the event completes
+    keep: object = None  # the side stream's output (its inputs live in ``windows``): alive until the event
     chunks: list[tuple[_Row, Future[Int16Array], bool]] | None = None  # (row, chunk, ends the stream)
 
     def ready(self) -> bool:
@@ -359,7 +359,7 @@ class BatchSynthesis:
                 host = flat.cpu()
         pcm = host.split([int(a.shape[0]) for a in new])
         items = [(row, a) for (row, _), a in zip(due, pcm, strict=True)]
-        return _Launch(items, ends, windows, event, (windows, flat) if stream is not None else None)
+        return _Launch(items, ends, windows, event, flat if stream is not None else None)
 
     def _hand_out(self, outputs: dict[Hashable, RowOutput], *, block: bool, vocoded: int = 0) -> None:
         """Chunks of finished launches, oldest first (chunks stay in order).

@@ -336,10 +336,12 @@ class BatchSynthesis:
             return _Launch([], ends, [])
         stream = self.vocoder_stream
         queued = torch.device(self.engine.device).type == "cuda" and (stream is not None or self.pipeline)
-        on_side = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+        on_side: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if stream is not None:
+            # Before switching to it (inside, the current stream is the side stream itself).
+            stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
+            on_side = torch.cuda.stream(stream)
         with torch.inference_mode(), on_side:
-            if stream is not None:
-                stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
             waves = decode_windows(
                 self.engine.model.hifigan_decoder,
                 windows,

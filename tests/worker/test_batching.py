@@ -378,6 +378,45 @@ def drive(
     return chunks
 
 
+def test_vocoder_work_on_the_side_stream_waits_for_the_decoding_stream(
+    engine: XttsEngine, voice: VoiceEmbedding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HiFi-GAN on a second CUDA stream (``VOXCLONE_VOCODER_OVERLAP``) must wait for the stream that
+    made its latents. Played with stand-in streams: inside ``torch.cuda.stream(side)`` the current
+    stream is the side stream itself, so the wait has to be set up before switching."""
+    import contextlib
+
+    class Stream:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.device = torch.device("cpu")
+            self.waited: list[str] = []
+
+        def wait_stream(self, other: Stream) -> None:
+            self.waited.append(other.name)
+
+    main, side = Stream("main"), Stream("side")
+    current = [main]
+
+    @contextlib.contextmanager
+    def switched(stream: Stream) -> Iterator[None]:
+        current.append(stream)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.cuda, "stream", switched)
+    session = engine.open_batch(2)
+    session.vocoder_stream = side  # type: ignore[assignment]
+    try:
+        got = drive(session, {"0": engine.prepare(req(voice, "Hello world.", 16, 1))})
+    finally:
+        session.vocoder_stream = None
+        session.close()
+    assert side.waited and set(side.waited) == {"main"}  # every launch, on the decoding stream
+    assert_same_audio(got["0"], alone(engine, req(voice, "Hello world.", 16, 1)))
+
+
 def test_the_gpu_shapes_of_vocoder_calls_change_no_sample(
     engine: XttsEngine, voice: VoiceEmbedding, late_vocoder: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

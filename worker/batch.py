@@ -410,12 +410,11 @@ class BatchSynthesis:
         chunks: list[tuple[_Row, Future[Int16Array], bool]] = []
         reduced = next(self.vocoder_net.parameters()).dtype if self.vocoder_net is not None else None
         for (row, pcm), window in zip(launch.items, launch.windows, strict=True):
-            if reduced is not None and not row.removed and not bool(torch.isfinite(pcm).all()):
+            if row.removed:
+                continue
+            if reduced is not None and not bool(torch.isfinite(pcm).all()):
                 pcm = redo_in_float32(self.engine.model.hifigan_decoder, window, reduced)
-            if not row.removed:
-                chunks.append(
-                    (row, self._chunk(row, functools.partial(row.writer.write, pcm.numpy())), False)
-                )
+            chunks.append((row, self._chunk(row, functools.partial(row.writer.write, pcm.numpy())), False))
         for row in launch.ends:
             if not row.removed:
                 chunks.append((row, self._chunk(row, row.writer.flush), True))

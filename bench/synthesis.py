@@ -346,6 +346,7 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
         finally:
             decoder.prefill_replay = captured
     out["decode_step_ops"] = step_ops(decoder)
+    out["gelu_epilogue"] = decoder.gelu_epilogue  # the MLP's GELU inside its GEMM (CUDA, cuBLASLt)
     graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
@@ -613,7 +614,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         ops = parts["decode_step_ops"]
         print(
             f"\ndecode step: {ops['total']} kernel-launching ops at batch 1 ({ops['per_layer']} per layer, "
-            f"{ops['rest']} for sampling and bookkeeping)"
+            f"{ops['rest']} for sampling and bookkeeping; the MLP's GELU "
+            f"{'in its GEMM' if parts.get('gelu_epilogue') else 'a kernel of its own'})"
         )
         eager_prefill = parts.get("prefill_one_row_eager_ms")
         launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""

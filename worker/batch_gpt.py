@@ -86,6 +86,44 @@ def fused_activation(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[t
     return fused if same else act
 
 
+def gelu_epilogue(linear: Any, act: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether ``act(linear(x))`` can be one GEMM with cuBLASLt's bias + GELU epilogue, as the same function.
+
+    ``torch._addmm_activation(bias, x, weight, use_gelu=True)`` is one kernel on CUDA where cuBLASLt takes
+    the call (two or more rows): the bias and a tanh-GELU are applied as the GEMM writes its output,
+    instead of a second kernel per MLP (30 per decode step). Where cuBLASLt does not take it (one row),
+    PyTorch runs the GEMM and then a tanh-GELU, which is what the two ops do anyway. On the CPU the same
+    op computes the exact (erf) GELU, which is not GPT-2's ``gelu_new``; hence probes on the linear's own
+    device rather than a rule: the op against ``act`` on pre-activations where tanh- and erf-GELU differ
+    most (up to ~5e-4, float32), and the op on the linear's weights against the two ops in its dtype
+    (GPT-2's ``Conv1D`` layout: ``weight`` is [in, out]).
+    """
+    fused = getattr(torch, "_addmm_activation", None)
+    weight, bias = getattr(linear, "weight", None), getattr(linear, "bias", None)
+    if fused is None or not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        return False
+    if weight.dim() != 2 or bias.shape != (weight.shape[1],):
+        return False
+    device = weight.device
+    try:
+        with torch.inference_mode():
+            pre = torch.linspace(-6.0, 6.0, 256, device=device)
+            probe = fused(
+                pre, torch.zeros(2, 8, device=device), torch.ones(8, 256, device=device), use_gelu=True
+            )
+            if not torch.allclose(probe, act(pre).expand(2, -1), rtol=0.0, atol=1e-4):
+                return False
+            x = torch.randn(2, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(
+                device, weight.dtype
+            )
+            got = fused(bias, x, weight, use_gelu=True).float()
+            want = act(linear(x)).float()
+    except (RuntimeError, TypeError):  # an op this build or device lacks: keep the two ops
+        return False
+    scale = float(want.abs().max()) + 1e-3
+    return got.shape == want.shape and float((got - want).abs().max()) <= 1e-2 * scale
+
+
 def buckets(limit: int, smallest: int = 1) -> tuple[int, ...]:
     """Powers of two from ``smallest`` below ``limit``, then ``limit`` itself: the shapes graphs exist for."""
     sizes, size = [], smallest
@@ -149,6 +187,7 @@ class BatchDecoder:
         self.dim, self.vocab = gpt.model_dim, gpt.num_audio_tokens
         self.scaling = float(first.scaling)
         self.activation = fused_activation(gpt.gpt.h[0].mlp.act)
+        self.gelu_epilogue = gelu_epilogue(self.blocks[0].mlp.c_fc, self.activation)
         # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
         # FastDecode.min_batch), as far as the cache has rows.
         self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
@@ -366,7 +405,8 @@ class BatchDecoder:
         Reads and writes static buffers only, with no host synchronisation: safe to capture in a graph.
         Kept to few kernels (~11 per layer; a CUDA graph of it costs about a fixed gap per kernel): the
         attention mask is built once as an additive bias, each layer writes its K and V with one
-        ``index_put_`` at offsets worked out once per step, and the MLP's tanh-GELU is one fused op.
+        ``index_put_`` at offsets worked out once per step, and the MLP's tanh-GELU is one fused op, on
+        CUDA part of its first GEMM (:func:`gelu_epilogue`).
         """
         pos = self.pos[:batch]
         active = self.active[:batch]
@@ -413,7 +453,15 @@ class BatchDecoder:
         n, t, _ = h.shape
         h = h + block.attn.c_proj(attended.transpose(1, 2).reshape(n, t, self.dim))
         mlp = block.mlp  # GPT-2's MLP without its dropout (a no-op here), with the activation fused
-        return h + mlp.c_proj(self.activation(mlp.c_fc(block.ln_2(h))))
+        x = block.ln_2(h)
+        if self.gelu_epilogue:  # one kernel instead of two (see gelu_epilogue)
+            inner = torch._addmm_activation(
+                mlp.c_fc.bias, x.view(n * t, self.dim), mlp.c_fc.weight, use_gelu=True
+            )
+            x = inner.view(n, t, -1)
+        else:
+            x = self.activation(mlp.c_fc(x))
+        return h + mlp.c_proj(x)
 
     def _next_input(self, tokens: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Embedding of each row's chosen token at its audio position (what the next step feeds)."""

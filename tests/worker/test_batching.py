@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from worker.batch import BatchSynthesis
-from worker.batch_gpt import BatchDecoder, fused_activation
+from worker.batch_gpt import BatchDecoder, fused_activation, gelu_epilogue
 from worker.batch_graphs import FastDecode, VocoderGraphs, resolve_fast_decode
 from worker.errors import InternalWorkerError, SynthesisCancelled, WorkerBusy
 from worker.scheduler import SynthesisScheduler, SynthesisStream
@@ -650,6 +650,80 @@ def test_the_mlp_activation_is_fused_only_when_it_is_the_same_function() -> None
     assert fused_activation(relu) is relu
     exact_gelu = torch.nn.GELU()  # erf-GELU differs from tanh-GELU by up to ~5e-4: kept as it is
     assert fused_activation(exact_gelu) is exact_gelu
+
+
+def _tanh_gelu_addmm(calls: list[int]) -> Any:
+    """A stand-in for CUDA's ``torch._addmm_activation``: bias + GEMM + tanh-GELU (the CPU's op is erf)."""
+
+    def op(
+        bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *, use_gelu: bool = False
+    ) -> torch.Tensor:
+        assert use_gelu
+        calls.append(x.shape[0])
+        return torch.nn.functional.gelu(torch.addmm(bias, x, weight), approximate="tanh")
+
+    return op
+
+
+def test_the_gelu_epilogue_is_used_only_where_it_is_tanh_gelu_on_the_linears_layout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    tanh_gelu = functools.partial(torch.nn.functional.gelu, approximate="tanh")
+    c_fc = Conv1D(64, 16)  # GPT-2's layout: weight [in, out]
+    assert not gelu_epilogue(c_fc, tanh_gelu)  # the CPU's op is erf-GELU: the probe tells them apart
+    monkeypatch.setattr(torch, "_addmm_activation", _tanh_gelu_addmm([]))  # as CUDA computes it
+    assert gelu_epilogue(c_fc, tanh_gelu)
+    assert not gelu_epilogue(c_fc, torch.nn.GELU())  # an erf-GELU MLP keeps its two ops
+    assert not gelu_epilogue(c_fc, torch.relu)
+    assert not gelu_epilogue(torch.nn.Linear(16, 16), tanh_gelu)  # weight [out, in]: square, still caught
+    assert not gelu_epilogue(torch.nn.Linear(16, 64), tanh_gelu)
+    monkeypatch.delattr(torch, "_addmm_activation")
+    assert not gelu_epilogue(c_fc, tanh_gelu)
+
+
+def test_a_decoder_with_the_gelu_epilogue_computes_the_same_steps(
+    greedy: XttsEngine, voice: VoiceEmbedding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the stand-in op (CUDA's function, the same float32 operations as the two ops on the CPU)
+    every step's latents are bit for bit those of a decoder without it, and so is the audio."""
+    from worker.batch import max_positions
+
+    gpt = greedy.model.gpt
+    requests = {"a": req(voice, "Hello world.", 12, 1), "b": req(voice, "Short!", 9, 2)}
+
+    def run() -> tuple[BatchDecoder, list[torch.Tensor], dict[str, list[np.ndarray]]]:
+        decoder = BatchDecoder(
+            gpt, greedy.sampling, capacity=4, max_positions=max_positions(gpt), device="cpu"
+        )
+        latents: list[torch.Tensor] = []
+        launch = decoder.launch
+
+        def recorded(*args: Any) -> Any:
+            pending = launch(*args)
+            latents.append(pending.latents)
+            return pending
+
+        decoder.launch = recorded  # type: ignore[method-assign]
+        session = BatchSynthesis(greedy, decoder, graphs=False, batch_vocoder=False)
+        try:
+            got = drive(session, {key: greedy.prepare(r) for key, r in requests.items()})
+        finally:
+            session.close(reuse=False)
+        return decoder, latents, got
+
+    plain, plain_latents, _ = run()
+    assert not plain.gelu_epilogue
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "_addmm_activation", _tanh_gelu_addmm(calls))
+    fused, fused_latents, got = run()
+    assert fused.gelu_epilogue
+    assert calls.count(2) >= 8 * len(fused.blocks)  # steps with both rows went through the fused op
+    assert len(fused_latents) == len(plain_latents) >= 11
+    assert all(torch.equal(a, b) for a, b in zip(fused_latents, plain_latents, strict=True))
+    for key, request in requests.items():
+        assert_same_audio(got[key], alone(greedy, request))
 
 
 # ----- flow control ----------------------------------------------------------------------------------

@@ -433,12 +433,11 @@ class BatchDecoder:
             stop_token=self.stop_token,
         )  # fmt: skip
         hit = torch.zeros_like(self.seen[:batch]).scatter_(1, tokens[:, None], active[:, None])
-        self.seen[:batch] |= hit
-        advance = active.long()
+        self.seen[:batch].bitwise_or_(hit)  # in place: `|=` on a slice adds a copy onto itself
         self.x[:batch] = torch.where(active[:, None], self._next_input(tokens, steps + 1), self.x[:batch])
-        self.pos[:batch] += advance
-        self.steps[:batch] += advance
-        self.out_latent[:batch] = latent.float()
+        self.pos[:batch].add_(active)  # in place, a bool adds as 0 or 1
+        self.steps[:batch].add_(active)
+        self.out_latent[:batch].copy_(latent)  # to float32 in the copy
         self.out_tokens[:batch] = tokens
 
     # ----- pieces ------------------------------------------------------------------------------------

@@ -199,8 +199,7 @@ def choose_tokens(
         scores = torch.where(seen, penalised, scores)
     else:
         scores = scores.clone()
-    stop = scores[:, stop_token]
-    scores[:, stop_token] = torch.where(steps < min_tokens, torch.full_like(stop, -torch.inf), stop)
+    scores[:, stop_token].masked_fill_(steps < min_tokens, -torch.inf)  # no stopping before min_tokens
     best = torch.argmax(scores, dim=-1)
     if params.greedy:
         return best

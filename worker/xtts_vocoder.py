@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # perturbing one frame; tests/worker/test_xtts.py checks it). Context beyond it makes chunks exact.
 VOCODER_RECEPTIVE_FRAMES = 13
 DEFAULT_CONTEXT_FRAMES = VOCODER_RECEPTIVE_FRAMES  # frames decoded on each side of a chunk (0.14 s)
-WINDOW_STEP_CUDA = 48  # frames: CUDA windows are multiples of this (chunks of 8/16/24 tokens → 48/96/144)
+WINDOW_STEP_CUDA = 48  # frames: CUDA windows are multiples of this (chunks of 8/16/27 tokens → 48/96/144)
 VOCODER_BATCHES = (1, 2, 4, 8, 16, 24, 32)  # streams per batched HiFi-GAN call, padded up to one of these
 
 
@@ -383,7 +383,7 @@ class CapturedVocoder(Protocol):
 def standard_shapes(streams: int, step: int = WINDOW_STEP_CUDA, widths: int = 3) -> list[tuple[int, int]]:
     """The (windows, frames) shapes batched calls for up to ``streams`` streams come in: batch sizes of
     :data:`VOCODER_BATCHES` up to the one ``streams`` pads to, widths ``step, 2 × step, …`` (``widths`` of
-    them: 8-, 16- and 24-token chunks)."""
+    them: 8-, 16- and 27-token chunks)."""
     most = next((b for b in VOCODER_BATCHES if b >= streams), VOCODER_BATCHES[-1])  # what calls pad up to
     return [(b, step * k) for b in VOCODER_BATCHES if b <= most for k in range(1, widths + 1)]
 

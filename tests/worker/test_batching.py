@@ -733,7 +733,7 @@ async def test_a_slow_listener_pauses_only_its_own_row(
     engine: XttsEngine, voice: VoiceEmbedding, pipeline: bool
 ) -> None:
     plan = engine.chunks
-    # Chunks end at 8, 24 and 48 tokens: one is read, one fills the channel, the third waits in an outbox.
+    # Chunks end at 8, 24 and 51 tokens: one is read, one fills the channel, the third waits in an outbox.
     held_at = plan.first_tokens + plan.after(plan.first_tokens) + plan.after(plan.after(plan.first_tokens))
     scheduler = SynthesisScheduler(engine, max_queue=2, buffer_chunks=1, max_batch=2)
     try:

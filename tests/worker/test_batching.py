@@ -877,6 +877,36 @@ def test_batched_windows_are_built_in_one_gather_exactly_as_one_by_one(engine: X
     assert not stacked[3].any()  # a zero row fills the call up
 
 
+def test_the_default_chunks_fill_the_standard_vocoder_widths(engine: XttsEngine) -> None:
+    """With CUDA's window step, every chunk of the default plan runs HiFi-GAN at one of the standard widths
+    (those with graphs and warm cuDNN plans), and the steady chunks use nearly all of the widest: a larger
+    steady chunk would spill into a wider window, a smaller one would run more padding per frame of audio."""
+    from worker.xtts import ChunkPlan
+    from worker.xtts_vocoder import WINDOW_STEP_CUDA, standard_shapes
+
+    plan = ChunkPlan()
+    widths = {frames for _, frames in standard_shapes(1)}
+    vocoder = StreamingVocoder(
+        engine.model.hifigan_decoder, torch.zeros(1, 512, 1), window_step=WINDOW_STEP_CUDA
+    )
+    target, since, used = plan.first_tokens, 0, []  # (width, new frames) of each window
+    for _ in range(400):  # ~18.6 s: a long sentence's steady state
+        vocoder.push(torch.zeros(64))
+        since += 1
+        if since >= target:
+            window = vocoder.window()
+            assert window is not None
+            used.append((window.width, window.end - window.start))
+            vocoder.commit(window)
+            target, since = plan.after(target), 0
+    assert {width for width, _ in used} <= widths
+    steady = used[3:]
+    assert steady and all(width == max(widths) for width, _ in steady)
+    # New frames + 13 frames of context on each side fill the width to within 2 frames.
+    context = 2 * plan.context_frames
+    assert min(new for _, new in steady) >= max(widths) - context - 2
+
+
 def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
     engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,6 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.batch_graphs import FastDecode
+from worker.fused_norm import FUSED_NORM_ENV
+from worker.fused_norm import works_for as fused_norm_works
 from worker.scheduler import SynthesisScheduler
 from worker.testmodel import make_test_model
 from worker.types import SpeechRequest, VoiceEmbedding
@@ -200,6 +202,19 @@ def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], s
     return out
 
 
+def without_fused_norm(run: Any) -> Any:
+    """``run()`` with decoders built meanwhile keeping each residual add and LayerNorm apart."""
+    before = os.environ.get(FUSED_NORM_ENV)
+    os.environ[FUSED_NORM_ENV] = "off"
+    try:
+        return run()
+    finally:
+        if before is None:
+            del os.environ[FUSED_NORM_ENV]
+        else:
+            os.environ[FUSED_NORM_ENV] = before
+
+
 def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -> float:
     """ms per token of the one-request reference loop (HF GPT-2 forward with a dynamic cache, float32)."""
     speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0)).to(engine.device)
@@ -347,6 +362,7 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
             decoder.prefill_replay = captured
     out["decode_step_ops"] = step_ops(decoder)
     out["gelu_epilogue"] = decoder.gelu_epilogue  # the MLP's GELU inside its GEMM (CUDA, cuBLASLt)
+    out["fused_norm"] = decoder.fused_norm  # each residual add and its LayerNorm one kernel (Triton)
     graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
@@ -600,6 +616,7 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
     for key, label in (
         ("decode", meta["decode"] + padded),
         ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
+        ("decode_unfused_norm", f"{meta['decode']}, each residual add and LayerNorm two kernels"),
         ("decode_eager", "eager/float32"),
     ):
         if not result.get(key):
@@ -616,7 +633,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         print(
             f"\ndecode step: {ops['total']} kernel-launching ops at batch 1 ({ops['per_layer']} per layer, "
             f"{ops['rest']} for sampling and bookkeeping; the MLP's GELU "
-            f"{'in its GEMM' if parts.get('gelu_epilogue') else 'a kernel of its own'})"
+            f"{'in its GEMM' if parts.get('gelu_epilogue') else 'a kernel of its own'}; residual adds "
+            f"{'fused with their LayerNorms' if parts.get('fused_norm') else 'and LayerNorms apart'})"
         )
         eager_prefill = parts.get("prefill_one_row_eager_ms")
         launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""
@@ -883,6 +901,15 @@ def main() -> None:
     if one_row:  # a session of one row: the step unpadded
         result["decode_one_row"] = stage(
             "decode-one-row", lambda: [asdict(d) for d in decode_steps(engine, voice, [1], steps=50)]
+        )
+    if engine.fast_decode.graphs and fused_norm_works(engine.model.gpt.gpt.h[0].ln_2):
+        # The captured step with each residual add and its LayerNorm as two kernels: what fusing buys. Its
+        # own engine and decoders (one more capture, ~10 s), built with the fusion switched off.
+        result["decode_unfused_norm"] = stage(
+            "decode-unfused-norm",
+            lambda: without_fused_norm(
+                lambda: [asdict(d) for d in decode_steps(copy_of(), voice, [1, max(levels)], steps=50)]
+            ),
         )
     if eager_levels:
         result["decode_eager"] = stage(

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from worker.fused_norm import add_layer_norm
+from worker.fused_norm import works_for as fused_norm_works
 from worker.transfer import copy_to
 from worker.xtts_gpt import SamplingParams, choose_tokens, initial_seen
 
@@ -154,6 +156,7 @@ class BatchDecoder:
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
         min_batch: int = 1,
+        fused_norm: bool | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -188,6 +191,11 @@ class BatchDecoder:
         self.scaling = float(first.scaling)
         self.activation = fused_activation(gpt.gpt.h[0].mlp.act)
         self.gelu_epilogue = gelu_epilogue(self.blocks[0].mlp.c_fc, self.activation)
+        # Each residual add and the LayerNorm after it as one kernel (Triton): by default where a probe on
+        # the device agrees, which is only ever on CUDA (on the CPU Triton runs only in its interpreter).
+        if fused_norm is None:
+            fused_norm = self.device.type == "cuda" and fused_norm_works(self.blocks[0].ln_2)
+        self.fused_norm = fused_norm
         # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
         # FastDecode.min_batch), as far as the cache has rows.
         self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
@@ -319,12 +327,13 @@ class BatchDecoder:
         index = self.p_slots[:rows]
         sizes = self.p_sizes[:rows]
         h = self.px[:rows, :width]
+        normed = self.blocks[0].ln_1(h)
         for layer, block in enumerate(self.blocks):
-            q, k, v = self._qkv(block, h)  # [n, H, P, d]
+            q, k, v = self._qkv(block, normed)  # [n, H, P, d]
             self.kv[index, layer, 0, :, :width] = k
             self.kv[index, layer, 1, :, :width] = v
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
-            h = self._finish_block(block, h, attended)
+            h, normed = self._finish_block(layer, h, attended)
         latent = self.final_norm(self.ln_f(h[self.arange[:rows], sizes - 1]))
         fresh = self._fresh_seen[:rows]
         self.steps[index] = 0
@@ -403,10 +412,11 @@ class BatchDecoder:
         """The decode step over slots ``[0, batch)`` attending to ``length`` cache positions.
 
         Reads and writes static buffers only, with no host synchronisation: safe to capture in a graph.
-        Kept to few kernels (~11 per layer; a CUDA graph of it costs about a fixed gap per kernel): the
-        attention mask is built once as an additive bias, each layer writes its K and V with one
-        ``index_put_`` at offsets worked out once per step, and the MLP's tanh-GELU is one fused op, on
-        CUDA part of its first GEMM (:func:`gelu_epilogue`).
+        Kept to few kernels (11 ops per layer, 8 on CUDA; a CUDA graph of it costs about a fixed gap per
+        kernel): the attention mask is built once as an additive bias, each layer writes its K and V with
+        one ``index_put_`` at offsets worked out once per step, the MLP's tanh-GELU is one fused op, on
+        CUDA part of its first GEMM (:func:`gelu_epilogue`), and on CUDA each residual add is one kernel
+        with the LayerNorm after it (:mod:`worker.fused_norm`).
         """
         pos = self.pos[:batch]
         active = self.active[:batch]
@@ -417,14 +427,15 @@ class BatchDecoder:
         slot_rows = self.arange[:batch] * self._stride_slot + write
         rows = self._write_offsets[:, None] + slot_rows[None, :, None, None]
         h = self.x[:batch].unsqueeze(1)
+        normed = self.blocks[0].ln_1(h)
         for layer, block in enumerate(self.blocks):
-            qkv = block.attn.c_attn(block.ln_1(h)).view(batch, 3, self.heads, self.head_dim)
+            qkv = block.attn.c_attn(normed).view(batch, 3, self.heads, self.head_dim)
             self._kv_rows.index_put_((rows[layer],), qkv[:, 1:])
             q = qkv[:, 0].unsqueeze(2)  # [B, H, 1, d]
             keys = self.kv[:batch, layer, 0, :, :length]
             values = self.kv[:batch, layer, 1, :, :length]
             attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling)
-            h = self._finish_block(block, h, attended)
+            h, normed = self._finish_block(layer, h, attended)
         latent = self.final_norm(self.ln_f(h[:, 0]))
         logits = self.mel_head(latent)
         steps = self.steps[:batch]
@@ -442,17 +453,26 @@ class BatchDecoder:
 
     # ----- pieces ------------------------------------------------------------------------------------
 
-    def _qkv(self, block: Any, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n, t, _ = h.shape
-        qkv = block.attn.c_attn(block.ln_1(h)).view(n, t, 3, self.heads, self.head_dim)
+    def _qkv(self, block: Any, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, t, _ = normed.shape
+        qkv = block.attn.c_attn(normed).view(n, t, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
-    def _finish_block(self, block: Any, h: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    def _finish_block(
+        self, layer: int, h: torch.Tensor, attended: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of block ``layer`` after attention: its new residual stream and the next block's input.
+
+        That input is the next block's ``ln_1`` of the residual; after the last block, the residual itself
+        (the caller applies ``ln_f`` to the rows it needs).
+        """
+        block = self.blocks[layer]
         n, t, _ = h.shape
-        h = h + block.attn.c_proj(attended.transpose(1, 2).reshape(n, t, self.dim))
+        h, x = self._add_norm(
+            h, block.attn.c_proj(attended.transpose(1, 2).reshape(n, t, self.dim)), block.ln_2
+        )
         mlp = block.mlp  # GPT-2's MLP without its dropout (a no-op here), with the activation fused
-        x = block.ln_2(h)
         if self.gelu_epilogue:  # one kernel instead of two (see gelu_epilogue)
             inner = torch._addmm_activation(
                 mlp.c_fc.bias, x.view(n * t, self.dim), mlp.c_fc.weight, use_gelu=True
@@ -460,7 +480,17 @@ class BatchDecoder:
             x = inner.view(n, t, -1)
         else:
             x = self.activation(mlp.c_fc(x))
-        return h + mlp.c_proj(x)
+        if layer + 1 < len(self.blocks):
+            return self._add_norm(h, mlp.c_proj(x), self.blocks[layer + 1].ln_1)
+        h = h + mlp.c_proj(x)
+        return h, h
+
+    def _add_norm(self, h: torch.Tensor, delta: torch.Tensor, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h + delta`` and its normalisation by ``norm``: one kernel where :attr:`fused_norm` is on."""
+        if self.fused_norm:
+            return add_layer_norm(h, delta, norm)
+        h = h + delta
+        return h, norm(h)
 
     def _next_input(self, tokens: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Embedding of each row's chosen token at its audio position (what the next step feeds)."""

@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.batch_graphs import FastDecode
 from worker.fused_norm import FUSED_NORM_ENV
 from worker.fused_norm import works_for as fused_norm_works
+from worker.fused_sampling import FUSED_SAMPLING_ENV
+from worker.fused_sampling import works_for as fused_sampling_works
 from worker.scheduler import SynthesisScheduler
 from worker.testmodel import make_test_model
 from worker.types import SpeechRequest, VoiceEmbedding
@@ -202,17 +204,17 @@ def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], s
     return out
 
 
-def without_fused_norm(run: Any) -> Any:
-    """``run()`` with decoders built meanwhile keeping each residual add and LayerNorm apart."""
-    before = os.environ.get(FUSED_NORM_ENV)
-    os.environ[FUSED_NORM_ENV] = "off"
+def switched_off(env: str, run: Any) -> Any:
+    """``run()`` with the switch ``env`` (``VOXCLONE_FUSED_NORM``, ...) off for decoders built meanwhile."""
+    before = os.environ.get(env)
+    os.environ[env] = "off"
     try:
         return run()
     finally:
         if before is None:
-            del os.environ[FUSED_NORM_ENV]
+            del os.environ[env]
         else:
-            os.environ[FUSED_NORM_ENV] = before
+            os.environ[env] = before
 
 
 def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -> float:
@@ -363,6 +365,7 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     out["decode_step_ops"] = step_ops(decoder)
     out["gelu_epilogue"] = decoder.gelu_epilogue  # the MLP's GELU inside its GEMM (CUDA, cuBLASLt)
     out["fused_norm"] = decoder.fused_norm  # each residual add and its LayerNorm one kernel (Triton)
+    out["fused_sampling"] = decoder.fused_sampling  # the token choice and its seen mark one kernel (Triton)
     graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
@@ -617,6 +620,7 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         ("decode", meta["decode"] + padded),
         ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
         ("decode_unfused_norm", f"{meta['decode']}, each residual add and LayerNorm two kernels"),
+        ("decode_unfused_sampling", f"{meta['decode']}, the token choice in PyTorch's ops"),
         ("decode_eager", "eager/float32"),
     ):
         if not result.get(key):
@@ -634,7 +638,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             f"\ndecode step: {ops['total']} kernel-launching ops at batch 1 ({ops['per_layer']} per layer, "
             f"{ops['rest']} for sampling and bookkeeping; the MLP's GELU "
             f"{'in its GEMM' if parts.get('gelu_epilogue') else 'a kernel of its own'}; residual adds "
-            f"{'fused with their LayerNorms' if parts.get('fused_norm') else 'and LayerNorms apart'})"
+            f"{'fused with their LayerNorms' if parts.get('fused_norm') else 'and LayerNorms apart'}; "
+            f"the token choice {'one kernel' if parts.get('fused_sampling') else 'in PyTorch ops'})"
         )
         eager_prefill = parts.get("prefill_one_row_eager_ms")
         launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""
@@ -902,15 +907,32 @@ def main() -> None:
         result["decode_one_row"] = stage(
             "decode-one-row", lambda: [asdict(d) for d in decode_steps(engine, voice, [1], steps=50)]
         )
-    if engine.fast_decode.graphs and fused_norm_works(engine.model.gpt.gpt.h[0].ln_2):
-        # The captured step with each residual add and its LayerNorm as two kernels: what fusing buys. Its
-        # own engine and decoders (one more capture, ~10 s), built with the fusion switched off.
-        result["decode_unfused_norm"] = stage(
-            "decode-unfused-norm",
-            lambda: without_fused_norm(
-                lambda: [asdict(d) for d in decode_steps(copy_of(), voice, [1, max(levels)], steps=50)]
+    # The captured step with one fusion switched off at a time: what each buys. Each its own engine and
+    # decoders (one more capture each, ~10 s), built with the switch off.
+    gpt = engine.model.gpt
+    fusions = (
+        ("decode_unfused_norm", FUSED_NORM_ENV, lambda: fused_norm_works(gpt.gpt.h[0].ln_2)),
+        (
+            "decode_unfused_sampling",
+            FUSED_SAMPLING_ENV,
+            lambda: fused_sampling_works(
+                engine.sampling,
+                vocab=gpt.num_audio_tokens,
+                stop_token=gpt.stop_audio_token,
+                device=engine.device,
+                dtype=engine.fast_decode.dtype,
             ),
-        )
+        ),
+    )
+    for key, env, works in fusions:
+        if engine.fast_decode.graphs and works():
+            result[key] = stage(
+                key.replace("_", "-"),
+                lambda env=env: switched_off(
+                    env,
+                    lambda: [asdict(d) for d in decode_steps(copy_of(), voice, [1, max(levels)], steps=50)],
+                ),
+            )
     if eager_levels:
         result["decode_eager"] = stage(
             "decode-eager", lambda: [asdict(d) for d in decode_steps(eager, voice, eager_levels, steps=30)]

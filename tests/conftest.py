@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# The worker's Triton kernel (worker.fused_norm, a CUDA path) runs in Triton's interpreter in this suite,
+# The worker's Triton kernels (worker.triton_kernels, a CUDA path) run in Triton's interpreter in this suite,
 # which has no GPU. Triton decides that when it is first imported, hence here. Nothing else here launches
 # Triton kernels, and the worker never uses them on the CPU unless a test asks for them.
 os.environ.setdefault("TRITON_INTERPRET", "1")

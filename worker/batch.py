@@ -687,6 +687,7 @@ class DecoderPool:
             # bound by host time per op, and a custom op's dispatch plus a Triton launch is not known to be
             # cheaper there than the two ops it replaces (not measured): graphs only.
             fused_norm=None if fast.graphs else False,
+            fused_sampling=None if fast.graphs else False,  # the token choice in one kernel: likewise
         )
         graphs = False
         if fast.graphs:
@@ -698,11 +699,12 @@ class DecoderPool:
             elif fast.prefill_graphs and not capture_prefills(decoder):
                 engine.fast_decode = dataclasses.replace(fast, prefill_graphs=False)
         log.info(
-            "batch decoder for %d streams on %s (%s%s)",
+            "batch decoder for %d streams on %s (%s%s%s)",
             capacity,
             engine.device,
             fast.label if graphs else "eager",
             ", residual add + LayerNorm fused" if decoder.fused_norm else "",
+            ", token choice fused" if decoder.fused_sampling else "",
         )
         return decoder, graphs
 

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from worker.fused_norm import add_layer_norm
 from worker.fused_norm import works_for as fused_norm_works
+from worker.fused_sampling import choose_tokens as fused_choose_tokens
+from worker.fused_sampling import works_for as fused_sampling_works
 from worker.transfer import copy_to
 from worker.xtts_gpt import SamplingParams, choose_tokens, initial_seen
 
@@ -157,6 +159,7 @@ class BatchDecoder:
         dtype: torch.dtype = torch.float32,
         min_batch: int = 1,
         fused_norm: bool | None = None,
+        fused_sampling: bool | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -196,6 +199,12 @@ class BatchDecoder:
         if fused_norm is None:
             fused_norm = self.device.type == "cuda" and fused_norm_works(self.blocks[0].ln_2)
         self.fused_norm = fused_norm
+        # Likewise the token choice and its seen mark as one kernel (Triton) instead of ~33 ops.
+        if fused_sampling is None:
+            fused_sampling = self.device.type == "cuda" and fused_sampling_works(
+                params, vocab=self.vocab, stop_token=self.stop_token, device=self.device, dtype=dtype
+            )
+        self.fused_sampling = fused_sampling
         # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
         # FastDecode.min_batch), as far as the cache has rows.
         self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
@@ -416,7 +425,8 @@ class BatchDecoder:
         kernel): the attention mask is built once as an additive bias, each layer writes its K and V with
         one ``index_put_`` at offsets worked out once per step, the MLP's tanh-GELU is one fused op, on
         CUDA part of its first GEMM (:func:`gelu_epilogue`), and on CUDA each residual add is one kernel
-        with the LayerNorm after it (:mod:`worker.fused_norm`).
+        with the LayerNorm after it (:mod:`worker.fused_norm`) and the token choice one kernel
+        (:mod:`worker.fused_sampling`).
         """
         pos = self.pos[:batch]
         active = self.active[:batch]
@@ -439,12 +449,18 @@ class BatchDecoder:
         latent = self.final_norm(self.ln_f(h[:, 0]))
         logits = self.mel_head(latent)
         steps = self.steps[:batch]
-        tokens = choose_tokens(
-            logits, self.seen[:batch], steps, self.min_tokens[:batch], self.uniform[:batch], self.params,
-            stop_token=self.stop_token,
-        )  # fmt: skip
-        hit = torch.zeros_like(self.seen[:batch]).scatter_(1, tokens[:, None], active[:, None])
-        self.seen[:batch].bitwise_or_(hit)  # in place: `|=` on a slice adds a copy onto itself
+        if self.fused_sampling:  # marks each active row's token seen too
+            tokens = fused_choose_tokens(
+                logits, self.seen[:batch], steps, self.min_tokens[:batch], self.uniform[:batch], active,
+                self.params, stop_token=self.stop_token,
+            )  # fmt: skip
+        else:
+            tokens = choose_tokens(
+                logits, self.seen[:batch], steps, self.min_tokens[:batch], self.uniform[:batch], self.params,
+                stop_token=self.stop_token,
+            )  # fmt: skip
+            hit = torch.zeros_like(self.seen[:batch]).scatter_(1, tokens[:, None], active[:, None])
+            self.seen[:batch].bitwise_or_(hit)  # in place: `|=` on a slice adds a copy onto itself
         self.x[:batch] = torch.where(active[:, None], self._next_input(tokens, steps + 1), self.x[:batch])
         self.pos[:batch].add_(active)  # in place, a bool adds as 0 or 1
         self.steps[:batch].add_(active)

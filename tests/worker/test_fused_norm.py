@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from worker import fused_norm
+from worker import fused_norm, triton_support
 from worker.batch import max_positions
 from worker.batch_gpt import BatchDecoder
 from worker.fused_norm import FUSED_NORM_ENV, add_layer_norm, works_for
@@ -86,7 +86,7 @@ def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: p
     assert works_for(norm)  # the interpreter stands in for a GPU here
     assert works_for(random_norm(96, torch.float16))
     assert not works_for(torch.nn.LayerNorm(96, elementwise_affine=False))  # no weight to read
-    assert not works_for(torch.nn.LayerNorm((4, 24)))  # normalises over two dimensions
+    assert not works_for(torch.nn.LayerNorm([4, 24]))  # normalises over two dimensions
     assert not works_for(torch.nn.RMSNorm(96))  # not a LayerNorm
     monkeypatch.setenv(FUSED_NORM_ENV, "off")
     assert not works_for(norm)
@@ -98,7 +98,7 @@ def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: p
     def missing(*_: object) -> object:
         raise ImportError("No module named 'triton'")
 
-    monkeypatch.setattr(fused_norm, "_kernel", missing)
+    monkeypatch.setattr(triton_support, "kernel", missing)
     assert not works_for(norm)  # Triton missing (or failing to compile): the two ops, and no exception
     monkeypatch.undo()
     assert works_for(norm)

@@ -1,0 +1,115 @@
+"""The decode step's Triton kernels, undecorated (imported only where Triton is used).
+
+:func:`worker.triton_support.kernel` applies ``triton.jit`` when one is first needed: that is when Triton
+decides between compiling it and running it in its interpreter (``TRITON_INTERPRET=1``). Users:
+:mod:`worker.fused_norm` and :mod:`worker.fused_sampling`.
+"""
+
+import triton.language as tl
+
+
+def add_layer_norm_rows(
+    residual,
+    delta,
+    weight,
+    bias,
+    out_sum,
+    out_norm,
+    dim,
+    eps,
+    BLOCK: tl.constexpr,
+):
+    """One row per program: ``out_sum = residual + delta``, ``out_norm = LayerNorm(out_sum)``."""
+    start = tl.program_id(0).to(tl.int64) * dim
+    cols = tl.arange(0, BLOCK)
+    inside = cols < dim
+    r = tl.load(residual + start + cols, mask=inside, other=0.0)
+    d = tl.load(delta + start + cols, mask=inside, other=0.0)
+    total = (r.to(tl.float32) + d.to(tl.float32)).to(r.dtype)  # PyTorch's add: one rounding
+    tl.store(out_sum + start + cols, total, mask=inside)
+    x = total.to(tl.float32)
+    mean = tl.sum(x, axis=0) / dim
+    centred = tl.where(inside, x - mean, 0.0)
+    variance = tl.sum(centred * centred, axis=0) / dim
+    w = tl.load(weight + cols, mask=inside, other=0.0).to(tl.float32)
+    b = tl.load(bias + cols, mask=inside, other=0.0).to(tl.float32)
+    normed = centred * tl.rsqrt(variance + eps) * w + b
+    tl.store(out_norm + start + cols, normed.to(r.dtype), mask=inside)
+
+
+def choose_tokens_rows(
+    logits,
+    seen,
+    steps,
+    min_tokens,
+    uniform,
+    active,
+    out_tokens,
+    vocab,
+    stop_token,
+    penalty,
+    temperature,
+    top_k,
+    cut,
+    PENALTY: tl.constexpr,
+    GREEDY: tl.constexpr,
+    TOP_K: tl.constexpr,
+    TOP_P: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One row per program: :func:`worker.xtts_gpt.choose_tokens`, then the token marked seen if active.
+
+    Top-k and top-p need no sort: each finds its cut-off by bisection over the scores' order-preserving
+    integer keys (32 steps of a masked count or sum), which keeps every token tied with the cut-off, as
+    top-k's ``scores < kth`` does (top-p's sort-then-scatter keeps an arbitrary part of a tie instead).
+    ``cut`` is ``1 - top_p``.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    start = row * vocab
+    lanes = tl.arange(0, BLOCK)
+    inside = lanes < vocab
+    scores = tl.load(logits + start + lanes, mask=inside, other=float("-inf")).to(tl.float32)
+    if PENALTY:
+        hit = tl.load(seen + start + lanes, mask=inside, other=0) != 0
+        penalised = tl.where(scores < 0, scores * penalty, scores / penalty)
+        scores = tl.where(hit, penalised, scores)
+    early = tl.load(steps + row) < tl.load(min_tokens + row)
+    scores = tl.where((lanes == stop_token) & early, float("-inf"), scores)  # no stopping before min_tokens
+    best = tl.argmax(scores, axis=0, tie_break_left=True)
+    token = best.to(tl.int64)
+    if not GREEDY:
+        scores = scores / temperature
+        if TOP_K or TOP_P:
+            bits = scores.to(tl.int32, bitcast=True)
+            key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)  # ordered as the floats are
+        if TOP_K:
+            # The k-th largest score's key: the largest K with at least top_k keys >= K.
+            low = tl.min(key, axis=0)
+            high = tl.max(key, axis=0)
+            for _ in range(33):
+                middle = (low + high + 1) // 2
+                enough = tl.sum((key >= middle).to(tl.int32), axis=0) >= top_k
+                low = tl.where(enough, middle, low)
+                high = tl.where(enough, high, middle - 1)
+            scores = tl.where(key < low, float("-inf"), scores)
+        if TOP_P:
+            weights = tl.exp(scores - tl.max(scores, axis=0))
+            weights = weights / tl.sum(weights, axis=0)
+            # The smallest K whose keys <= K hold more than `cut` of the mass (at most the top key: the
+            # likeliest token is always kept); every key below it is dropped.
+            low = tl.min(key, axis=0) - 1
+            high = tl.max(key, axis=0)
+            for _ in range(33):
+                middle = (low + high) // 2
+                over = tl.sum(tl.where(key <= middle, weights, 0.0), axis=0) > cut
+                high = tl.where(over, middle, high)
+                low = tl.where(over, low, middle)
+            scores = tl.where(key < high, float("-inf"), scores)
+        weights = tl.exp(scores - tl.max(scores, axis=0))
+        cdf = tl.cumsum(weights / tl.sum(weights, axis=0), axis=0)
+        target = tl.load(uniform + row) * tl.sum(tl.where(lanes == vocab - 1, cdf, 0.0), axis=0)
+        index = tl.sum(((cdf <= target) & inside).to(tl.int64), axis=0)
+        # Rounding can put the target at the very top of the distribution: take the likeliest token then.
+        token = tl.where(index < vocab, index, token)
+    tl.store(out_tokens + row, token)
+    tl.store(seen + start + token, 1, mask=tl.load(active + row) != 0)

@@ -11,7 +11,7 @@ ENV PYTHONUNBUFFERED=1 \
     WORKER_HOST=0.0.0.0
 
 # ffmpeg: audio intake; libopus0: voice playback; gcc: builds webrtcvad and openai-whisper, and at run
-# time the launcher of the worker's Triton kernel on CUDA (worker/fused_norm.py; cached in ~/.triton).
+# time the launchers of the worker's Triton kernels on CUDA (worker/triton_kernels.py; cached in ~/.triton).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ffmpeg libopus0 gcc \
  && rm -rf /var/lib/apt/lists/*

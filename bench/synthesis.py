@@ -365,7 +365,7 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     out["decode_step_ops"] = step_ops(decoder)
     out["gelu_epilogue"] = decoder.gelu_epilogue  # the MLP's GELU inside its GEMM (CUDA, cuBLASLt)
     out["fused_norm"] = decoder.fused_norm  # each residual add and its LayerNorm one kernel (Triton)
-    out["fused_sampling"] = decoder.fused_sampling  # the token choice and its seen mark one kernel (Triton)
+    out["fused_sampling"] = decoder.fused_sampling  # the step's end (token choice, bookkeeping) one kernel
     graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
@@ -620,7 +620,7 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         ("decode", meta["decode"] + padded),
         ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
         ("decode_unfused_norm", f"{meta['decode']}, each residual add and LayerNorm two kernels"),
-        ("decode_unfused_sampling", f"{meta['decode']}, the token choice in PyTorch's ops"),
+        ("decode_unfused_sampling", f"{meta['decode']}, the token choice and bookkeeping in PyTorch's ops"),
         ("decode_eager", "eager/float32"),
     ):
         if not result.get(key):
@@ -639,7 +639,7 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             f"{ops['rest']} for sampling and bookkeeping; the MLP's GELU "
             f"{'in its GEMM' if parts.get('gelu_epilogue') else 'a kernel of its own'}; residual adds "
             f"{'fused with their LayerNorms' if parts.get('fused_norm') else 'and LayerNorms apart'}; "
-            f"the token choice {'one kernel' if parts.get('fused_sampling') else 'in PyTorch ops'})"
+            f"the step's end {'one kernel' if parts.get('fused_sampling') else 'in PyTorch ops'})"
         )
         eager_prefill = parts.get("prefill_one_row_eager_ms")
         launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""
@@ -918,6 +918,8 @@ def main() -> None:
             lambda: fused_sampling_works(
                 engine.sampling,
                 vocab=gpt.num_audio_tokens,
+                dim=gpt.model_dim,
+                positions=gpt.mel_pos_embedding.emb.weight.shape[0],
                 stop_token=gpt.stop_audio_token,
                 device=engine.device,
                 dtype=engine.fast_decode.dtype,

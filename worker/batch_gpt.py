@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from worker.fused_norm import add_layer_norm
 from worker.fused_norm import works_for as fused_norm_works
-from worker.fused_sampling import choose_tokens as fused_choose_tokens
+from worker.fused_sampling import StepRows, finish_step, finish_step_torch
 from worker.fused_sampling import works_for as fused_sampling_works
 from worker.transfer import copy_to
 from worker.xtts_gpt import SamplingParams, choose_tokens, initial_seen
@@ -199,10 +199,17 @@ class BatchDecoder:
         if fused_norm is None:
             fused_norm = self.device.type == "cuda" and fused_norm_works(self.blocks[0].ln_2)
         self.fused_norm = fused_norm
-        # Likewise the token choice and its seen mark as one kernel (Triton) instead of ~33 ops.
+        # Likewise the end of the step (the token choice and the rows' bookkeeping) as one kernel (Triton)
+        # instead of ~40 ops.
         if fused_sampling is None:
             fused_sampling = self.device.type == "cuda" and fused_sampling_works(
-                params, vocab=self.vocab, stop_token=self.stop_token, device=self.device, dtype=dtype
+                params,
+                vocab=self.vocab,
+                dim=self.dim,
+                positions=self.mel_pos.shape[0],
+                stop_token=self.stop_token,
+                device=self.device,
+                dtype=dtype,
             )
         self.fused_sampling = fused_sampling
         # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
@@ -343,7 +350,7 @@ class BatchDecoder:
             self.kv[index, layer, 1, :, :width] = v
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
             h, normed = self._finish_block(layer, h, attended)
-        latent = self.final_norm(self.ln_f(h[self.arange[:rows], sizes - 1]))
+        latent = self.final_norm(normed[self.arange[:rows], sizes - 1])
         fresh = self._fresh_seen[:rows]
         self.steps[index] = 0
         self.min_tokens[index] = self.p_min_tokens[:rows]
@@ -425,11 +432,10 @@ class BatchDecoder:
         kernel): the attention mask is built once as an additive bias, each layer writes its K and V with
         one ``index_put_`` at offsets worked out once per step, the MLP's tanh-GELU is one fused op, on
         CUDA part of its first GEMM (:func:`gelu_epilogue`), and on CUDA each residual add is one kernel
-        with the LayerNorm after it (:mod:`worker.fused_norm`) and the token choice one kernel
-        (:mod:`worker.fused_sampling`).
+        with the LayerNorm after it (:mod:`worker.fused_norm`) and the step's end, from the logits to the
+        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`).
         """
         pos = self.pos[:batch]
-        active = self.active[:batch]
         write = pos.clamp(max=length - 1)
         visible = self.arange[:length] <= write[:, None]
         bias = torch.where(visible, self._open, self._closed).view(batch, 1, 1, length)
@@ -446,26 +452,26 @@ class BatchDecoder:
             values = self.kv[:batch, layer, 1, :, :length]
             attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling)
             h, normed = self._finish_block(layer, h, attended)
-        latent = self.final_norm(self.ln_f(h[:, 0]))
+        latent = self.final_norm(normed[:, 0])
         logits = self.mel_head(latent)
-        steps = self.steps[:batch]
-        if self.fused_sampling:  # marks each active row's token seen too
-            tokens = fused_choose_tokens(
-                logits, self.seen[:batch], steps, self.min_tokens[:batch], self.uniform[:batch], active,
-                self.params, stop_token=self.stop_token,
-            )  # fmt: skip
-        else:
-            tokens = choose_tokens(
-                logits, self.seen[:batch], steps, self.min_tokens[:batch], self.uniform[:batch], self.params,
-                stop_token=self.stop_token,
-            )  # fmt: skip
-            hit = torch.zeros_like(self.seen[:batch]).scatter_(1, tokens[:, None], active[:, None])
-            self.seen[:batch].bitwise_or_(hit)  # in place: `|=` on a slice adds a copy onto itself
-        self.x[:batch] = torch.where(active[:, None], self._next_input(tokens, steps + 1), self.x[:batch])
-        self.pos[:batch].add_(active)  # in place, a bool adds as 0 or 1
-        self.steps[:batch].add_(active)
-        self.out_latent[:batch].copy_(latent)  # to float32 in the copy
-        self.out_tokens[:batch] = tokens
+        finish = finish_step if self.fused_sampling else finish_step_torch
+        finish(logits, latent, self._step_rows(batch), self.params, stop_token=self.stop_token)
+
+    def _step_rows(self, batch: int) -> StepRows:
+        """The buffers the end of a step reads and writes, over slots ``[0, batch)``."""
+        return StepRows(
+            seen=self.seen[:batch],
+            steps=self.steps[:batch],
+            pos=self.pos[:batch],
+            min_tokens=self.min_tokens[:batch],
+            uniform=self.uniform[:batch],
+            active=self.active[:batch],
+            x=self.x[:batch],
+            out_latent=self.out_latent[:batch],
+            out_tokens=self.out_tokens[:batch],
+            embedding=self.mel_embedding.weight,
+            positions=self.mel_pos,
+        )
 
     # ----- pieces ------------------------------------------------------------------------------------
 
@@ -480,8 +486,7 @@ class BatchDecoder:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The rest of block ``layer`` after attention: its new residual stream and the next block's input.
 
-        That input is the next block's ``ln_1`` of the residual; after the last block, the residual itself
-        (the caller applies ``ln_f`` to the rows it needs).
+        That input is the next block's ``ln_1`` of the residual; after the last block, its ``ln_f``.
         """
         block = self.blocks[layer]
         n, t, _ = h.shape
@@ -496,10 +501,8 @@ class BatchDecoder:
             x = inner.view(n, t, -1)
         else:
             x = self.activation(mlp.c_fc(x))
-        if layer + 1 < len(self.blocks):
-            return self._add_norm(h, mlp.c_proj(x), self.blocks[layer + 1].ln_1)
-        h = h + mlp.c_proj(x)
-        return h, h
+        last = layer + 1 == len(self.blocks)
+        return self._add_norm(h, mlp.c_proj(x), self.ln_f if last else self.blocks[layer + 1].ln_1)
 
     def _add_norm(self, h: torch.Tensor, delta: torch.Tensor, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``h + delta`` and its normalisation by ``norm``: one kernel where :attr:`fused_norm` is on."""

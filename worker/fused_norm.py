@@ -3,7 +3,7 @@
 A GPT-2 block adds to its residual stream and normalises the result twice per layer: ``h = h + attn``
 then ``ln_2(h)``, ``h = h + mlp`` then the next layer's ``ln_1(h)``. PyTorch runs each add and each
 LayerNorm as a kernel of its own; :func:`add_layer_norm` does both in one pass over each row: two kernels
-fewer per layer, 59 of the 380 kernel-launching ops of an XTTS-v2 decode step (30 layers), where a
+fewer per layer, 60 of the 380 kernel-launching ops of an XTTS-v2 decode step (30 layers), where a
 captured step costs about a fixed gap per kernel.
 
 It is the same function. The sum is rounded to the residual's dtype as PyTorch's add rounds it (one

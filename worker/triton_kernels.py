@@ -37,15 +37,23 @@ def add_layer_norm_rows(
     tl.store(out_norm + start + cols, normed.to(r.dtype), mask=inside)
 
 
-def choose_tokens_rows(
+def finish_step_rows(
     logits,
+    latent,
     seen,
     steps,
+    pos,
     min_tokens,
     uniform,
     active,
+    x,
+    embedding,
+    positions,
+    out_latent,
     out_tokens,
     vocab,
+    dim,
+    last_position,
     stop_token,
     penalty,
     temperature,
@@ -56,11 +64,16 @@ def choose_tokens_rows(
     TOP_K: tl.constexpr,
     TOP_P: tl.constexpr,
     BLOCK: tl.constexpr,
+    BLOCK_DIM: tl.constexpr,
 ):
-    """One row per program: :func:`worker.xtts_gpt.choose_tokens`, then the token marked seen if active.
+    """One row per program: :func:`worker.fused_sampling.finish_step_torch`, the end of a decode step.
+
+    The token choice of :func:`worker.xtts_gpt.choose_tokens`; then, for an active row, the token marked
+    seen, the next input embedding written and the row's step and cache length advanced; the token and
+    the latent (as float32) copied out for every row.
 
     Top-k and top-p need no sort: each finds its cut-off by bisection over the scores' order-preserving
-    integer keys (32 steps of a masked count or sum), which keeps every token tied with the cut-off, as
+    integer keys (33 steps of a masked count or sum), which keeps every token tied with the cut-off, as
     top-k's ``scores < kth`` does (top-p's sort-then-scatter keeps an arbitrary part of a tie instead).
     ``cut`` is ``1 - top_p``.
     """
@@ -73,7 +86,8 @@ def choose_tokens_rows(
         hit = tl.load(seen + start + lanes, mask=inside, other=0) != 0
         penalised = tl.where(scores < 0, scores * penalty, scores / penalty)
         scores = tl.where(hit, penalised, scores)
-    early = tl.load(steps + row) < tl.load(min_tokens + row)
+    step = tl.load(steps + row)
+    early = step < tl.load(min_tokens + row)
     scores = tl.where((lanes == stop_token) & early, float("-inf"), scores)  # no stopping before min_tokens
     best = tl.argmax(scores, axis=0, tie_break_left=True)
     token = best.to(tl.int64)
@@ -112,4 +126,16 @@ def choose_tokens_rows(
         # Rounding can put the target at the very top of the distribution: take the likeliest token then.
         token = tl.where(index < vocab, index, token)
     tl.store(out_tokens + row, token)
-    tl.store(seen + start + token, 1, mask=tl.load(active + row) != 0)
+    cols = tl.arange(0, BLOCK_DIM)
+    within = cols < dim
+    out = row * dim + cols
+    tl.store(out_latent + out, tl.load(latent + out, mask=within).to(tl.float32), mask=within)
+    on = tl.load(active + row) != 0
+    tl.store(seen + start + token, 1, mask=on)
+    # The next input: the token's embedding plus that of its audio position (the table's last row beyond).
+    where = tl.minimum(step + 1, last_position)
+    found = tl.load(embedding + token * dim + cols, mask=within)
+    placed = tl.load(positions + where * dim + cols, mask=within)
+    tl.store(x + out, (found.to(tl.float32) + placed.to(tl.float32)).to(found.dtype), mask=within & on)
+    tl.store(steps + row, step + on.to(tl.int64))
+    tl.store(pos + row, tl.load(pos + row) + on.to(tl.int64))

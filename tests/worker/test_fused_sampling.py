@@ -1,8 +1,9 @@
-"""The token choice in one kernel (worker.fused_sampling): the Triton kernel, run in Triton's interpreter
-(tests/conftest.py), against worker.xtts_gpt.choose_tokens, its probe, and a decoder that uses it."""
+"""The end of a decode step in one kernel (worker.fused_sampling): the Triton kernel, run in Triton's
+interpreter (tests/conftest.py), against the same step in PyTorch's ops, its probe, and a decoder using it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,34 +13,37 @@ import torch
 from worker import fused_sampling, triton_support
 from worker.batch import max_positions
 from worker.batch_gpt import BatchDecoder
-from worker.fused_sampling import FUSED_SAMPLING_ENV, choose_tokens, works_for
+from worker.fused_sampling import (
+    FUSED_SAMPLING_ENV,
+    StepRows,
+    copy_rows,
+    finish_step,
+    finish_step_torch,
+    random_rows,
+    works_for,
+)
 from worker.types import SpeechRequest
 from worker.xtts import XttsEngine
 from worker.xtts_gpt import SamplingParams, text_prefix
-from worker.xtts_gpt import choose_tokens as reference
 
 STOP = 1025  # XTTS-v2's stop token: the last of 1026 audio tokens
+DIM, POSITIONS = 48, 12  # small tables: the bookkeeping's shapes, not the model's, matter here
+MUTABLE = ("seen", "steps", "pos", "x", "out_latent", "out_tokens")
 
 
-def inputs(rows: int, vocab: int, seed: int, offset: float = 0.0) -> dict[str, torch.Tensor]:
-    """A decode step's worth of logits and sampling state, random."""
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "logits": offset + 3 * torch.randn(rows, vocab, generator=generator),
-        "seen": torch.rand(rows, vocab, generator=generator) < 0.05,
-        "steps": torch.randint(0, 8, (rows,), generator=generator),
-        "min_tokens": torch.randint(0, 8, (rows,), generator=generator),
-        "uniform": torch.rand(rows, generator=generator),
-    }
+def both(
+    logits: torch.Tensor, latent: torch.Tensor, rows: StepRows, params: SamplingParams, stop: int
+) -> tuple[StepRows, StepRows]:
+    """The rows after the kernel's step end and after PyTorch's, each from its own copy."""
+    fused, plain = copy_rows(rows), copy_rows(rows)
+    with torch.inference_mode():
+        finish_step(logits, latent, fused, params, stop_token=stop)
+        finish_step_torch(logits, latent, plain, params, stop_token=stop)
+    return fused, plain
 
 
-def fused(state: dict[str, torch.Tensor], active: torch.Tensor, params: SamplingParams, stop: int) -> tuple:
-    marked = state["seen"].clone()
-    tokens = choose_tokens(
-        state["logits"], marked, state["steps"], state["min_tokens"], state["uniform"], active, params,
-        stop_token=stop,
-    )  # fmt: skip
-    return tokens, marked
+def same(a: StepRows, b: StepRows) -> bool:
+    return all(torch.equal(getattr(a, name), getattr(b, name)) for name in MUTABLE)
 
 
 @pytest.mark.parametrize(
@@ -57,100 +61,118 @@ def fused(state: dict[str, torch.Tensor], active: torch.Tensor, params: Sampling
         (SamplingParams(greedy=True), 1026, -20.0),
     ],
 )
-def test_the_kernel_chooses_the_references_tokens_and_marks_the_active_rows(
-    params: SamplingParams, vocab: int, offset: float
-) -> None:
-    state = inputs(24, vocab, seed=vocab, offset=offset)
-    before = {name: tensor.clone() for name, tensor in state.items()}
-    active = torch.arange(24) % 4 != 3
-    with torch.inference_mode():
-        tokens, marked = fused(state, active, params, stop=vocab - 1)
-        want = reference(**state, params=params, stop_token=vocab - 1)
-    assert torch.equal(tokens, want)
+def test_the_kernel_ends_a_step_as_pytorchs_ops_do(params: SamplingParams, vocab: int, offset: float) -> None:
+    logits, latent, rows = random_rows(
+        24, vocab, DIM, POSITIONS, seed=vocab, dtype=torch.float32, device="cpu"
+    )
+    logits += offset
+    before = copy_rows(rows)
+    fused, plain = both(logits, latent, rows, params, stop=vocab - 1)
+    assert same(fused, plain)  # tokens, seen marks, next inputs, steps, lengths, latents: all of it
+    assert same(rows, before)  # (the copies were written, not the rows given)
+    tokens = fused.out_tokens
     assert len(set(tokens.tolist())) > 12  # real, varied choices
-    expected = state["seen"].clone()
-    expected[active, tokens[active]] = True  # the active rows' tokens marked, nothing else
-    assert torch.equal(marked, expected)
-    assert not torch.equal(marked, state["seen"])
-    assert all(torch.equal(state[name], before[name]) for name in state)  # the inputs are left alone
+    active = rows.active
+    assert 0 < int(active.sum()) < 24
+    assert torch.equal(fused.steps, rows.steps + active) and torch.equal(fused.pos, rows.pos + active)
+    assert torch.equal(fused.x[~active], rows.x[~active]) and not torch.equal(fused.x[active], rows.x[active])
+    assert fused.seen[active, tokens[active]].all()
+    assert torch.equal(fused.out_latent, latent)
 
 
-def test_every_draw_gives_the_references_token() -> None:
+def test_half_precision_tables_and_logits() -> None:
+    """A float16 decoder's step: the next inputs rounded once, as PyTorch's add does; the tokens PyTorch's
+    but where float16's coarse logits tie at top-p's cut-off (see the module's docstring)."""
+    logits, latent, rows = random_rows(64, 1026, DIM, POSITIONS, seed=5, dtype=torch.float16, device="cpu")
+    fused, plain = both(logits, latent, rows, SamplingParams(), stop=STOP)
+    agree = fused.out_tokens == plain.out_tokens
+    assert float(agree.float().mean()) >= 0.95
+    for name in ("steps", "pos", "out_latent"):
+        assert torch.equal(getattr(fused, name), getattr(plain, name))
+    assert torch.equal(fused.x[agree], plain.x[agree]) and torch.equal(fused.seen[agree], plain.seen[agree])
+
+
+def repeated(rows: StepRows, logits: torch.Tensor, latent: torch.Tensor, n: int) -> tuple:
+    """Row 0 of everything ``n`` times, so that only the draws differ."""
+
+    def first(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[:1].expand(n, *tensor.shape[1:]).contiguous()
+
+    per_row = {name: first(getattr(rows, name)) for name in (*MUTABLE, "min_tokens", "uniform", "active")}
+    return first(logits), first(latent), dataclasses.replace(rows, **per_row)
+
+
+def test_every_draw_gives_pytorchs_token() -> None:
     """One row's distribution swept with 150 draws from 0 to 1: the same token for each, so the top-k and
     top-p cut-offs and the inversion of the cumulative distribution are the same everywhere."""
-    state = inputs(1, 1026, seed=7)
-    state = {name: tensor.expand(150, *tensor.shape[1:]).contiguous() for name, tensor in state.items()}
-    state["uniform"] = torch.linspace(0.0, 0.999, 150)
-    params = SamplingParams(temperature=1.5, top_k=40, top_p=0.7)
-    with torch.inference_mode():
-        tokens, _ = fused(state, torch.zeros(150, dtype=torch.bool), params, stop=STOP)
-        want = reference(**state, params=params, stop_token=STOP)
-    assert torch.equal(tokens, want)
-    assert 4 < len(set(tokens.tolist())) < 40  # the sweep crossed many tokens, and top-p cut some of top-k
+    logits, latent, rows = random_rows(1, 1026, DIM, POSITIONS, seed=7, dtype=torch.float32, device="cpu")
+    logits, latent, rows = repeated(rows, logits, latent, 150)
+    rows.uniform.copy_(torch.linspace(0.0, 0.999, 150))
+    fused, plain = both(logits, latent, rows, SamplingParams(temperature=1.5, top_k=40, top_p=0.7), stop=STOP)
+    assert same(fused, plain)
+    assert 4 < len(set(fused.out_tokens.tolist())) < 40  # the sweep crossed many tokens; top-p cut some
 
 
 def test_ties_at_the_cut_offs_keep_every_tied_token() -> None:
     """Top-k keeps what ties with its k-th score, as PyTorch's does; top-p keeps all of a tie too."""
     vocab = 64
-    logits = torch.full((1, vocab), -5.0)
+    logits, latent, rows = random_rows(1, vocab, DIM, POSITIONS, seed=9, dtype=torch.float32, device="cpu")
+    logits.fill_(-5.0)
     logits[0, :6] = torch.tensor([4.0, 3.0, 2.0, 2.0, 2.0, 1.0])
-    rows = 60
-    state = {
-        "logits": logits.expand(rows, vocab).contiguous(),
-        "seen": torch.zeros(rows, vocab, dtype=torch.bool),
-        "steps": torch.zeros(rows, dtype=torch.long),
-        "min_tokens": torch.zeros(rows, dtype=torch.long),
-        "uniform": torch.linspace(0.0, 0.999, rows),
-    }
-    off = torch.zeros(rows, dtype=torch.bool)
+    rows.min_tokens.zero_()
+    logits, latent, rows = repeated(rows, logits, latent, 60)
+    rows.uniform.copy_(torch.linspace(0.0, 0.999, 60))
 
     def plain(top_k: int, top_p: float) -> SamplingParams:
         return SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, repetition_penalty=1.0)
 
-    with torch.inference_mode():
-        top_k, _ = fused(state, off, plain(3, 1.0), stop=vocab - 1)
-        # 4 and 3 hold ~0.55 and 0.20, each 2 ~0.07, the rest ~0.03: top-p 0.85 drops the lowest 0.15,
-        # which ends inside the tie at 2.
-        top_p, _ = fused(state, off, plain(0, 0.85), stop=vocab - 1)
-        want_k = reference(**state, params=plain(3, 1.0), stop_token=vocab - 1)
-    assert set(top_k.tolist()) == {0, 1, 2, 3, 4} and torch.equal(top_k, want_k)
-    assert set(top_p.tolist()) == {0, 1, 2, 3, 4}
+    top_k, reference = both(logits, latent, rows, plain(3, 1.0), stop=vocab - 1)
+    assert set(top_k.out_tokens.tolist()) == {0, 1, 2, 3, 4} and same(top_k, reference)
+    # 4 and 3 hold ~0.55 and 0.20, each 2 ~0.07, the rest ~0.03: top-p 0.85 drops the lowest 0.15, which
+    # ends inside the tie at 2.
+    top_p, _ = both(logits, latent, rows, plain(0, 0.85), stop=vocab - 1)
+    assert set(top_p.out_tokens.tolist()) == {0, 1, 2, 3, 4}
 
 
 def test_no_row_stops_before_its_minimum() -> None:
-    state = inputs(16, 1026, seed=3)
-    state["logits"][:, STOP] = 100.0  # the stop token is overwhelmingly likely
-    state["steps"] = torch.arange(16)
-    state["min_tokens"] = torch.full((16,), 8)
+    logits, latent, rows = random_rows(16, 1026, DIM, POSITIONS, seed=3, dtype=torch.float32, device="cpu")
+    logits[:, STOP] = 100.0  # the stop token is overwhelmingly likely
+    rows.steps.copy_(torch.arange(16))
+    rows.min_tokens.fill_(8)
     for params in (SamplingParams(), SamplingParams(greedy=True)):
-        with torch.inference_mode():
-            tokens, _ = fused(state, torch.ones(16, dtype=torch.bool), params, stop=STOP)
-        assert (tokens[:8] != STOP).all() and (tokens[8:] == STOP).all()
+        fused, plain = both(logits, latent, rows, params, stop=STOP)
+        tokens = fused.out_tokens
+        assert (tokens[:8] != STOP).all() and (tokens[8:] == STOP).all() and same(fused, plain)
 
 
 def test_the_kernel_refuses_inputs_it_would_misread() -> None:
-    state = inputs(2, 64, seed=1)
-    active = torch.ones(2, dtype=torch.bool)
-    bad = [
-        ("seen", torch.zeros(2, 128, dtype=torch.bool)[:, :64], "seen must be a contiguous"),
-        ("seen", torch.zeros(2, 64, dtype=torch.uint8), "seen must be"),
-        ("steps", torch.zeros(2, dtype=torch.int32), "steps must be"),
-        ("uniform", torch.zeros(3), "uniform must be"),
-    ]
-    for name, value, message in bad:
-        with pytest.raises(ValueError, match=message):
-            choose_tokens(**{**state, name: value}, active=active, params=SamplingParams(), stop_token=63)
-    with pytest.raises(ValueError, match="active must be"):
-        choose_tokens(**state, active=active.long(), params=SamplingParams(), stop_token=63)
+    logits, latent, rows = random_rows(2, 64, DIM, POSITIONS, seed=1, dtype=torch.float32, device="cpu")
+    bad = {
+        "seen": torch.zeros(2, 128, dtype=torch.bool)[:, :64],  # strided
+        "steps": torch.zeros(2, dtype=torch.int32),
+        "active": torch.ones(2, dtype=torch.long),
+        "uniform": torch.zeros(3),
+        "x": torch.zeros(2, DIM, dtype=torch.float16),  # not the tables' dtype
+        "positions": torch.zeros(POSITIONS, DIM + 1),
+    }
+    for name, value in bad.items():
+        with pytest.raises(ValueError, match=f"^{name} must be a contiguous"):
+            finish_step(
+                logits, latent, dataclasses.replace(rows, **{name: value}), SamplingParams(), stop_token=63
+            )
+    with pytest.raises(ValueError, match="latent must be"):
+        finish_step(logits, latent[:, :-1], rows, SamplingParams(), stop_token=63)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        choose_tokens(**state, active=active, params=SamplingParams(), stop_token=64)
+        finish_step(logits, latent, rows, SamplingParams(), stop_token=64)
 
 
 def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     params = SamplingParams()
 
     def probe(params: SamplingParams, dtype: torch.dtype = torch.float32) -> bool:
-        return works_for(params, vocab=1026, stop_token=STOP, device="cpu", dtype=dtype)
+        return works_for(
+            params, vocab=1026, dim=DIM, positions=POSITIONS, stop_token=STOP, device="cpu", dtype=dtype
+        )
 
     assert probe(params)  # the interpreter stands in for a GPU here
     assert probe(SamplingParams(greedy=True), torch.float16)
@@ -158,32 +180,35 @@ def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: p
     assert not probe(params)
     monkeypatch.setenv(FUSED_SAMPLING_ENV, "auto")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not probe(params)  # the CPU without the interpreter: not tried
+    assert not probe(params)  # the CPU without the interpreter: not tried at all
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
     def missing(*_: object) -> object:
         raise ImportError("No module named 'triton'")
 
     monkeypatch.setattr(triton_support, "kernel", missing)
-    assert not probe(params)  # Triton missing: PyTorch's ops, no exception
+    assert not probe(params)  # Triton missing (or failing to compile): PyTorch's ops, and no exception
     monkeypatch.undo()
 
-    original = fused_sampling.choose_tokens
+    original = fused_sampling.finish_step
 
-    def without_penalty(*args: object, params: SamplingParams, stop_token: int) -> torch.Tensor:
-        lenient = SamplingParams(params.temperature, params.top_k, params.top_p, 1.0, params.greedy)
-        return original(*args, params=lenient, stop_token=stop_token)  # type: ignore[arg-type, misc]
+    def without_penalty(*args: object, **kwargs: object) -> torch.Tensor:
+        logits, latent, rows, params = args
+        lenient = dataclasses.replace(params, repetition_penalty=1.0)  # type: ignore[type-var]
+        return original(logits, latent, rows, lenient, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fused_sampling, "choose_tokens", without_penalty)
+    monkeypatch.setattr(fused_sampling, "finish_step", without_penalty)
     assert not probe(params)  # another function is not used
 
-    def marking_all(*args: object, params: SamplingParams, stop_token: int) -> torch.Tensor:
-        tokens = original(*args, params=params, stop_token=stop_token)  # type: ignore[arg-type, misc]
-        args[1][:, 0] = True  # type: ignore[index]
+    def not_advancing(*args: object, **kwargs: object) -> torch.Tensor:
+        rows: StepRows = args[2]  # type: ignore[assignment]
+        pos = rows.pos.clone()
+        tokens = original(*args, **kwargs)  # type: ignore[arg-type]
+        rows.pos.copy_(pos)
         return tokens
 
-    monkeypatch.setattr(fused_sampling, "choose_tokens", marking_all)
-    assert not probe(params)  # nor one that marks other tokens seen
+    monkeypatch.setattr(fused_sampling, "finish_step", not_advancing)
+    assert not probe(params)  # nor one whose bookkeeping is off
 
 
 @pytest.fixture(scope="module")
@@ -201,32 +226,30 @@ def prefixes(tiny_xtts_dir: Path) -> tuple[XttsEngine, list[torch.Tensor]]:
     return engine, out
 
 
-def test_a_decoder_with_the_fused_choice_decodes_as_one_without_it(
+def test_a_decoder_with_the_fused_end_decodes_as_one_without_it(
     prefixes: tuple[XttsEngine, list[torch.Tensor]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three rows with their own prefixes and draws, one paused at times, one leaving halfway: the same
-    tokens and latents, and the same repetition-penalty state after every step."""
+    tokens and latents, and the same state (seen, next inputs, steps, lengths) after every step."""
     engine, texts = prefixes
     gpt = engine.model.gpt
     calls: list[int] = []
-    counted = fused_sampling.choose_tokens
+    counted = fused_sampling.finish_step
 
     def counting(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append(1)
         return counted(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("worker.batch_gpt.fused_choose_tokens", counting)
+    monkeypatch.setattr("worker.batch_gpt.finish_step", counting)
 
-    def run(
-        fused: bool | None,
-    ) -> tuple[BatchDecoder, list[torch.Tensor], list[list[int]], list[torch.Tensor]]:
+    def run(fused: bool | None) -> tuple[BatchDecoder, list[torch.Tensor], list[list[int]], list[tuple]]:
         decoder = BatchDecoder(
             gpt, SamplingParams(), capacity=4, max_positions=max_positions(gpt), device="cpu",
             fused_sampling=fused,
         )  # fmt: skip
         slots = [decoder.claim() for _ in texts]
         first = decoder.prefill(slots, texts, [3, 3, 3], [0.3, 0.7, 0.9])
-        latents, tokens, seen = [first.latents], [first.tokens], [decoder.seen[:3].clone()]
+        latents, tokens, states = [first.latents], [first.tokens], []
         for i in range(10):
             rows = 3 if i < 5 else 2
             if i == 5:
@@ -234,15 +257,18 @@ def test_a_decoder_with_the_fused_choice_decodes_as_one_without_it(
             result = decoder.step([True, i % 3 != 1, True][:rows], [0.1 + 0.08 * i, 0.5, 0.95][:rows])
             latents.append(result.latents)
             tokens.append(result.tokens)
-            seen.append(decoder.seen[:rows].clone())
-        return decoder, latents, tokens, seen
+            states.append(
+                tuple(t[:rows].clone() for t in (decoder.seen, decoder.x, decoder.steps, decoder.pos))
+            )
+        return decoder, latents, tokens, states
 
-    plain, plain_latents, plain_tokens, plain_seen = run(None)
+    plain, plain_latents, plain_tokens, plain_states = run(None)
     assert not plain.fused_sampling  # on the CPU only when asked for, even with the interpreter at hand
     assert not calls
-    fused, fused_latents, fused_tokens, fused_seen = run(True)
+    fused, fused_latents, fused_tokens, fused_states = run(True)
     assert fused.fused_sampling and len(calls) == 10  # every step, not the prefill
     assert fused_tokens == plain_tokens
     assert len({t for step in plain_tokens for t in step}) > 3  # real sampling, not one repeated token
-    assert all(torch.equal(a, b) for a, b in zip(fused_seen, plain_seen, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(fused_latents, plain_latents, strict=True))
+    for got, want in zip(fused_states, plain_states, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

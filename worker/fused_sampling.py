@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -150,11 +151,16 @@ def _finish_step(
         triton_support.kernel("finish_step_rows")[(rows,)](
             logits, latent, seen, steps, pos, min_tokens, uniform, active, x, embedding, positions,
             out_latent, out_tokens, vocab, dim, positions.shape[0] - 1, stop_token, repetition_penalty,
-            temperature, top_k, 1.0 - top_p,
+            _reciprocal(repetition_penalty), _reciprocal(temperature), top_k, 1.0 - top_p,
             PENALTY=repetition_penalty != 1.0, GREEDY=greedy, TOP_K=0 < top_k < vocab, TOP_P=top_p < 1.0,
             BLOCK=triton_support.next_power_of_2(vocab), BLOCK_DIM=triton_support.next_power_of_2(dim),
             num_warps=4,
         )  # fmt: skip
+
+
+def _reciprocal(value: float) -> float:
+    """``1 / value`` in float32, as PyTorch's CUDA division by a number computes it (then multiplies)."""
+    return float(np.float32(1.0) / np.float32(value)) if value else 0.0
 
 
 def finish_step(

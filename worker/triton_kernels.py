@@ -56,7 +56,8 @@ def finish_step_rows(
     last_position,
     stop_token,
     penalty,
-    temperature,
+    inverse_penalty,
+    inverse_temperature,
     top_k,
     cut,
     PENALTY: tl.constexpr,
@@ -75,7 +76,8 @@ def finish_step_rows(
     Top-k and top-p need no sort: each finds its cut-off by bisection over the scores' order-preserving
     integer keys (33 steps of a masked count or sum), which keeps every token tied with the cut-off, as
     top-k's ``scores < kth`` does (top-p's sort-then-scatter keeps an arbitrary part of a tie instead).
-    ``cut`` is ``1 - top_p``.
+    ``cut`` is ``1 - top_p``. Dividing by the penalty and the temperature is multiplying by their float32
+    reciprocals, as PyTorch does on CUDA for a tensor divided by a number.
     """
     row = tl.program_id(0).to(tl.int64)
     start = row * vocab
@@ -84,7 +86,7 @@ def finish_step_rows(
     scores = tl.load(logits + start + lanes, mask=inside, other=float("-inf")).to(tl.float32)
     if PENALTY:
         hit = tl.load(seen + start + lanes, mask=inside, other=0) != 0
-        penalised = tl.where(scores < 0, scores * penalty, scores / penalty)
+        penalised = tl.where(scores < 0, scores * penalty, scores * inverse_penalty)
         scores = tl.where(hit, penalised, scores)
     step = tl.load(steps + row)
     early = step < tl.load(min_tokens + row)
@@ -92,7 +94,7 @@ def finish_step_rows(
     best = tl.argmax(scores, axis=0, tie_break_left=True)
     token = best.to(tl.int64)
     if not GREEDY:
-        scores = scores / temperature
+        scores = scores * inverse_temperature
         if TOP_K or TOP_P:
             bits = scores.to(tl.int32, bitcast=True)
             key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)  # ordered as the floats are

@@ -687,7 +687,7 @@ class DecoderPool:
             # bound by host time per op, and a custom op's dispatch plus a Triton launch is not known to be
             # cheaper there than the two ops it replaces (not measured): graphs only.
             fused_norm=None if fast.graphs else False,
-            fused_sampling=None if fast.graphs else False,  # the token choice in one kernel: likewise
+            fused_sampling=None if fast.graphs else False,  # the step's end (token choice...): likewise
         )
         graphs = False
         if fast.graphs:
@@ -704,7 +704,7 @@ class DecoderPool:
             engine.device,
             fast.label if graphs else "eager",
             ", residual add + LayerNorm fused" if decoder.fused_norm else "",
-            ", token choice fused" if decoder.fused_sampling else "",
+            ", end of step fused" if decoder.fused_sampling else "",
         )
         return decoder, graphs
 

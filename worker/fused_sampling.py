@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 FUSED_SAMPLING_ENV = "VOXCLONE_FUSED_SAMPLING"  # "auto" (default: where the probe agrees) or "off"
 PROBE_ROWS = 64
 PROBE_AGREEMENT = 0.95  # of the probe's rows must get PyTorch's token (all of them when greedy)
+MUTABLE = ("seen", "steps", "pos", "x", "out_latent", "out_tokens")  # what the end of a step writes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,8 +216,7 @@ def random_rows(
 
 def copy_rows(rows: StepRows) -> StepRows:
     """Separate copies of ``rows``' mutable buffers (the tables are shared)."""
-    mutable = ("seen", "steps", "pos", "x", "out_latent", "out_tokens")
-    return dataclasses.replace(rows, **{name: getattr(rows, name).clone() for name in mutable})
+    return dataclasses.replace(rows, **{name: getattr(rows, name).clone() for name in MUTABLE})
 
 
 def compare(
@@ -232,8 +232,7 @@ def compare(
     got = finish_step(logits, latent, fused, params, stop_token=stop_token).clone()
     expected = copy_rows(rows)
     advance(expected, got, latent)
-    mutable = ("seen", "steps", "pos", "x", "out_latent", "out_tokens")
-    wrong = [name for name in mutable if not torch.equal(getattr(fused, name), getattr(expected, name))]
+    wrong = [name for name in MUTABLE if not torch.equal(getattr(fused, name), getattr(expected, name))]
     return float((got == want).float().mean()), wrong
 
 

@@ -15,6 +15,7 @@ from worker.batch import max_positions
 from worker.batch_gpt import BatchDecoder
 from worker.fused_sampling import (
     FUSED_SAMPLING_ENV,
+    MUTABLE,
     StepRows,
     copy_rows,
     finish_step,
@@ -28,7 +29,6 @@ from worker.xtts_gpt import SamplingParams, text_prefix
 
 STOP = 1025  # XTTS-v2's stop token: the last of 1026 audio tokens
 DIM, POSITIONS = 48, 12  # small tables: the bookkeeping's shapes, not the model's, matter here
-MUTABLE = ("seen", "steps", "pos", "x", "out_latent", "out_tokens")
 
 
 def both(

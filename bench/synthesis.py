@@ -34,6 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.batch_graphs import FastDecode
+from worker.fused_attention import FUSED_ATTENTION_ENV
+from worker.fused_attention import works_for as fused_attention_works
 from worker.fused_norm import FUSED_NORM_ENV
 from worker.fused_norm import works_for as fused_norm_works
 from worker.fused_sampling import FUSED_SAMPLING_ENV
@@ -204,10 +206,11 @@ def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], s
     return out
 
 
-def switched_off(env: str, run: Any) -> Any:
-    """``run()`` with the switch ``env`` (``VOXCLONE_FUSED_NORM``, ...) off for decoders built meanwhile."""
+def switched(env: str, value: str, run: Any) -> Any:
+    """``run()`` with the switch ``env`` (``VOXCLONE_FUSED_NORM``, ...) at ``value`` for decoders built
+    meanwhile."""
     before = os.environ.get(env)
-    os.environ[env] = "off"
+    os.environ[env] = value
     try:
         return run()
     finally:
@@ -366,6 +369,7 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     out["gelu_epilogue"] = decoder.gelu_epilogue  # the MLP's GELU inside its GEMM (CUDA, cuBLASLt)
     out["fused_norm"] = decoder.fused_norm  # each residual add and its LayerNorm one kernel (Triton)
     out["fused_sampling"] = decoder.fused_sampling  # the step's end (token choice, bookkeeping) one kernel
+    out["fused_attention"] = decoder.fused_attention  # each layer's cache write and attention one kernel
     graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
@@ -621,6 +625,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
         ("decode_unfused_norm", f"{meta['decode']}, each residual add and LayerNorm two kernels"),
         ("decode_unfused_sampling", f"{meta['decode']}, the token choice and bookkeeping in PyTorch's ops"),
+        ("decode_fused_attention", f"{meta['decode']}, attention and cache write one Triton kernel"),
+        ("decode_unfused_attention", f"{meta['decode']}, attention and cache write in PyTorch's ops"),
         ("decode_eager", "eager/float32"),
     ):
         if not result.get(key):
@@ -639,7 +645,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             f"{ops['rest']} for sampling and bookkeeping; the MLP's GELU "
             f"{'in its GEMM' if parts.get('gelu_epilogue') else 'a kernel of its own'}; residual adds "
             f"{'fused with their LayerNorms' if parts.get('fused_norm') else 'and LayerNorms apart'}; "
-            f"the step's end {'one kernel' if parts.get('fused_sampling') else 'in PyTorch ops'})"
+            f"the step's end {'one kernel' if parts.get('fused_sampling') else 'in PyTorch ops'}; attention "
+            f"{'one kernel with its cache write' if parts.get('fused_attention') else 'in PyTorch ops'})"
         )
         eager_prefill = parts.get("prefill_one_row_eager_ms")
         launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""
@@ -910,28 +917,49 @@ def main() -> None:
     # The captured step with one fusion switched off at a time: what each buys. Each its own engine and
     # decoders (one more capture each, ~10 s), built with the switch off.
     gpt = engine.model.gpt
-    fusions = (
-        ("decode_unfused_norm", FUSED_NORM_ENV, lambda: fused_norm_works(gpt.gpt.h[0].ln_2)),
-        (
-            "decode_unfused_sampling",
-            FUSED_SAMPLING_ENV,
-            lambda: fused_sampling_works(
-                engine.sampling,
-                vocab=gpt.num_audio_tokens,
-                dim=gpt.model_dim,
-                positions=gpt.mel_pos_embedding.emb.weight.shape[0],
-                stop_token=gpt.stop_audio_token,
-                device=engine.device,
-                dtype=engine.fast_decode.dtype,
-            ),
-        ),
-    )
-    for key, env, works in fusions:
-        if engine.fast_decode.graphs and works():
+
+    def sampling_works() -> bool:
+        return fused_sampling_works(
+            engine.sampling,
+            vocab=gpt.num_audio_tokens,
+            dim=gpt.model_dim,
+            positions=gpt.mel_pos_embedding.emb.weight.shape[0],
+            stop_token=gpt.stop_audio_token,
+            device=engine.device,
+            dtype=engine.fast_decode.dtype,
+        )
+
+    def attention_works() -> bool:
+        first = gpt.gpt.h[0].attn
+        return fused_attention_works(
+            heads=first.num_heads,
+            head_dim=first.head_dim,
+            device=engine.device,
+            dtype=engine.fast_decode.dtype,
+        )
+
+    flips = [
+        ("decode_unfused_norm", FUSED_NORM_ENV, "off", lambda: fused_norm_works(gpt.gpt.h[0].ln_2)),
+        ("decode_unfused_sampling", FUSED_SAMPLING_ENV, "off", sampling_works),
+    ]
+    if attention_works():  # switched on for this run: measure without it
+        flips.append(("decode_unfused_attention", FUSED_ATTENTION_ENV, "off", lambda: True))
+    else:  # off by default until measured: measure with it, where its probe agrees
+        flips.append(
+            (
+                "decode_fused_attention",
+                FUSED_ATTENTION_ENV,
+                "on",
+                lambda: switched(FUSED_ATTENTION_ENV, "on", attention_works),
+            )
+        )
+    for key, env, value, applies in flips:
+        if engine.fast_decode.graphs and applies():
             result[key] = stage(
                 key.replace("_", "-"),
-                lambda env=env: switched_off(
+                lambda env=env, value=value: switched(
                     env,
+                    value,
                     lambda: [asdict(d) for d in decode_steps(copy_of(), voice, [1, max(levels)], steps=50)],
                 ),
             )

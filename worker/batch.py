@@ -688,6 +688,7 @@ class DecoderPool:
             # cheaper there than the two ops it replaces (not measured): graphs only.
             fused_norm=None if fast.graphs else False,
             fused_sampling=None if fast.graphs else False,  # the step's end (token choice...): likewise
+            fused_attention=None if fast.graphs else False,  # and the attention, where switched on
         )
         graphs = False
         if fast.graphs:
@@ -699,12 +700,13 @@ class DecoderPool:
             elif fast.prefill_graphs and not capture_prefills(decoder):
                 engine.fast_decode = dataclasses.replace(fast, prefill_graphs=False)
         log.info(
-            "batch decoder for %d streams on %s (%s%s%s)",
+            "batch decoder for %d streams on %s (%s%s%s%s)",
             capacity,
             engine.device,
             fast.label if graphs else "eager",
             ", residual add + LayerNorm fused" if decoder.fused_norm else "",
             ", end of step fused" if decoder.fused_sampling else "",
+            ", attention fused" if decoder.fused_attention else "",
         )
         return decoder, graphs
 

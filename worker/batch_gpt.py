@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from worker.fused_attention import decode_attention
+from worker.fused_attention import works_for as fused_attention_works
 from worker.fused_norm import add_layer_norm
 from worker.fused_norm import works_for as fused_norm_works
 from worker.fused_sampling import StepRows, finish_step, finish_step_torch
@@ -160,6 +162,7 @@ class BatchDecoder:
         min_batch: int = 1,
         fused_norm: bool | None = None,
         fused_sampling: bool | None = None,
+        fused_attention: bool | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -212,6 +215,13 @@ class BatchDecoder:
                 dtype=dtype,
             )
         self.fused_sampling = fused_sampling
+        # Each layer's cache write and attention as one kernel (Triton): only where asked for (see
+        # worker.fused_attention) and the probe agrees.
+        if fused_attention is None:
+            fused_attention = self.device.type == "cuda" and fused_attention_works(
+                heads=self.heads, head_dim=self.head_dim, device=self.device, dtype=dtype
+            )
+        self.fused_attention = fused_attention
         # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
         # FastDecode.min_batch), as far as the cache has rows.
         self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
@@ -433,25 +443,18 @@ class BatchDecoder:
         one ``index_put_`` at offsets worked out once per step, the MLP's tanh-GELU is one fused op, on
         CUDA part of its first GEMM (:func:`gelu_epilogue`), and on CUDA each residual add is one kernel
         with the LayerNorm after it (:mod:`worker.fused_norm`) and the step's end, from the logits to the
-        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`).
+        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`). With ``VOXCLONE_FUSED_ATTENTION=on``
+        each layer's cache write and attention are one kernel too, and there is no mask to build
+        (:mod:`worker.fused_attention`).
         """
         pos = self.pos[:batch]
-        write = pos.clamp(max=length - 1)
-        visible = self.arange[:length] <= write[:, None]
-        bias = torch.where(visible, self._open, self._closed).view(batch, 1, 1, length)
-        # Flat cache rows of (layer, slot, K/V, head) at each slot's write position: [layers, B, 2, H].
-        slot_rows = self.arange[:batch] * self._stride_slot + write
-        rows = self._write_offsets[:, None] + slot_rows[None, :, None, None]
+        attend = self._fused_attend if self.fused_attention else self._attend
+        attention = attend(batch, length, pos)
         h = self.x[:batch].unsqueeze(1)
         normed = self.blocks[0].ln_1(h)
         for layer, block in enumerate(self.blocks):
             qkv = block.attn.c_attn(normed).view(batch, 3, self.heads, self.head_dim)
-            self._kv_rows.index_put_((rows[layer],), qkv[:, 1:])
-            q = qkv[:, 0].unsqueeze(2)  # [B, H, 1, d]
-            keys = self.kv[:batch, layer, 0, :, :length]
-            values = self.kv[:batch, layer, 1, :, :length]
-            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling)
-            h, normed = self._finish_block(layer, h, attended)
+            h, normed = self._finish_block(layer, h, attention(layer, qkv))
         latent = self.final_norm(normed[:, 0])
         logits = self.mel_head(latent)
         finish = finish_step if self.fused_sampling else finish_step_torch
@@ -474,6 +477,38 @@ class BatchDecoder:
         )
 
     # ----- pieces ------------------------------------------------------------------------------------
+
+    def _attend(
+        self, batch: int, length: int, pos: torch.Tensor
+    ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """A step's attention in PyTorch's ops: ``(layer, qkv [B, 3, H, d]) -> [B, H, 1, d]``, writing the new
+        keys and values into the cache first."""
+        write = pos.clamp(max=length - 1)
+        visible = self.arange[:length] <= write[:, None]
+        bias = torch.where(visible, self._open, self._closed).view(batch, 1, 1, length)
+        # Flat cache rows of (layer, slot, K/V, head) at each slot's write position: [layers, B, 2, H].
+        slot_rows = self.arange[:batch] * self._stride_slot + write
+        rows = self._write_offsets[:, None] + slot_rows[None, :, None, None]
+
+        def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+            self._kv_rows.index_put_((rows[layer],), qkv[:, 1:])
+            q = qkv[:, 0].unsqueeze(2)  # [B, H, 1, d]
+            keys = self.kv[:batch, layer, 0, :, :length]
+            values = self.kv[:batch, layer, 1, :, :length]
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling)
+
+        return attention
+
+    def _fused_attend(
+        self, batch: int, length: int, pos: torch.Tensor
+    ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """:meth:`_attend` as one kernel per layer (:mod:`worker.fused_attention`); no mask to build."""
+        del batch
+
+        def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+            return decode_attention(qkv, self.kv, pos, layer=layer, length=length, scale=self.scaling)
+
+        return attention
 
     def _qkv(self, block: Any, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, t, _ = normed.shape

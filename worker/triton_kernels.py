@@ -141,3 +141,59 @@ def finish_step_rows(
     tl.store(x + out, (found.to(tl.float32) + placed.to(tl.float32)).to(found.dtype), mask=within & on)
     tl.store(steps + row, step + on.to(tl.int64))
     tl.store(pos + row, tl.load(pos + row) + on.to(tl.int64))
+
+
+def decode_attention_rows(
+    qkv,
+    cache,
+    pos,
+    out,
+    layer,
+    length,
+    max_positions,
+    layers,
+    heads,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One (row, head) per program: the step's new key and value written to the cache, then attention.
+
+    ``qkv`` is ``[B, 3, heads, HEAD_DIM]`` (the layer's query, key and value projection), ``cache`` the
+    decoder's ``[capacity, layers, 2, heads, max_positions, HEAD_DIM]`` KV cache, ``pos`` each row's cache
+    length (where it writes, kept below ``length``), ``out`` ``[B, heads, HEAD_DIM]``. The query attends
+    to positions ``0 .. write``, the new key included, with an online softmax in float32.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    dims = tl.arange(0, HEAD_DIM)
+    width = heads * HEAD_DIM
+    source = qkv + row * 3 * width + head * HEAD_DIM + dims
+    q = tl.load(source).to(tl.float32)
+    new_key = tl.load(source + width)
+    new_value = tl.load(source + 2 * width)
+    write = tl.minimum(tl.load(pos + row), length - 1)
+    keys = cache + ((row * layers + layer) * 2 * heads + head) * max_positions * HEAD_DIM
+    values = keys + heads * max_positions * HEAD_DIM
+    tl.store(keys + write * HEAD_DIM + dims, new_key)
+    tl.store(values + write * HEAD_DIM + dims, new_value)
+    top = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), axis=0)  # running maximum of the scores
+    total = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)  # running sum of exp(score - top)
+    acc = tl.zeros([HEAD_DIM], tl.float32)
+    start = 0
+    while start < length:  # the bucket's positions; those beyond the row's write position are masked
+        places = start + tl.arange(0, BLOCK_N)
+        visible = places <= write
+        here = (places == write)[:, None]  # the new key and value come from registers, not the cache
+        offsets = places[:, None] * HEAD_DIM + dims[None, :]
+        k = tl.where(here, new_key[None, :], tl.load(keys + offsets, mask=visible[:, None], other=0.0))
+        scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
+        higher = tl.maximum(top, tl.max(scores, axis=0))
+        weights = tl.exp(scores - higher)
+        fade = tl.exp(top - higher)
+        v = tl.where(here, new_value[None, :], tl.load(values + offsets, mask=visible[:, None], other=0.0))
+        acc = acc * fade + tl.sum(weights[:, None] * v.to(tl.float32), axis=0)
+        total = total * fade + tl.sum(weights, axis=0)
+        top = higher
+        start += BLOCK_N
+    tl.store(out + (row * heads + head) * HEAD_DIM + dims, (acc / total).to(new_value.dtype))

@@ -55,6 +55,19 @@ CONFIGS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
         )
         for dtype in ("fp16", "bf16", "fp32")
     },
+    **{
+        f"decode attention {dtype}": (
+            "decode_attention_rows",
+            {
+                **dict.fromkeys(("qkv", "cache", "out"), f"*{dtype}"),
+                "pos": "*i64",
+                **dict.fromkeys(("layer", "length", "max_positions", "layers", "heads"), "i32"),
+                "scale": "fp32",
+            },
+            {"HEAD_DIM": 64, "BLOCK_N": 64},  # XTTS-v2: 16 heads of 64
+        )
+        for dtype in ("fp16", "bf16", "fp32")
+    },
     "end of step fp16, XTTS-v2's sampling": (
         "finish_step_rows",
         _end_of_step_types("fp16"),

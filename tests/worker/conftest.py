@@ -133,3 +133,26 @@ def speaker_verifier(torch_threads: None) -> SpeakerVerifier:
 @pytest.fixture(scope="session")
 def watermarker(torch_threads: None) -> Watermarker:
     return Watermarker(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_prefixes(tiny_xtts_dir: Path) -> tuple[object, list[object]]:
+    """The tiny XTTS engine and three sentences' GPT prefixes (conditioning + text) in one voice, for
+    decoder tests: "Hello world, this is a test.", "Short!" and "A third one, of middling length."."""
+    import torch
+
+    from worker.types import SpeechRequest
+    from worker.xtts import XttsEngine
+    from worker.xtts_gpt import text_prefix
+
+    torch.set_num_threads(2)
+    engine = XttsEngine.load(tiny_xtts_dir, "cpu")
+    rate = 22_050
+    tone = 0.3 * np.sin(2 * np.pi * 140 * np.arange(2 * rate) / rate)
+    voice = engine.embed(tone.astype(np.float32), rate)
+    prefixes = []
+    for text in ("Hello world, this is a test.", "Short!", "A third one, of middling length."):
+        speech = engine.prepare(SpeechRequest(text, "en", voice, seed=0))
+        with torch.inference_mode():
+            prefixes.append(text_prefix(engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0]))
+    return engine, prefixes

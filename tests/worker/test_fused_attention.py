@@ -3,9 +3,6 @@ run in Triton's interpreter (tests/conftest.py), against PyTorch's ops, its prob
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
@@ -13,9 +10,8 @@ from worker import fused_attention, triton_support
 from worker.batch import max_positions
 from worker.batch_gpt import BatchDecoder
 from worker.fused_attention import FUSED_ATTENTION_ENV, decode_attention, decode_attention_torch, works_for
-from worker.types import SpeechRequest
 from worker.xtts import XttsEngine
-from worker.xtts_gpt import SamplingParams, text_prefix
+from worker.xtts_gpt import SamplingParams
 
 
 def inputs(
@@ -138,27 +134,12 @@ def test_the_probe_says_yes_only_when_switched_on_and_agreeing(monkeypatch: pyte
 _real_kernel = triton_support.kernel
 
 
-@pytest.fixture(scope="module")
-def prefixes(tiny_xtts_dir: Path) -> tuple[XttsEngine, list[torch.Tensor]]:
-    torch.set_num_threads(2)
-    engine = XttsEngine.load(tiny_xtts_dir, "cpu")
-    rate = 22_050
-    tone = 0.3 * np.sin(2 * np.pi * 140 * np.arange(2 * rate) / rate)
-    voice = engine.embed(tone.astype(np.float32), rate)
-    out = []
-    for text in ("Hello world, this is a test.", "Short!"):
-        speech = engine.prepare(SpeechRequest(text, "en", voice, seed=0))
-        with torch.inference_mode():
-            out.append(text_prefix(engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0]))
-    return engine, out
-
-
 def test_a_decoder_with_the_fused_attention_decodes_as_one_without_it(
-    prefixes: tuple[XttsEngine, list[torch.Tensor]], monkeypatch: pytest.MonkeyPatch
+    tiny_prefixes: tuple[XttsEngine, list[torch.Tensor]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two rows with their own prefixes and draws, one paused at times: the same tokens, latents within
     float32 rounding, and the kernel called once per layer and step."""
-    engine, texts = prefixes
+    engine, texts = tiny_prefixes[0], tiny_prefixes[1][:2]
     gpt = engine.model.gpt
     calls: list[int] = []
 

@@ -4,9 +4,7 @@ interpreter (tests/conftest.py), against the same step in PyTorch's ops, its pro
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,9 +21,8 @@ from worker.fused_sampling import (
     random_rows,
     works_for,
 )
-from worker.types import SpeechRequest
 from worker.xtts import XttsEngine
-from worker.xtts_gpt import SamplingParams, text_prefix
+from worker.xtts_gpt import SamplingParams
 
 STOP = 1025  # XTTS-v2's stop token: the last of 1026 audio tokens
 DIM, POSITIONS = 48, 12  # small tables: the bookkeeping's shapes, not the model's, matter here
@@ -211,27 +208,12 @@ def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: p
     assert not probe(params)  # nor one whose bookkeeping is off
 
 
-@pytest.fixture(scope="module")
-def prefixes(tiny_xtts_dir: Path) -> tuple[XttsEngine, list[torch.Tensor]]:
-    torch.set_num_threads(2)
-    engine = XttsEngine.load(tiny_xtts_dir, "cpu")
-    rate = 22_050
-    tone = 0.3 * np.sin(2 * np.pi * 140 * np.arange(2 * rate) / rate)
-    voice = engine.embed(tone.astype(np.float32), rate)
-    out = []
-    for text in ("Hello world, this is a test.", "Short!", "A third one, of middling length."):
-        speech = engine.prepare(SpeechRequest(text, "en", voice, seed=0))
-        with torch.inference_mode():
-            out.append(text_prefix(engine.model.gpt, speech.gpt_cond_latent, speech.sentences[0]))
-    return engine, out
-
-
 def test_a_decoder_with_the_fused_end_decodes_as_one_without_it(
-    prefixes: tuple[XttsEngine, list[torch.Tensor]], monkeypatch: pytest.MonkeyPatch
+    tiny_prefixes: tuple[XttsEngine, list[torch.Tensor]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three rows with their own prefixes and draws, one paused at times, one leaving halfway: the same
     tokens and latents, and the same state (seen, next inputs, steps, lengths) after every step."""
-    engine, texts = prefixes
+    engine, texts = tiny_prefixes[0], tiny_prefixes[1][:3]
     gpt = engine.model.gpt
     calls: list[int] = []
     counted = fused_sampling.finish_step

@@ -914,8 +914,35 @@ def main() -> None:
         result["decode_one_row"] = stage(
             "decode-one-row", lambda: [asdict(d) for d in decode_steps(engine, voice, [1], steps=50)]
         )
-    # The captured step with one fusion switched off at a time: what each buys. Each its own engine and
-    # decoders (one more capture each, ~10 s), built with the switch off.
+    if eager_levels:
+        result["decode_eager"] = stage(
+            "decode-eager", lambda: [asdict(d) for d in decode_steps(eager, voice, eager_levels, steps=30)]
+        )
+    result["reference_ms_per_token"] = stage(
+        "reference", lambda: reference_decode_ms(engine, voice, steps=30)
+    )
+    result["components"] = stage("components", lambda: components(engine, voice))
+    result["check"] = stage("check", lambda: agreement(engine, voice, tokens=min(args.tokens, 100)))
+    if fp32_vocoder_levels and fp16_vocoder:
+        result["check_fp32_vocoder"] = stage(
+            "check-fp32-vocoder",
+            lambda: agreement(engine, voice, tokens=min(args.tokens, 100), vocoder=VocoderPrecision()),
+        )
+    if not args.skip_stock:
+        rows += (
+            stage(
+                "stock",
+                lambda: asyncio.run(
+                    measure(
+                        StockEngine(engine, args.stock_chunk), "stock", voice, stock_levels, args.tokens, 1
+                    )
+                ),
+            )
+            or []
+        )
+    # After stock, so that a run out of time loses these diagnostics rather than the ratios. The captured
+    # step with one fusion switched the other way at a time: what each buys. Each its own engine and
+    # decoders (one more capture each, ~10 s), built with the switch flipped.
     gpt = engine.model.gpt
 
     def sampling_works() -> bool:
@@ -963,32 +990,6 @@ def main() -> None:
                     lambda: [asdict(d) for d in decode_steps(copy_of(), voice, [1, max(levels)], steps=50)],
                 ),
             )
-    if eager_levels:
-        result["decode_eager"] = stage(
-            "decode-eager", lambda: [asdict(d) for d in decode_steps(eager, voice, eager_levels, steps=30)]
-        )
-    result["reference_ms_per_token"] = stage(
-        "reference", lambda: reference_decode_ms(engine, voice, steps=30)
-    )
-    result["components"] = stage("components", lambda: components(engine, voice))
-    result["check"] = stage("check", lambda: agreement(engine, voice, tokens=min(args.tokens, 100)))
-    if fp32_vocoder_levels and fp16_vocoder:
-        result["check_fp32_vocoder"] = stage(
-            "check-fp32-vocoder",
-            lambda: agreement(engine, voice, tokens=min(args.tokens, 100), vocoder=VocoderPrecision()),
-        )
-    if not args.skip_stock:
-        rows += (
-            stage(
-                "stock",
-                lambda: asyncio.run(
-                    measure(
-                        StockEngine(engine, args.stock_chunk), "stock", voice, stock_levels, args.tokens, 1
-                    )
-                ),
-            )
-            or []
-        )
     if profile_levels:  # last: a profiler failure below Python must not cost the parts before it
         where = out.parent if out is not None else None
         result["profile"] = [

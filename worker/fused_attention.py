@@ -3,11 +3,11 @@
 Per layer the captured step writes the new key and value into the cache (an ``index_put_``) and runs
 PyTorch's scaled-dot-product attention over the bucket's positions with an additive mask built at the
 start of the step. :func:`decode_attention` does both in one launch, one program per (row, head), and
-reads each row's length directly, so the step needs no mask: 30 fewer kernels per layer stack, and the
-six that build the mask and the write offsets. Unlike the other fusions this one replaces a tuned
-library kernel (PyTorch picks a CUTLASS or flash kernel for the attention), so whether it is faster is
-for the benchmark to say: it is off unless ``VOXCLONE_FUSED_ATTENTION=on``, and even then used only where
-:func:`works_for` finds it agreeing with PyTorch on the device.
+reads each row's length directly, so the step needs no mask: one kernel fewer per layer (30 in
+XTTS-v2's GPT) and none of the six that build the mask and the write offsets. Unlike the other fusions
+this one replaces a tuned library kernel (PyTorch picks a CUTLASS or flash kernel for the attention), so
+whether it is faster is for the benchmark to say: it is off unless ``VOXCLONE_FUSED_ATTENTION=on``, and
+even then used only where :func:`works_for` finds it agreeing with PyTorch on the device.
 
 The same function up to rounding: the cache is written bit for bit as before; the attention adds the
 same products in float32 in another order (an online softmax over blocks of positions).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.decoding import decode_two_rows
 from worker import fused_attention, triton_support
 from worker.batch import max_positions
 from worker.batch_gpt import BatchDecoder
@@ -154,14 +155,7 @@ def test_a_decoder_with_the_fused_attention_decodes_as_one_without_it(
             gpt, SamplingParams(), capacity=4, max_positions=max_positions(gpt), device="cpu",
             fused_attention=fused,
         )  # fmt: skip
-        slots = [decoder.claim() for _ in texts]
-        first = decoder.prefill(slots, texts, [3, 3], [0.3, 0.7])
-        latents, tokens = [first.latents], [first.tokens]
-        for i in range(12):
-            result = decoder.step([True, i % 3 != 1], [0.1 + 0.07 * i, 0.5])
-            latents.append(result.latents)
-            tokens.append(result.tokens)
-        return decoder, torch.cat(latents), tokens
+        return decoder, *decode_two_rows(decoder, texts, min_tokens=3)
 
     plain, plain_latents, plain_tokens = run(None)
     assert not plain.fused_attention and not calls  # off unless asked for

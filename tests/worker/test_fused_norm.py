@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.decoding import decode_two_rows
 from worker import fused_norm, triton_support
 from worker.batch import max_positions
 from worker.batch_gpt import BatchDecoder
@@ -184,14 +185,7 @@ def test_a_decoder_with_the_fused_norm_decodes_as_one_without_it(
         decoder = BatchDecoder(
             gpt, sampling, capacity=4, max_positions=max_positions(gpt), device="cpu", fused_norm=fused
         )
-        slots = [decoder.claim() for _ in prefixes]
-        first = decoder.prefill(slots, prefixes, [4, 4], [0.3, 0.7])
-        latents, tokens = [first.latents], [first.tokens]
-        for i in range(12):
-            result = decoder.step([True, i % 3 != 1], [0.1 + 0.07 * i, 0.5])
-            latents.append(result.latents)
-            tokens.append(result.tokens)
-        return decoder, torch.cat(latents), tokens
+        return decoder, *decode_two_rows(decoder, prefixes, min_tokens=4)
 
     plain, plain_latents, plain_tokens = run(None)
     assert not plain.fused_norm  # on the CPU only when asked for, even with the interpreter at hand

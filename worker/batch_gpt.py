@@ -29,7 +29,7 @@ from worker.fused_attention import decode_attention
 from worker.fused_attention import works_for as fused_attention_works
 from worker.fused_norm import add_layer_norm
 from worker.fused_norm import works_for as fused_norm_works
-from worker.fused_sampling import StepRows, finish_step, finish_step_torch
+from worker.fused_sampling import StepRows, finish_step, finish_step_torch, next_input
 from worker.fused_sampling import works_for as fused_sampling_works
 from worker.transfer import copy_to
 from worker.xtts_gpt import SamplingParams, choose_tokens, initial_seen
@@ -372,7 +372,7 @@ class BatchDecoder:
         )  # fmt: skip
         self.seen[index] = fresh.scatter(1, tokens[:, None], True)
         self.steps[index] = 1
-        self.x[index] = self._next_input(tokens, self.steps[index])
+        self.x[index] = next_input(self.mel_embedding.weight, self.mel_pos, tokens, self.steps[index])
         self.p_latent[:rows] = latent.float()
         self.p_tokens[:rows] = tokens
 
@@ -545,8 +545,3 @@ class BatchDecoder:
             return add_layer_norm(h, delta, norm)
         h = h + delta
         return h, norm(h)
-
-    def _next_input(self, tokens: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """Embedding of each row's chosen token at its audio position (what the next step feeds)."""
-        table = self.mel_pos
-        return self.mel_embedding(tokens) + table[steps.clamp(max=table.shape[0] - 1)]

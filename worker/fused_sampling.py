@@ -102,6 +102,14 @@ def finish_step_torch(
     return tokens
 
 
+def next_input(
+    embedding: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor, steps: torch.Tensor
+) -> torch.Tensor:
+    """What the next step feeds each row: its token's embedding plus that of audio position ``steps``
+    (the position table's last row beyond its end)."""
+    return F.embedding(tokens, embedding) + positions[steps.clamp(max=positions.shape[0] - 1)]
+
+
 def advance(rows: StepRows, tokens: torch.Tensor, latent: torch.Tensor) -> None:
     """For each active row: ``tokens`` marked seen, the next input written (the token's embedding plus
     its audio position's), the step and cache length advanced; for every row, the token and the latent
@@ -109,8 +117,7 @@ def advance(rows: StepRows, tokens: torch.Tensor, latent: torch.Tensor) -> None:
     active = rows.active
     hit = torch.zeros_like(rows.seen).scatter_(1, tokens[:, None], active[:, None])
     rows.seen.bitwise_or_(hit)  # in place: `|=` on a slice adds a copy onto itself
-    where = (rows.steps + 1).clamp(max=rows.positions.shape[0] - 1)
-    following = F.embedding(tokens, rows.embedding) + rows.positions[where]
+    following = next_input(rows.embedding, rows.positions, tokens, rows.steps + 1)
     rows.x.copy_(torch.where(active[:, None], following, rows.x))
     rows.pos.add_(active)  # in place, a bool adds as 0 or 1
     rows.steps.add_(active)

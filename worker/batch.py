@@ -688,7 +688,8 @@ class DecoderPool:
             # cheaper there than the two ops it replaces (not measured): graphs only.
             fused_norm=None if fast.graphs else False,
             fused_sampling=None if fast.graphs else False,  # the step's end (token choice...): likewise
-            fused_attention=None if fast.graphs else False,  # and the attention, where switched on
+            fused_attention=None if fast.graphs else False,  # and the attention: where it times faster
+            timed_attention=None if fast.graphs else False,
         )
         graphs = False
         if fast.graphs:
@@ -706,9 +707,19 @@ class DecoderPool:
             fast.label if graphs else "eager",
             ", residual add + LayerNorm fused" if decoder.fused_norm else "",
             ", end of step fused" if decoder.fused_sampling else "",
-            ", attention fused" if decoder.fused_attention else "",
+            attention_label(decoder, graphs),
         )
         return decoder, graphs
+
+
+def attention_label(decoder: BatchDecoder, graphs: bool) -> str:
+    """Where a decoder's steps use the fused attention, for its log line ("" where nowhere)."""
+    if not graphs:
+        return ", attention fused" if decoder.fused_attention else ""
+    fused = sum(decoder.attention_at.values())
+    if not fused:
+        return ""
+    return f", attention fused in {fused} of {len(decoder.attention_at)} captured step shapes"
 
 
 def max_positions(gpt: object) -> int:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.fused_attention import decode_attention
+from worker.fused_attention import mode as attention_mode
 from worker.fused_attention import works_for as fused_attention_works
 from worker.fused_norm import add_layer_norm
 from worker.fused_norm import works_for as fused_norm_works
@@ -130,6 +131,16 @@ def gelu_epilogue(linear: Any, act: Callable[[torch.Tensor], torch.Tensor]) -> b
     return got.shape == want.shape and float((got - want).abs().max()) <= 1e-2 * scale
 
 
+def attention_choice(device: torch.device, agrees: Callable[[], bool]) -> tuple[bool, bool]:
+    """(the fused attention in every step, timed against PyTorch's per captured shape) for a decoder on
+    ``device``, by ``$VOXCLONE_FUSED_ATTENTION`` (:mod:`worker.fused_attention`); ``agrees`` is the probe,
+    asked only on CUDA and unless switched off."""
+    wanted = attention_mode() if device.type == "cuda" else "off"
+    if wanted == "off" or not agrees():
+        return False, False
+    return wanted == "on", wanted == "auto"
+
+
 def buckets(limit: int, smallest: int = 1) -> tuple[int, ...]:
     """Powers of two from ``smallest`` below ``limit``, then ``limit`` itself: the shapes graphs exist for."""
     sizes, size = [], smallest
@@ -163,6 +174,7 @@ class BatchDecoder:
         fused_norm: bool | None = None,
         fused_sampling: bool | None = None,
         fused_attention: bool | None = None,
+        timed_attention: bool | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -215,13 +227,23 @@ class BatchDecoder:
                 dtype=dtype,
             )
         self.fused_sampling = fused_sampling
-        # Each layer's cache write and attention as one kernel (Triton): only where asked for (see
-        # worker.fused_attention) and the probe agrees.
+        # Each layer's cache write and attention as one kernel (Triton), where the probe agrees: for every
+        # step with VOXCLONE_FUSED_ATTENTION=on; by default (auto) in the captured steps where it times
+        # faster than PyTorch's attention (worker.batch_graphs.capture_steps), and not in eager steps.
         if fused_attention is None:
-            fused_attention = self.device.type == "cuda" and fused_attention_works(
-                heads=self.heads, head_dim=self.head_dim, device=self.device, dtype=dtype
+            fused_attention, timed = attention_choice(
+                self.device,
+                lambda: fused_attention_works(
+                    heads=self.heads, head_dim=self.head_dim, device=self.device, dtype=dtype
+                ),
             )
-        self.fused_attention = fused_attention
+            timed_attention = timed if timed_attention is None else timed_attention
+        self.fused_attention = fused_attention  # what an uncaptured (eager) step uses
+        self.timed_attention = bool(timed_attention)  # capture_steps: time both ways, keep the faster
+        # Per captured (batch, length): whether its graph uses the fused attention, and with timed
+        # attention the replay times measured (PyTorch's, the fused kernel's) in ms.
+        self.attention_at: dict[tuple[int, int], bool] = {}
+        self.attention_ms: dict[tuple[int, int], tuple[float, float]] = {}
         # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
         # FastDecode.min_batch), as far as the cache has rows.
         self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
@@ -434,7 +456,7 @@ class BatchDecoder:
         done.record()
         return PendingStep(latents, tokens, done)
 
-    def run_step(self, batch: int, length: int) -> None:
+    def run_step(self, batch: int, length: int, fused_attention: bool | None = None) -> None:
         """The decode step over slots ``[0, batch)`` attending to ``length`` cache positions.
 
         Reads and writes static buffers only, with no host synchronisation: safe to capture in a graph.
@@ -443,12 +465,13 @@ class BatchDecoder:
         one ``index_put_`` at offsets worked out once per step, the MLP's tanh-GELU is one fused op, on
         CUDA part of its first GEMM (:func:`gelu_epilogue`), and on CUDA each residual add is one kernel
         with the LayerNorm after it (:mod:`worker.fused_norm`) and the step's end, from the logits to the
-        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`). With ``VOXCLONE_FUSED_ATTENTION=on``
-        each layer's cache write and attention are one kernel too, and there is no mask to build
-        (:mod:`worker.fused_attention`).
+        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`). With ``fused_attention`` (by default
+        :attr:`fused_attention`) each layer's cache write and attention are one kernel too, and there is no
+        mask to build (:mod:`worker.fused_attention`).
         """
         pos = self.pos[:batch]
-        attend = self._fused_attend if self.fused_attention else self._attend
+        fused = self.fused_attention if fused_attention is None else fused_attention
+        attend = self._fused_attend if fused else self._attend
         attention = attend(batch, length, pos)
         h = self.x[:batch].unsqueeze(1)
         normed = self.blocks[0].ln_1(h)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -105,18 +106,94 @@ def _switch(env: str) -> bool:
 def capture_steps(decoder: BatchDecoder) -> bool:
     """Capture and check a graph of the decode step for every bucket; False (eager from then on) on failure.
 
-    Call with no rows occupied (a fresh decoder): warm-up runs execute the step, with every row inactive.
+    With :attr:`~worker.batch_gpt.BatchDecoder.timed_attention` the step is captured twice per bucket,
+    with PyTorch's attention and with the fused kernel (:mod:`worker.fused_attention`); both graphs are
+    timed on the device and the faster is kept (:func:`_keep_faster`). Call with no rows occupied (a fresh
+    decoder): warm-up runs execute the step, with every row inactive.
     """
 
     def prepare(batch: int, length: int) -> None:
         decoder.active.zero_()  # warm-up runs must not advance anything
 
     shapes = [(b, n) for b in decoder.batch_sizes for n in decoder.lengths]
-    graphs = _capture_all(decoder, "decode step", shapes, prepare, decoder.run_step, _step_agrees)
+    fused = decoder.fused_attention and not decoder.timed_attention
+    run = functools.partial(decoder.run_step, fused_attention=fused)
+    graphs = _capture_all(decoder, "decode step", shapes, prepare, run, _step_agrees)
     if graphs is None:
         return False
+    decoder.attention_at.update(dict.fromkeys(graphs, fused))
+    if decoder.timed_attention:
+        run = functools.partial(decoder.run_step, fused_attention=True)
+        what = "decode step with the fused attention"
+        kept = "keeping PyTorch's attention"
+        candidates = _capture_all(decoder, what, shapes, prepare, run, _step_agrees, kept)
+        if candidates is not None:  # else (warned) PyTorch's attention everywhere
+            try:
+                _keep_faster(decoder, graphs, candidates)
+            except RuntimeError:
+                decoder.attention_ms.clear()
+                log.warning("timing the fused attention failed: keeping PyTorch's attention", exc_info=True)
     decoder.replay.update(graphs)
     return True
+
+
+REPLAY_ROUNDS = 3  # timing a captured step: rounds, alternating between the graphs compared...
+REPLAYS_PER_ROUND = 4  # ...of this many replays each; each graph's figure is its median round
+FUSED_MARGIN = 0.02  # the fused attention is kept where its step is faster by more than this fraction
+
+
+def _keep_faster(
+    decoder: BatchDecoder,
+    graphs: dict[tuple[int, int], torch.cuda.CUDAGraph],
+    fused: dict[tuple[int, int], torch.cuda.CUDAGraph],
+) -> None:
+    """Per shape, put the fused-attention graph in ``graphs`` where its replay is the faster one.
+
+    PyTorch's attention is a tuned library kernel (CUTLASS or flash, picked per shape), ours saves a
+    kernel per layer and the mask: which wins depends on the GPU, the rows and the cache length, so it
+    is measured here, on the device, at every shape the decoder will replay. The fused one must win by
+    :data:`FUSED_MARGIN` (timing noise does not swap a library kernel for ours).
+    """
+    started = time.perf_counter()
+    faster = []
+    try:
+        for shape, graph in fused.items():
+            with torch.inference_mode():
+                decoder.active.zero_()  # replays must not advance anything
+                plain_ms, fused_ms = _replay_ms([graphs[shape], graph], decoder.device)
+            decoder.attention_ms[shape] = (plain_ms, fused_ms)
+            if fused_ms < (1 - FUSED_MARGIN) * plain_ms:
+                faster.append(shape)
+    finally:
+        _reset_rows(decoder)
+    for shape in faster:  # only once every shape was timed: a failure above changes nothing
+        graphs[shape] = fused[shape]
+        decoder.attention_at[shape] = True
+    kept = sorted(shape for shape, on in decoder.attention_at.items() if on)
+    gains = [1 - decoder.attention_ms[s][1] / decoder.attention_ms[s][0] for s in kept]
+    log.info(
+        "the decode step's attention: the fused kernel at %d of %d shapes (%s), PyTorch's at the rest; "
+        "timed in %.1f s",
+        len(kept), len(fused),
+        f"{min(gains):.0%} to {max(gains):.0%} faster there" if kept else "nowhere faster",
+        time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _replay_ms(graphs: list[Replayable], device: torch.device) -> list[float]:
+    """ms per replay of each graph: :data:`REPLAY_ROUNDS` rounds taking turns, the median round each."""
+    for graph in graphs:  # warm
+        graph.replay()
+    rounds: list[list[float]] = [[] for _ in graphs]
+    for _ in range(REPLAY_ROUNDS):
+        for graph, times in zip(graphs, rounds, strict=True):
+            torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            for _ in range(REPLAYS_PER_ROUND):
+                graph.replay()
+            torch.cuda.synchronize(device)
+            times.append(1000 * (time.perf_counter() - started) / REPLAYS_PER_ROUND)
+    return [statistics.median(times) for times in rounds]
 
 
 def capture_prefills(decoder: BatchDecoder) -> bool:
@@ -145,7 +222,8 @@ def _capture_all(
     shapes: list[tuple[int, int]],
     prepare: Callable[[int, int], None],
     run: Callable[[int, int], None],
-    agrees: Callable[[BatchDecoder, torch.cuda.CUDAGraph, int, int], bool],
+    agrees: Callable[[BatchDecoder, torch.cuda.CUDAGraph, Callable[[int, int], None], int, int], bool],
+    fallback: str = "running it eagerly",
 ) -> dict[tuple[int, int], torch.cuda.CUDAGraph] | None:
     """A checked graph of ``run`` per shape, sharing one memory pool; None (with a warning) on any failure."""
     if decoder.rows:
@@ -159,11 +237,11 @@ def _capture_all(
             with torch.inference_mode():
                 prepare(*shape)
             graphs[shape] = _capture(decoder.device, functools.partial(run, *shape), pool, stream)
-            if not agrees(decoder, graphs[shape], *shape):
-                log.warning("a captured %s disagrees with the eager one: running it eagerly", what)
+            if not agrees(decoder, graphs[shape], run, *shape):
+                log.warning("a captured %s disagrees with the eager one: %s", what, fallback)
                 return None
     except RuntimeError:
-        log.warning("capturing the %s in a CUDA graph failed: running it eagerly", what, exc_info=True)
+        log.warning("capturing the %s in a CUDA graph failed: %s", what, fallback, exc_info=True)
         return None
     finally:
         _reset_rows(decoder)
@@ -192,8 +270,14 @@ def _capture(
     return graph
 
 
-def _step_agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, batch: int, length: int) -> bool:
-    """Replay ``graph`` and run the eager step on the same random state; compare latents and tokens."""
+def _step_agrees(
+    decoder: BatchDecoder,
+    graph: torch.cuda.CUDAGraph,
+    run: Callable[[int, int], None],
+    batch: int,
+    length: int,
+) -> bool:
+    """Replay ``graph`` and ``run`` the eager step on the same random state; compare latents and tokens."""
     gen = torch.Generator(device=decoder.device).manual_seed(batch * 100_003 + length)
     with torch.inference_mode():
         decoder.x[:batch] = 0.5 * torch.randn(batch, decoder.dim, generator=gen, device=decoder.device)
@@ -203,12 +287,14 @@ def _step_agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, batch: int,
         decoder.active[:batch] = False
         graph.replay()
         replayed = decoder.out_latent[:batch].clone(), decoder.out_tokens[:batch].clone()
-        decoder.run_step(batch, length)
+        run(batch, length)
         eager = decoder.out_latent[:batch], decoder.out_tokens[:batch]
     return _compare(decoder, replayed, eager, f"decode step at batch {batch} length {length}")
 
 
-def _prefill_agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, rows: int, width: int) -> bool:
+def _prefill_agrees(
+    decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, run: Callable[[int, int], None], rows: int, width: int
+) -> bool:
     """Replay ``graph`` and run the eager prefill on the same random prefixes; compare latents and tokens."""
     gen = torch.Generator(device=decoder.device).manual_seed(rows * 100_019 + width)
     dev = decoder.device
@@ -220,7 +306,7 @@ def _prefill_agrees(decoder: BatchDecoder, graph: torch.cuda.CUDAGraph, rows: in
         decoder.p_uniform[:rows] = torch.rand(rows, generator=gen, device=dev)
         graph.replay()
         replayed = decoder.p_latent[:rows].clone(), decoder.p_tokens[:rows].clone()
-        decoder.run_prefill(rows, width)
+        run(rows, width)
         eager = decoder.p_latent[:rows], decoder.p_tokens[:rows]
     return _compare(decoder, replayed, eager, f"prefill of {rows} rows at width {width}")
 

@@ -5,9 +5,12 @@ PyTorch's scaled-dot-product attention over the bucket's positions with an addit
 start of the step. :func:`decode_attention` does both in one launch, one program per (row, head), and
 reads each row's length directly, so the step needs no mask: one kernel fewer per layer (30 in
 XTTS-v2's GPT) and none of the six that build the mask and the write offsets. Unlike the other fusions
-this one replaces a tuned library kernel (PyTorch picks a CUTLASS or flash kernel for the attention), so
-whether it is faster is for the benchmark to say: it is off unless ``VOXCLONE_FUSED_ATTENTION=on``, and
-even then used only where :func:`works_for` finds it agreeing with PyTorch on the device.
+this one replaces a tuned library kernel (PyTorch picks a CUTLASS or flash kernel for the attention), and
+which is faster depends on the GPU, the rows and the cache length. So by default
+(``VOXCLONE_FUSED_ATTENTION=auto``) the decoder captures its step both ways for every (rows, cache length)
+bucket, times the two graphs on the device, and keeps the faster one per bucket
+(:func:`worker.batch_graphs.capture_steps`); ``on`` uses it for every bucket, ``off`` for none. Either
+way it is used only where :func:`works_for` finds it agreeing with PyTorch on the device.
 
 The same function up to rounding: the cache is written bit for bit as before; the attention adds the
 same products in float32 in another order (an online softmax over blocks of positions).
@@ -25,7 +28,8 @@ from worker import triton_support
 
 log = logging.getLogger(__name__)
 
-FUSED_ATTENTION_ENV = "VOXCLONE_FUSED_ATTENTION"  # "on" or "off" (default, until measured on a GPU)
+FUSED_ATTENTION_ENV = "VOXCLONE_FUSED_ATTENTION"  # "auto" (default: where timed faster), "on" or "off"
+_MODES = ("auto", "on", "off")
 BLOCK_POSITIONS = 64  # cache positions per loop iteration of a program
 _TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}  # of the output, max abs
 
@@ -94,15 +98,24 @@ def decode_attention_torch(
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias[:, None, None], scale=scale)
 
 
+def mode() -> str:
+    """``$VOXCLONE_FUSED_ATTENTION``: ``auto`` (the default), ``on`` or ``off``."""
+    value = os.environ.get(FUSED_ATTENTION_ENV, "auto").strip().lower()
+    if value not in _MODES:
+        raise ValueError(f"{FUSED_ATTENTION_ENV} must be auto, on or off, not {value!r}")
+    return value
+
+
 def works_for(*, heads: int, head_dim: int, device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether :func:`decode_attention` may stand in for the step's cache write and attention.
 
-    Only with ``VOXCLONE_FUSED_ATTENTION=on``, only on CUDA (or under Triton's interpreter), only for the
+    Not with ``VOXCLONE_FUSED_ATTENTION=off``; only on CUDA (or under Triton's interpreter), only for the
     dtypes it was checked in. Then a probe on the device: the cache written bit for bit as
-    :func:`decode_attention_torch` writes it, the output within a few float16 ulp of it.
+    :func:`decode_attention_torch` writes it, the output within a few float16 ulp of it. (Whether it is
+    also faster is measured per captured step shape, :func:`worker.batch_graphs.capture_steps`.)
     """
     device = torch.device(device)
-    if os.environ.get(FUSED_ATTENTION_ENV, "off").strip().lower() != "on":
+    if mode() == "off":
         return False
     if dtype not in _TOLERANCE or (device.type != "cuda" and not triton_support.interpreting()):
         return False

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from worker import batch_gpt
 from worker.batch import BatchSynthesis
 from worker.batch_gpt import BatchDecoder, fused_activation, gelu_epilogue
 from worker.batch_graphs import FastDecode, VocoderGraphs, resolve_fast_decode
@@ -489,10 +490,10 @@ def stand_in_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
         StandInGraph.recording = None
 
     def recorded(original: Any) -> Any:
-        def run(self: Any, *shape: int) -> None:
+        def run(self: Any, *shape: int, **options: Any) -> None:
             if StandInGraph.recording is not None:  # captured: replays run it again at this shape
-                StandInGraph.recording.call = functools.partial(original, self, *shape)
-            original(self, *shape)
+                StandInGraph.recording.call = functools.partial(original, self, *shape, **options)
+            original(self, *shape, **options)
 
         return run
 
@@ -506,6 +507,7 @@ def stand_in_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
         "stream": lambda s: contextlib.nullcontext(),
         "CUDAGraph": StandInGraph,
         "graph": graph,
+        "synchronize": lambda device=None: None,
     }.items():
         monkeypatch.setattr(torch.cuda, name, value)
 
@@ -581,6 +583,122 @@ def test_a_lone_stream_steps_in_a_batch_of_two_with_graphs(
         session.close(reuse=False)
     assert len(shapes) == 15 and {batch for batch, _ in shapes} == {2}  # 16 tokens: 1 prefilled
     assert_same_audio(got["alone"], alone(greedy, request))
+
+
+def test_timed_attention_keeps_the_faster_captured_step_per_shape(
+    greedy: XttsEngine,
+    voice: VoiceEmbedding,
+    stand_in_cuda: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With timed attention the step is captured with PyTorch's attention and with the fused kernel; each
+    shape keeps the graph that timed faster, by more than the margin. The timings here are made up per
+    shape (the timer itself: the next test); the kernel runs in Triton's interpreter. A stream replaying
+    the fused graphs gets its own audio."""
+    from worker import batch_graphs
+    from worker.batch_graphs import capture_steps
+
+    decoder = BatchDecoder(
+        greedy.model.gpt,
+        greedy.sampling,
+        capacity=2,
+        max_positions=256,
+        device="cpu",
+        fused_attention=False,
+        timed_attention=True,
+    )  # fmt: skip  (256 positions hold the request below: two cache lengths, 128 and 256, to capture)
+    short, long = decoder.lengths
+    made_up = {  # (PyTorch's, fused) ms per replay
+        (1, short): (2.0, 1.0), (2, short): (2.0, 1.0), (1, long): (2.0, 1.99), (2, long): (1.0, 2.0),
+    }  # fmt: skip
+    timed: list[tuple[int, int]] = []
+
+    def timing(graphs: list[StandInGraph], device: torch.device) -> list[float]:
+        plain, fused = (graph.call for graph in graphs)
+        assert plain is not None and fused is not None
+        assert plain.keywords == {"fused_attention": False} and fused.keywords == {"fused_attention": True}
+        assert plain.args[1:] == fused.args[1:]
+        batch, length = plain.args[1:]
+        timed.append((batch, length))
+        return list(made_up[(batch, length)])
+
+    monkeypatch.setattr(batch_graphs, "_replay_ms", timing)
+    with caplog.at_level(logging.INFO, logger="worker.batch_graphs"):
+        assert capture_steps(decoder)
+    shapes = {(b, n) for b in (1, 2) for n in decoder.lengths}
+    assert set(decoder.replay) == set(timed) == shapes and len(timed) == len(shapes)
+    assert decoder.attention_at == {shape: shape[1] == short for shape in shapes}  # 0.5 % is noise
+    for (_, length), graph in decoder.replay.items():
+        assert graph.call.keywords["fused_attention"] is (length == short)
+    assert decoder.attention_ms == made_up
+    assert "the fused kernel at 2 of" in caplog.text and "50% to 50% faster there" in caplog.text
+
+    calls: list[int] = []
+    original = batch_gpt.decode_attention
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batch_gpt, "decode_attention", counting)
+    request = req(voice, "Hello world.", 12, 5)
+    session = BatchSynthesis(greedy, decoder, graphs=True, batch_vocoder=False)
+    try:
+        got = drive(session, {"alone": greedy.prepare(request)})
+    finally:
+        session.close(reuse=False)
+    assert len(calls) == 11 * len(decoder.blocks)  # every step after the prefill replayed a fused graph
+    assert_same_audio(got["alone"], alone(greedy, request))
+
+
+def test_a_failure_while_timing_the_attention_keeps_pytorchs(
+    greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker import batch_graphs
+    from worker.batch_graphs import capture_steps
+
+    decoder = BatchDecoder(
+        greedy.model.gpt, greedy.sampling, capacity=2, max_positions=128, device="cpu",
+        fused_attention=False, timed_attention=True,
+    )  # fmt: skip
+    timings = iter([[2.0, 1.0]])  # the first shape's fused step is faster, then the device fails
+
+    def timing(graphs: list[StandInGraph], device: torch.device) -> list[float]:
+        for timed in timings:
+            return timed
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(batch_graphs, "_replay_ms", timing)
+    with caplog.at_level(logging.WARNING, logger="worker.batch_graphs"):
+        assert capture_steps(decoder)  # the decoder still has its (PyTorch-attention) graphs
+    assert "timing the fused attention failed: keeping PyTorch's attention" in caplog.text
+    assert set(decoder.replay) == {(1, 128), (2, 128)} and not any(decoder.attention_at.values())
+    assert all(graph.call.keywords["fused_attention"] is False for graph in decoder.replay.values())
+    assert decoder.attention_ms == {} and not decoder.active.any() and not decoder.pos.any()
+
+
+def test_replay_timing_takes_turns_and_reads_the_median_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import batch_graphs
+
+    order: list[str] = []
+    waits: list[object] = []
+
+    class Sleeper:
+        def __init__(self, name: str, seconds: float) -> None:
+            self.name, self.seconds = name, seconds
+
+        def replay(self) -> None:
+            order.append(self.name)
+            time.sleep(self.seconds)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waits.append(device))
+    device = torch.device("cpu")
+    fast_ms, slow_ms = batch_graphs._replay_ms([Sleeper("fast", 0.001), Sleeper("slow", 0.004)], device)
+    assert 1.0 <= fast_ms < slow_ms and slow_ms >= 4.0
+    rounds, per_round = batch_graphs.REPLAY_ROUNDS, batch_graphs.REPLAYS_PER_ROUND
+    assert order == ["fast", "slow"] + (["fast"] * per_round + ["slow"] * per_round) * rounds
+    assert waits == [device] * (4 * rounds)  # before and after each round: the device's time, not the host's
 
 
 def test_a_failed_capture_falls_back_to_eager(

@@ -9,7 +9,7 @@ import torch
 from tests.support.decoding import decode_two_rows
 from worker import fused_attention, triton_support
 from worker.batch import max_positions
-from worker.batch_gpt import BatchDecoder
+from worker.batch_gpt import BatchDecoder, attention_choice
 from worker.fused_attention import FUSED_ATTENTION_ENV, decode_attention, decode_attention_torch, works_for
 from worker.xtts import XttsEngine
 from worker.xtts_gpt import SamplingParams
@@ -95,13 +95,18 @@ def test_the_kernel_refuses_inputs_it_would_misread() -> None:
         decode_attention(odd_qkv, odd_cache, pos, layer=0, length=40, scale=0.25)
 
 
-def test_the_probe_says_yes_only_when_switched_on_and_agreeing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_probe_says_yes_only_when_not_switched_off_and_agreeing(monkeypatch: pytest.MonkeyPatch) -> None:
     def probe(dtype: torch.dtype = torch.float32, head_dim: int = 16) -> bool:
         return works_for(heads=4, head_dim=head_dim, device="cpu", dtype=dtype)
 
-    monkeypatch.delenv(FUSED_ATTENTION_ENV, raising=False)
-    assert not probe()  # off until measured on a GPU
-    monkeypatch.setenv(FUSED_ATTENTION_ENV, "on")
+    monkeypatch.setenv(FUSED_ATTENTION_ENV, "off")
+    assert not probe()
+    monkeypatch.setenv(FUSED_ATTENTION_ENV, "sometimes")
+    with pytest.raises(ValueError, match="VOXCLONE_FUSED_ATTENTION must be auto, on or off, not 'sometimes'"):
+        probe()
+    monkeypatch.delenv(FUSED_ATTENTION_ENV)
+    assert fused_attention.mode() == "auto" and probe()  # auto: a candidate, timed per captured shape
+    monkeypatch.setenv(FUSED_ATTENTION_ENV, " ON ")
     assert probe() and probe(torch.float16)  # the interpreter stands in for a GPU here
     assert not probe(head_dim=24)  # the kernel needs a power of two
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -158,10 +163,28 @@ def test_a_decoder_with_the_fused_attention_decodes_as_one_without_it(
         return decoder, *decode_two_rows(decoder, texts, min_tokens=3)
 
     plain, plain_latents, plain_tokens = run(None)
-    assert not plain.fused_attention and not calls  # off unless asked for
+    assert not plain.fused_attention and not plain.timed_attention and not calls  # never on the CPU
     fused, fused_latents, fused_tokens = run(True)
     assert fused.fused_attention and len(calls) == 12 * len(fused.blocks)
     assert fused_tokens == plain_tokens
     assert len({t for step in plain_tokens for t in step}) > 3  # real sampling, not one repeated token
     assert torch.allclose(fused_latents, plain_latents, rtol=0, atol=1e-5)
     assert float(plain_latents.abs().max()) > 0.1
+
+
+def test_a_cuda_decoder_times_the_fused_attention_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(in every step, timed per captured shape): by default timed where the probe agrees, in every step
+    only when switched on; the probe is not run where it could not be used."""
+    asked: list[int] = []
+
+    def choice(device: str, agrees: bool = True) -> tuple[bool, bool]:
+        return attention_choice(torch.device(device), lambda: asked.append(1) or agrees)
+
+    monkeypatch.delenv(FUSED_ATTENTION_ENV, raising=False)
+    assert choice("cuda") == (False, True) and len(asked) == 1
+    assert choice("cuda", agrees=False) == (False, False)
+    assert choice("cpu") == (False, False) and len(asked) == 2  # the CPU decodes eagerly: no probe
+    monkeypatch.setenv(FUSED_ATTENTION_ENV, "on")
+    assert choice("cuda") == (True, False) and choice("cuda", agrees=False) == (False, False)
+    monkeypatch.setenv(FUSED_ATTENTION_ENV, "off")
+    assert choice("cuda") == (False, False) and len(asked) == 4

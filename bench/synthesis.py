@@ -370,6 +370,10 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     out["fused_norm"] = decoder.fused_norm  # each residual add and its LayerNorm one kernel (Triton)
     out["fused_sampling"] = decoder.fused_sampling  # the step's end (token choice, bookkeeping) one kernel
     out["fused_attention"] = decoder.fused_attention  # each layer's cache write and attention one kernel
+    # With graphs, per captured (batch, length): whether it kept the fused attention, and (timed by
+    # default) each way's replay time in ms.
+    out["attention_at"] = [[b, n, fused] for (b, n), fused in sorted(decoder.attention_at.items())]
+    out["attention_ms"] = [[b, n, *ms] for (b, n), ms in sorted(decoder.attention_ms.items())]
     graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
@@ -625,7 +629,6 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
         ("decode_unfused_norm", f"{meta['decode']}, each residual add and LayerNorm two kernels"),
         ("decode_unfused_sampling", f"{meta['decode']}, the token choice and bookkeeping in PyTorch's ops"),
-        ("decode_fused_attention", f"{meta['decode']}, attention and cache write one Triton kernel"),
         ("decode_unfused_attention", f"{meta['decode']}, attention and cache write in PyTorch's ops"),
         ("decode_eager", "eager/float32"),
     ):
@@ -646,8 +649,9 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
             f"{'in its GEMM' if parts.get('gelu_epilogue') else 'a kernel of its own'}; residual adds "
             f"{'fused with their LayerNorms' if parts.get('fused_norm') else 'and LayerNorms apart'}; "
             f"the step's end {'one kernel' if parts.get('fused_sampling') else 'in PyTorch ops'}; attention "
-            f"{'one kernel with its cache write' if parts.get('fused_attention') else 'in PyTorch ops'})"
+            f"{attention_ops(parts)})"
         )
+        print_attention(parts)
         eager_prefill = parts.get("prefill_one_row_eager_ms")
         launched = f" (launched op by op: {eager_prefill:.2f} ms)" if eager_prefill else ""
         print(f"prefill of one row: {parts['prefill_one_row_ms']:.2f} ms{launched}; HiFi-GAN per window:")
@@ -733,6 +737,34 @@ LEVEL_OPTIONS = (
     ("--profile-at", "1,32", "", "levels to run once under torch.profiler ('' for none)"),
     ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
 )
+
+
+def attention_ops(parts: dict[str, Any]) -> str:
+    """How the counted step's attention ran, for the components line."""
+    if parts.get("fused_attention"):
+        return "one kernel with its cache write"
+    if any(on for *_, on in parts.get("attention_at") or []):
+        return "in PyTorch ops as counted; the fused kernel in the captured shapes where it timed faster"
+    return "in PyTorch ops"
+
+
+def print_attention(parts: dict[str, Any]) -> None:
+    """Which captured step shapes kept the fused attention, and both ways' replay times where timed."""
+    kept = parts.get("attention_at") or []
+    if not kept:
+        return
+    fused = [(b, n) for b, n, on in kept if on]
+    print(f"attention: the fused kernel in {len(fused)} of {len(kept)} captured step shapes")
+    timings = parts.get("attention_ms") or []
+    if timings:
+        print("  step replay ms by cache length, PyTorch's attention / the fused kernel (* kept):")
+        for batch in sorted({b for b, *_ in timings}):
+            cells = [
+                f"{n}: {plain:.3f}/{mine:.3f}{'*' if (b, n) in fused else ''}"
+                for b, n, plain, mine in timings
+                if b == batch
+            ]
+            print(f"  {batch:3d} rows  " + "  ".join(cells))
 
 
 def main() -> None:
@@ -969,17 +1001,8 @@ def main() -> None:
         ("decode_unfused_norm", FUSED_NORM_ENV, "off", lambda: fused_norm_works(gpt.gpt.h[0].ln_2)),
         ("decode_unfused_sampling", FUSED_SAMPLING_ENV, "off", sampling_works),
     ]
-    if attention_works():  # switched on for this run: measure without it
+    if attention_works():  # in use where it timed faster (or everywhere, switched on): measure without
         flips.append(("decode_unfused_attention", FUSED_ATTENTION_ENV, "off", lambda: True))
-    else:  # off by default until measured: measure with it, where its probe agrees
-        flips.append(
-            (
-                "decode_fused_attention",
-                FUSED_ATTENTION_ENV,
-                "on",
-                lambda: switched(FUSED_ATTENTION_ENV, "on", attention_works),
-            )
-        )
     for key, env, value, applies in flips:
         if engine.fast_decode.graphs and applies():
             result[key] = stage(

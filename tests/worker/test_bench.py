@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,3 +49,24 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
     assert result["profile"][0]["steps"] >= 7 and (tmp_path / "profile_x2.txt").stat().st_size > 0
     assert "voxclone vs vox-serial x2" in done.stdout
     assert "unpipelined engine loop" in done.stdout  # the CPU default, named in the header
+    assert result["components"]["attention_at"] == []  # the CPU decodes eagerly: no captured shapes
+
+
+def test_the_attention_lines_say_which_captured_shapes_kept_the_fused_kernel(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What a GPU run prints from the timed attention (components' JSON as the bench writes it)."""
+    from bench.synthesis import print_attention
+
+    print_attention({"attention_at": [], "attention_ms": []})
+    assert capsys.readouterr().out == ""  # eager: nothing captured, nothing to say
+    print_attention(
+        {
+            "attention_at": [[2, 128, True], [2, 1088, False], [32, 128, False]],
+            "attention_ms": [[2, 128, 1.5, 1.25], [2, 1088, 1.5, 1.49], [32, 128, 2.0, 2.5]],
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "attention: the fused kernel in 1 of 3 captured step shapes"
+    assert lines[2].split() == ["2", "rows", "128:", "1.500/1.250*", "1088:", "1.500/1.490"]
+    assert lines[3].split() == ["32", "rows", "128:", "2.000/2.500"]

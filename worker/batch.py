@@ -716,7 +716,7 @@ def attention_label(decoder: BatchDecoder, graphs: bool) -> str:
     """Where a decoder's steps use the fused attention, for its log line ("" where nowhere)."""
     if not graphs:
         return ", attention fused" if decoder.fused_attention else ""
-    fused = sum(decoder.attention_at.values())
+    fused = sum(1 for block in decoder.attention_at.values() if block)
     if not fused:
         return ""
     return f", attention fused in {fused} of {len(decoder.attention_at)} captured step shapes"

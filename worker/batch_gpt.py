@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from worker.fused_attention import decode_attention
+from worker.fused_attention import BLOCK_POSITIONS, decode_attention
 from worker.fused_attention import mode as attention_mode
 from worker.fused_attention import works_for as fused_attention_works
 from worker.fused_norm import add_layer_norm
@@ -239,11 +239,12 @@ class BatchDecoder:
             )
             timed_attention = timed if timed_attention is None else timed_attention
         self.fused_attention = fused_attention  # what an uncaptured (eager) step uses
-        self.timed_attention = bool(timed_attention)  # capture_steps: time both ways, keep the faster
-        # Per captured (batch, length): whether its graph uses the fused attention, and with timed
-        # attention the replay times measured (PyTorch's, the fused kernel's) in ms.
-        self.attention_at: dict[tuple[int, int], bool] = {}
-        self.attention_ms: dict[tuple[int, int], tuple[float, float]] = {}
+        self.timed_attention = bool(timed_attention)  # capture_steps: time the ways, keep the fastest
+        # Per captured (batch, length): the attention its graph uses (0: PyTorch's, else the fused kernel's
+        # block size), and with timed attention the replay times measured in ms: PyTorch's, then the fused
+        # kernel's with each of fused_attention.BLOCKS.
+        self.attention_at: dict[tuple[int, int], int] = {}
+        self.attention_ms: dict[tuple[int, int], tuple[float, ...]] = {}
         # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
         # FastDecode.min_batch), as far as the cache has rows.
         self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
@@ -456,7 +457,7 @@ class BatchDecoder:
         done.record()
         return PendingStep(latents, tokens, done)
 
-    def run_step(self, batch: int, length: int, fused_attention: bool | None = None) -> None:
+    def run_step(self, batch: int, length: int, attention: int | None = None) -> None:
         """The decode step over slots ``[0, batch)`` attending to ``length`` cache positions.
 
         Reads and writes static buffers only, with no host synchronisation: safe to capture in a graph.
@@ -465,19 +466,20 @@ class BatchDecoder:
         one ``index_put_`` at offsets worked out once per step, the MLP's tanh-GELU is one fused op, on
         CUDA part of its first GEMM (:func:`gelu_epilogue`), and on CUDA each residual add is one kernel
         with the LayerNorm after it (:mod:`worker.fused_norm`) and the step's end, from the logits to the
-        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`). With ``fused_attention`` (by default
-        :attr:`fused_attention`) each layer's cache write and attention are one kernel too, and there is no
-        mask to build (:mod:`worker.fused_attention`).
+        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`). ``attention``: 0 for PyTorch's; a
+        block size for each layer's cache write and attention as one kernel with blocks of that many
+        positions, with no mask to build (:mod:`worker.fused_attention`); by default as
+        :attr:`fused_attention` says.
         """
         pos = self.pos[:batch]
-        fused = self.fused_attention if fused_attention is None else fused_attention
-        attend = self._fused_attend if fused else self._attend
-        attention = attend(batch, length, pos)
+        if attention is None:
+            attention = BLOCK_POSITIONS if self.fused_attention else 0
+        attend = self._fused_attend(pos, length, attention) if attention else self._attend(batch, length, pos)
         h = self.x[:batch].unsqueeze(1)
         normed = self.blocks[0].ln_1(h)
         for layer, block in enumerate(self.blocks):
             qkv = block.attn.c_attn(normed).view(batch, 3, self.heads, self.head_dim)
-            h, normed = self._finish_block(layer, h, attention(layer, qkv))
+            h, normed = self._finish_block(layer, h, attend(layer, qkv))
         latent = self.final_norm(normed[:, 0])
         logits = self.mel_head(latent)
         finish = finish_step if self.fused_sampling else finish_step_torch
@@ -523,13 +525,15 @@ class BatchDecoder:
         return attention
 
     def _fused_attend(
-        self, batch: int, length: int, pos: torch.Tensor
+        self, pos: torch.Tensor, length: int, block: int
     ) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """:meth:`_attend` as one kernel per layer (:mod:`worker.fused_attention`); no mask to build."""
-        del batch
+        """:meth:`_attend` as one kernel per layer (:mod:`worker.fused_attention`, ``block`` positions per
+        loop iteration); no mask to build."""
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:
-            return decode_attention(qkv, self.kv, pos, layer=layer, length=length, scale=self.scaling)
+            return decode_attention(
+                qkv, self.kv, pos, layer=layer, length=length, scale=self.scaling, block=block
+            )
 
         return attention
 

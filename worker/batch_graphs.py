@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import statistics
 import time
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from worker.fused_attention import BLOCK_POSITIONS, BLOCKS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -106,30 +109,34 @@ def _switch(env: str) -> bool:
 def capture_steps(decoder: BatchDecoder) -> bool:
     """Capture and check a graph of the decode step for every bucket; False (eager from then on) on failure.
 
-    With :attr:`~worker.batch_gpt.BatchDecoder.timed_attention` the step is captured twice per bucket,
-    with PyTorch's attention and with the fused kernel (:mod:`worker.fused_attention`); both graphs are
-    timed on the device and the faster is kept (:func:`_keep_faster`). Call with no rows occupied (a fresh
-    decoder): warm-up runs execute the step, with every row inactive.
+    With :attr:`~worker.batch_gpt.BatchDecoder.timed_attention` the step is captured with PyTorch's
+    attention and with the fused kernel (:mod:`worker.fused_attention`) at each of its block sizes; the
+    graphs are timed on the device and the fastest is kept per bucket (:func:`_keep_fastest`). Call with
+    no rows occupied (a fresh decoder): warm-up runs execute the step, with every row inactive.
     """
 
     def prepare(batch: int, length: int) -> None:
         decoder.active.zero_()  # warm-up runs must not advance anything
 
     shapes = [(b, n) for b in decoder.batch_sizes for n in decoder.lengths]
-    fused = decoder.fused_attention and not decoder.timed_attention
-    run = functools.partial(decoder.run_step, fused_attention=fused)
+    first = BLOCK_POSITIONS if decoder.fused_attention and not decoder.timed_attention else 0
+    run = functools.partial(decoder.run_step, attention=first)
     graphs = _capture_all(decoder, "decode step", shapes, prepare, run, _step_agrees)
     if graphs is None:
         return False
-    decoder.attention_at.update(dict.fromkeys(graphs, fused))
+    decoder.attention_at.update(dict.fromkeys(graphs, first))
     if decoder.timed_attention:
-        run = functools.partial(decoder.run_step, fused_attention=True)
-        what = "decode step with the fused attention"
-        kept = "keeping PyTorch's attention"
-        candidates = _capture_all(decoder, what, shapes, prepare, run, _step_agrees, kept)
-        if candidates is not None:  # else (warned) PyTorch's attention everywhere
+        candidates: dict[int, dict[tuple[int, int], torch.cuda.CUDAGraph]] = {}
+        for block in BLOCKS:
+            run = functools.partial(decoder.run_step, attention=block)
+            what = f"decode step with the fused attention (blocks of {block})"
+            kept = "not using it"
+            captured = _capture_all(decoder, what, shapes, prepare, run, _step_agrees, kept)
+            if captured is not None:  # else (warned) without it
+                candidates[block] = captured
+        if candidates:
             try:
-                _keep_faster(decoder, graphs, candidates)
+                _keep_fastest(decoder, graphs, candidates)
             except RuntimeError:
                 decoder.attention_ms.clear()
                 log.warning("timing the fused attention failed: keeping PyTorch's attention", exc_info=True)
@@ -142,40 +149,49 @@ REPLAYS_PER_ROUND = 4  # ...of this many replays each; each graph's figure is it
 FUSED_MARGIN = 0.02  # the fused attention is kept where its step is faster by more than this fraction
 
 
-def _keep_faster(
+def _keep_fastest(
     decoder: BatchDecoder,
     graphs: dict[tuple[int, int], torch.cuda.CUDAGraph],
-    fused: dict[tuple[int, int], torch.cuda.CUDAGraph],
+    candidates: dict[int, dict[tuple[int, int], torch.cuda.CUDAGraph]],
 ) -> None:
-    """Per shape, put the fused-attention graph in ``graphs`` where its replay is the faster one.
+    """Per shape, put the fastest fused-attention graph in ``graphs`` where it beats PyTorch's attention.
 
     PyTorch's attention is a tuned library kernel (CUTLASS or flash, picked per shape), ours saves a
     kernel per layer and the mask: which wins depends on the GPU, the rows and the cache length, so it
-    is measured here, on the device, at every shape the decoder will replay. The fused one must win by
-    :data:`FUSED_MARGIN` (timing noise does not swap a library kernel for ours).
+    is measured here, on the device, at every shape the decoder will replay, and so is the kernel's block
+    size (``candidates``: block size → graphs). Every row sits at the bucket's last position while timed,
+    so ours reads all that PyTorch's reads (it reads a row's cache only up to the row's position; in use
+    rows are shorter, and ours gains). The fused one must win by :data:`FUSED_MARGIN` (timing noise does
+    not swap a library kernel for ours).
     """
     started = time.perf_counter()
-    faster = []
+    chosen: dict[tuple[int, int], int] = {}
     try:
-        for shape, graph in fused.items():
+        for shape, plain in graphs.items():
+            blocks = [block for block, captured in candidates.items() if shape in captured]
             with torch.inference_mode():
                 decoder.active.zero_()  # replays must not advance anything
-                plain_ms, fused_ms = _replay_ms([graphs[shape], graph], decoder.device)
-            decoder.attention_ms[shape] = (plain_ms, fused_ms)
-            if fused_ms < (1 - FUSED_MARGIN) * plain_ms:
-                faster.append(shape)
+                decoder.pos.fill_(shape[1] - 1)
+                times = _replay_ms([plain, *(candidates[b][shape] for b in blocks)], decoder.device)
+            by_block = dict(zip(blocks, times[1:], strict=True))  # NaN for a block whose capture failed
+            decoder.attention_ms[shape] = (times[0], *(by_block.get(b, math.nan) for b in BLOCKS))
+            best = min(range(len(blocks)), key=lambda i: times[i + 1])
+            if times[best + 1] < (1 - FUSED_MARGIN) * times[0]:
+                chosen[shape] = blocks[best]
     finally:
         _reset_rows(decoder)
-    for shape in faster:  # only once every shape was timed: a failure above changes nothing
-        graphs[shape] = fused[shape]
-        decoder.attention_at[shape] = True
-    kept = sorted(shape for shape, on in decoder.attention_at.items() if on)
-    gains = [1 - decoder.attention_ms[s][1] / decoder.attention_ms[s][0] for s in kept]
+    for shape, block in chosen.items():  # only once every shape was timed: a failure above changes nothing
+        graphs[shape] = candidates[block][shape]
+        decoder.attention_at[shape] = block
+    gains = [
+        1 - min(t for t in decoder.attention_ms[s][1:] if not math.isnan(t)) / decoder.attention_ms[s][0]
+        for s in chosen
+    ]
     log.info(
         "the decode step's attention: the fused kernel at %d of %d shapes (%s), PyTorch's at the rest; "
         "timed in %.1f s",
-        len(kept), len(fused),
-        f"{min(gains):.0%} to {max(gains):.0%} faster there" if kept else "nowhere faster",
+        len(chosen), len(graphs),
+        f"{min(gains):.0%} to {max(gains):.0%} faster there" if chosen else "nowhere faster",
         time.perf_counter() - started,
     )  # fmt: skip
 

@@ -7,10 +7,12 @@ reads each row's length directly, so the step needs no mask: one kernel fewer pe
 XTTS-v2's GPT) and none of the six that build the mask and the write offsets. Unlike the other fusions
 this one replaces a tuned library kernel (PyTorch picks a CUTLASS or flash kernel for the attention), and
 which is faster depends on the GPU, the rows and the cache length. So by default
-(``VOXCLONE_FUSED_ATTENTION=auto``) the decoder captures its step both ways for every (rows, cache length)
-bucket, times the two graphs on the device, and keeps the faster one per bucket
-(:func:`worker.batch_graphs.capture_steps`); ``on`` uses it for every bucket, ``off`` for none. Either
-way it is used only where :func:`works_for` finds it agreeing with PyTorch on the device.
+(``VOXCLONE_FUSED_ATTENTION=auto``) the decoder captures its step with PyTorch's attention and with this
+kernel at each of :data:`BLOCKS` for every (rows, cache length) bucket, times the graphs on the device,
+and keeps the fastest per bucket (:func:`worker.batch_graphs.capture_steps`); ``on`` uses it (blocks of
+:data:`BLOCK_POSITIONS`) for every bucket, ``off`` for none. Either way it is used only where
+:func:`works_for` finds it agreeing with PyTorch on the device. A program reads a row's cache only up to
+the row's own position; PyTorch's attention reads the whole bucket, masked.
 
 The same function up to rounding: the cache is written bit for bit as before; the attention adds the
 same products in float32 in another order (an online softmax over blocks of positions).
@@ -30,13 +32,22 @@ log = logging.getLogger(__name__)
 
 FUSED_ATTENTION_ENV = "VOXCLONE_FUSED_ATTENTION"  # "auto" (default: where timed faster), "on" or "off"
 _MODES = ("auto", "on", "off")
-BLOCK_POSITIONS = 64  # cache positions per loop iteration of a program
+BLOCK_POSITIONS = 64  # cache positions per loop iteration of a program (with ``on``)
+# The block sizes timed against PyTorch's attention with ``auto``: 64 × 64 float32 tiles take 254
+# registers per thread at sm_90 (two programs per multiprocessor), 32 about half.
+BLOCKS = (64, 32)
 _TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}  # of the output, max abs
 
 
 @torch.library.custom_op("voxclone::decode_attention", mutates_args=("cache",))
 def _decode_attention(
-    qkv: torch.Tensor, cache: torch.Tensor, pos: torch.Tensor, layer: int, length: int, scale: float
+    qkv: torch.Tensor,
+    cache: torch.Tensor,
+    pos: torch.Tensor,
+    layer: int,
+    length: int,
+    scale: float,
+    block: int,
 ) -> torch.Tensor:
     """One kernel launch (see :func:`decode_attention`); returns ``[B, heads, head_dim]``."""
     rows, _, heads, head_dim = qkv.shape
@@ -45,20 +56,27 @@ def _decode_attention(
     if rows:
         triton_support.kernel("decode_attention_rows")[(rows, heads)](
             qkv, cache, pos, out, layer, length, max_positions, layers, heads, scale,
-            HEAD_DIM=head_dim, BLOCK_N=BLOCK_POSITIONS, num_warps=4,
+            HEAD_DIM=head_dim, BLOCK_N=block, num_warps=4,
         )  # fmt: skip
     return out
 
 
 def decode_attention(
-    qkv: torch.Tensor, cache: torch.Tensor, pos: torch.Tensor, *, layer: int, length: int, scale: float
+    qkv: torch.Tensor,
+    cache: torch.Tensor,
+    pos: torch.Tensor,
+    *,
+    layer: int,
+    length: int,
+    scale: float,
+    block: int = BLOCK_POSITIONS,
 ) -> torch.Tensor:
     """Write each row's new key and value at ``min(pos, length - 1)`` in ``cache[row, layer]``, then attend.
 
     ``qkv`` is ``[B, 3, heads, head_dim]`` (contiguous), ``cache`` ``[capacity, layers, 2, heads,
     max_positions, head_dim]`` (contiguous, written in place), ``pos`` ``[B]`` long. Returns the attention
     output as ``[B, heads, 1, head_dim]`` (a view of ``[B, 1, heads × head_dim]``), as
-    :func:`decode_attention_torch` does.
+    :func:`decode_attention_torch` does. ``block``: cache positions per loop iteration (a power of two).
     """
     rows, three, heads, head_dim = qkv.shape
     if three != 3 or not qkv.is_contiguous():
@@ -78,7 +96,9 @@ def decode_attention(
         raise ValueError(f"layer {layer} or length {length} is outside the cache {list(cache.shape)}")
     if head_dim & (head_dim - 1):
         raise ValueError(f"head_dim must be a power of two, got {head_dim}")
-    out = _decode_attention(qkv, cache, pos, layer, length, scale)
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"block must be a power of two of at least 16, got {block}")
+    out = _decode_attention(qkv, cache, pos, layer, length, scale, block)
     return out.view(rows, 1, heads, head_dim).transpose(1, 2)
 
 
@@ -128,16 +148,25 @@ def works_for(*, heads: int, head_dim: int, device: torch.device | str, dtype: t
     )
     qkv = torch.randn(rows, 3, heads, head_dim, generator=generator).to(device, dtype)
     pos = torch.tensor([0, 1, 70, 159, 190], device=device)  # the first, a block edge, the last, beyond
-    try:
-        with torch.inference_mode():
-            fused_cache, plain_cache = cache.clone(), cache.clone()
-            got = decode_attention(qkv, fused_cache, pos, layer=1, length=length, scale=head_dim**-0.5)
-            want = decode_attention_torch(qkv, plain_cache, pos, layer=1, length=length, scale=head_dim**-0.5)
-    except Exception:  # Triton missing, no driver, no C compiler, a failed compile: not used
-        log.info("the fused decode attention is not available here; using PyTorch's", exc_info=True)
-        return False
-    diff = float((got.float() - want.float()).abs().max())
-    if not torch.equal(fused_cache, plain_cache) or diff > _TOLERANCE[dtype]:
-        log.warning("the fused decode attention disagrees with PyTorch's (%.3g): using PyTorch's", diff)
-        return False
+    scale = head_dim**-0.5
+    with torch.inference_mode():
+        plain_cache = cache.clone()
+        want = decode_attention_torch(qkv, plain_cache, pos, layer=1, length=length, scale=scale)
+    for block in {BLOCK_POSITIONS, *BLOCKS}:  # each block size the decoder may use
+        try:
+            with torch.inference_mode():
+                fused_cache = cache.clone()
+                got = decode_attention(
+                    qkv, fused_cache, pos, layer=1, length=length, scale=scale, block=block
+                )
+        except Exception:  # Triton missing, no driver, no C compiler, a failed compile: not used
+            log.info("the fused decode attention is not available here; using PyTorch's", exc_info=True)
+            return False
+        diff = float((got.float() - want.float()).abs().max())
+        if not torch.equal(fused_cache, plain_cache) or diff > _TOLERANCE[dtype]:
+            log.warning(
+                "the fused decode attention (blocks of %d) disagrees with PyTorch's (%.3g): using PyTorch's",
+                block, diff,
+            )  # fmt: skip
+            return False
     return True

@@ -181,7 +181,7 @@ def decode_attention_rows(
     total = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)  # running sum of exp(score - top)
     acc = tl.zeros([HEAD_DIM], tl.float32)
     start = 0
-    while start < length:  # the bucket's positions; those beyond the row's write position are masked
+    while start <= write:  # up to the row's own position: blocks beyond it would add nothing
         places = start + tl.arange(0, BLOCK_N)
         visible = places <= write
         here = (places == write)[:, None]  # the new key and value come from registers, not the cache

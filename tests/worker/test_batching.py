@@ -585,41 +585,43 @@ def test_a_lone_stream_steps_in_a_batch_of_two_with_graphs(
     assert_same_audio(got["alone"], alone(greedy, request))
 
 
-def test_timed_attention_keeps_the_faster_captured_step_per_shape(
+def test_timed_attention_keeps_the_fastest_captured_step_per_shape(
     greedy: XttsEngine,
     voice: VoiceEmbedding,
     stand_in_cuda: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With timed attention the step is captured with PyTorch's attention and with the fused kernel; each
-    shape keeps the graph that timed faster, by more than the margin. The timings here are made up per
-    shape (the timer itself: the next test); the kernel runs in Triton's interpreter. A stream replaying
-    the fused graphs gets its own audio."""
+    """With timed attention the step is captured with PyTorch's attention and with the fused kernel at
+    each block size; each shape keeps the graph that timed fastest, the fused kernel only by more than the
+    margin, every row at the bucket's end while timed. The timings here are made up per shape (the timer
+    itself: a test below); the kernel runs in Triton's interpreter. A stream replaying a fused graph gets
+    its own audio."""
     from worker import batch_graphs
     from worker.batch_graphs import capture_steps
+    from worker.fused_attention import BLOCKS
 
+    assert BLOCKS == (64, 32)
+    # 256 positions hold the request below: two cache lengths, 128 and 256, to capture
     decoder = BatchDecoder(
-        greedy.model.gpt,
-        greedy.sampling,
-        capacity=2,
-        max_positions=256,
-        device="cpu",
-        fused_attention=False,
-        timed_attention=True,
-    )  # fmt: skip  (256 positions hold the request below: two cache lengths, 128 and 256, to capture)
+        greedy.model.gpt, greedy.sampling, capacity=2, max_positions=256, device="cpu",
+        fused_attention=False, timed_attention=True,
+    )  # fmt: skip
     short, long = decoder.lengths
-    made_up = {  # (PyTorch's, fused) ms per replay
-        (1, short): (2.0, 1.0), (2, short): (2.0, 1.0), (1, long): (2.0, 1.99), (2, long): (1.0, 2.0),
+    made_up = {  # ms per replay: PyTorch's attention, the fused kernel with blocks of 64, of 32
+        (1, short): (2.0, 1.2, 1.0), (2, short): (2.0, 1.0, 1.5), (1, long): (2.0, 1.99, 2.5),
+        (2, long): (1.0, 2.0, 3.0),
     }  # fmt: skip
     timed: list[tuple[int, int]] = []
 
     def timing(graphs: list[StandInGraph], device: torch.device) -> list[float]:
-        plain, fused = (graph.call for graph in graphs)
-        assert plain is not None and fused is not None
-        assert plain.keywords == {"fused_attention": False} and fused.keywords == {"fused_attention": True}
-        assert plain.args[1:] == fused.args[1:]
-        batch, length = plain.args[1:]
+        calls = [graph.call for graph in graphs]
+        assert [call.keywords for call in calls if call is not None] == [
+            {"attention": 0}, {"attention": 64}, {"attention": 32},
+        ]  # fmt: skip
+        batch, length = calls[0].args[1:]  # type: ignore[union-attr]
+        assert all(call.args[1:] == (batch, length) for call in calls)  # type: ignore[union-attr]
+        assert decoder.pos.tolist() == [length - 1] * 2 and not decoder.active.any()
         timed.append((batch, length))
         return list(made_up[(batch, length)])
 
@@ -628,17 +630,19 @@ def test_timed_attention_keeps_the_faster_captured_step_per_shape(
         assert capture_steps(decoder)
     shapes = {(b, n) for b in (1, 2) for n in decoder.lengths}
     assert set(decoder.replay) == set(timed) == shapes and len(timed) == len(shapes)
-    assert decoder.attention_at == {shape: shape[1] == short for shape in shapes}  # 0.5 % is noise
-    for (_, length), graph in decoder.replay.items():
-        assert graph.call.keywords["fused_attention"] is (length == short)
+    kept = {(1, short): 32, (2, short): 64, (1, long): 0, (2, long): 0}  # 0.5 % faster is noise
+    assert decoder.attention_at == kept
+    for shape, graph in decoder.replay.items():
+        assert graph.call.keywords == {"attention": kept[shape]}
     assert decoder.attention_ms == made_up
-    assert "the fused kernel at 2 of" in caplog.text and "50% to 50% faster there" in caplog.text
+    assert "the fused kernel at 2 of 4 shapes (50% to 50% faster there)" in caplog.text
+    assert not decoder.pos.any()  # the timing's state is gone
 
-    calls: list[int] = []
+    blocks: list[int] = []
     original = batch_gpt.decode_attention
 
     def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(1)
+        blocks.append(kwargs["block"])
         return original(*args, **kwargs)
 
     monkeypatch.setattr(batch_gpt, "decode_attention", counting)
@@ -648,7 +652,7 @@ def test_timed_attention_keeps_the_faster_captured_step_per_shape(
         got = drive(session, {"alone": greedy.prepare(request)})
     finally:
         session.close(reuse=False)
-    assert len(calls) == 11 * len(decoder.blocks)  # every step after the prefill replayed a fused graph
+    assert blocks == [32] * 11 * len(decoder.blocks)  # every step after the prefill replayed (1, short)
     assert_same_audio(got["alone"], alone(greedy, request))
 
 
@@ -662,7 +666,7 @@ def test_a_failure_while_timing_the_attention_keeps_pytorchs(
         greedy.model.gpt, greedy.sampling, capacity=2, max_positions=128, device="cpu",
         fused_attention=False, timed_attention=True,
     )  # fmt: skip
-    timings = iter([[2.0, 1.0]])  # the first shape's fused step is faster, then the device fails
+    timings = iter([[2.0, 1.0, 1.5]])  # the first shape's fused step is faster, then the device fails
 
     def timing(graphs: list[StandInGraph], device: torch.device) -> list[float]:
         for timed in timings:
@@ -674,8 +678,39 @@ def test_a_failure_while_timing_the_attention_keeps_pytorchs(
         assert capture_steps(decoder)  # the decoder still has its (PyTorch-attention) graphs
     assert "timing the fused attention failed: keeping PyTorch's attention" in caplog.text
     assert set(decoder.replay) == {(1, 128), (2, 128)} and not any(decoder.attention_at.values())
-    assert all(graph.call.keywords["fused_attention"] is False for graph in decoder.replay.values())
+    assert all(graph.call.keywords == {"attention": 0} for graph in decoder.replay.values())
     assert decoder.attention_ms == {} and not decoder.active.any() and not decoder.pos.any()
+
+
+def test_a_block_size_whose_capture_fails_is_left_out_of_the_timing(
+    greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import batch_graphs
+    from worker.batch_graphs import capture_steps
+
+    decoder = BatchDecoder(
+        greedy.model.gpt, greedy.sampling, capacity=1, max_positions=128, device="cpu",
+        fused_attention=False, timed_attention=True,
+    )  # fmt: skip
+    original = batch_gpt.decode_attention
+
+    def failing_at_64(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if kwargs["block"] == 64:
+            raise RuntimeError("out of resources: shared memory")
+        return original(*args, **kwargs)
+
+    def timing(graphs: list[StandInGraph], device: torch.device) -> list[float]:
+        assert [graph.call.keywords for graph in graphs] == [{"attention": 0}, {"attention": 32}]  # type: ignore[union-attr]
+        return [2.0, 1.0]
+
+    monkeypatch.setattr(batch_gpt, "decode_attention", failing_at_64)
+    monkeypatch.setattr(batch_graphs, "_replay_ms", timing)
+    assert capture_steps(decoder)
+    assert decoder.attention_at == {(1, 128): 32} and decoder.replay[(1, 128)].call.keywords == {
+        "attention": 32
+    }  # type: ignore[attr-defined]
+    plain, at_64, at_32 = decoder.attention_ms[(1, 128)]
+    assert (plain, at_32) == (2.0, 1.0) and math.isnan(at_64)
 
 
 def test_replay_timing_takes_turns_and_reads_the_median_round(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,30 +25,32 @@ def inputs(
 
 
 @pytest.mark.parametrize(
-    ("dtype", "heads", "head_dim", "length", "tolerance"),
+    ("dtype", "heads", "head_dim", "length", "block", "tolerance"),
     [
-        (torch.float32, 4, 16, 100, 1e-5),  # the bucket not a multiple of the kernel's 64 positions
-        (torch.float32, 2, 64, 128, 1e-5),  # XTTS-v2's head width, two whole blocks
-        (torch.float16, 4, 16, 40, 2e-3),
+        (torch.float32, 4, 16, 100, 64, 1e-5),  # the bucket not a multiple of the kernel's 64 positions
+        (torch.float32, 2, 64, 128, 64, 1e-5),  # XTTS-v2's head width, two whole blocks
+        (torch.float32, 2, 64, 100, 32, 1e-5),  # blocks of 32: a block edge at 31, four blocks
+        (torch.float16, 4, 16, 40, 64, 2e-3),
     ],
 )
 def test_the_kernel_writes_the_cache_and_attends_as_pytorch_does(
-    dtype: torch.dtype, heads: int, head_dim: int, length: int, tolerance: float
+    dtype: torch.dtype, heads: int, head_dim: int, length: int, block: int, tolerance: float
 ) -> None:
-    qkv, cache = inputs(5, heads, head_dim, 140, dtype)
-    pos = torch.tensor([0, 1, 63, length - 1, 130])  # the first position, a block edge, the last, beyond
+    qkv, cache = inputs(6, heads, head_dim, 140, dtype)
+    # the first position, a block edge of each block size, the last, beyond
+    pos = torch.tensor([0, 1, 31, 63, length - 1, 130])
     fused, plain = cache.clone(), cache.clone()
     with torch.inference_mode():
-        got = decode_attention(qkv, fused, pos, layer=2, length=length, scale=0.3)
+        got = decode_attention(qkv, fused, pos, layer=2, length=length, scale=0.3, block=block)
         want = decode_attention_torch(qkv, plain, pos, layer=2, length=length, scale=0.3)
-    assert got.shape == want.shape == (5, heads, 1, head_dim)
+    assert got.shape == want.shape == (6, heads, 1, head_dim)
     assert torch.equal(fused, plain)
     changed = [
         tuple(i) for i in (fused != cache).any(dim=-1).nonzero().tolist()
     ]  # (row, layer, K/V, head, position)
     write = pos.clamp(max=length - 1).tolist()
     assert sorted(changed) == sorted(
-        (r, 2, kv, h, write[r]) for r in range(5) for kv in (0, 1) for h in range(heads)
+        (r, 2, kv, h, write[r]) for r in range(6) for kv in (0, 1) for h in range(heads)
     )
     assert float((got.float() - want.float()).abs().max()) <= tolerance
     assert float(got.float().std()) > 0.1  # a real average of values, not zeros
@@ -93,6 +95,9 @@ def test_the_kernel_refuses_inputs_it_would_misread() -> None:
     odd_qkv, odd_cache = inputs(2, 4, 12, 40, torch.float32)
     with pytest.raises(ValueError, match="power of two"):
         decode_attention(odd_qkv, odd_cache, pos, layer=0, length=40, scale=0.25)
+    for block in (24, 8):
+        with pytest.raises(ValueError, match=f"block must be a power of two of at least 16, got {block}"):
+            decode_attention(qkv, cache, pos, layer=0, length=40, scale=0.25, block=block)
 
 
 def test_the_probe_says_yes_only_when_not_switched_off_and_agreeing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,6 +140,13 @@ def test_the_probe_says_yes_only_when_not_switched_off_and_agreeing(monkeypatch:
 
     monkeypatch.setattr(fused_attention, "decode_attention", writing_nothing)
     assert not probe()  # nor one that leaves the cache unwritten
+
+    def wrong_at_32(*args: object, **kwargs: object) -> torch.Tensor:
+        out = original(*args, **kwargs)  # type: ignore[arg-type]
+        return out * 1.01 if kwargs["block"] == 32 else out
+
+    monkeypatch.setattr(fused_attention, "decode_attention", wrong_at_32)
+    assert not probe()  # every block size the decoder may time is checked
 
 
 _real_kernel = triton_support.kernel

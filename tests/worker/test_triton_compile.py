@@ -56,7 +56,7 @@ CONFIGS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
         for dtype in ("fp16", "bf16", "fp32")
     },
     **{
-        f"decode attention {dtype}": (
+        f"decode attention {dtype}, blocks of {block}": (
             "decode_attention_rows",
             {
                 **dict.fromkeys(("qkv", "cache", "out"), f"*{dtype}"),
@@ -64,9 +64,10 @@ CONFIGS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
                 **dict.fromkeys(("layer", "length", "max_positions", "layers", "heads"), "i32"),
                 "scale": "fp32",
             },
-            {"HEAD_DIM": 64, "BLOCK_N": 64},  # XTTS-v2: 16 heads of 64
+            {"HEAD_DIM": 64, "BLOCK_N": block},  # XTTS-v2: 16 heads of 64
         )
         for dtype in ("fp16", "bf16", "fp32")
+        for block in (64, 32)  # worker.fused_attention.BLOCKS
     },
     "end of step fp16, XTTS-v2's sampling": (
         "finish_step_rows",

@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.batch_graphs import FastDecode
+from worker.fused_attention import BLOCKS as ATTENTION_BLOCKS
 from worker.fused_attention import FUSED_ATTENTION_ENV
 from worker.fused_attention import works_for as fused_attention_works
 from worker.fused_norm import FUSED_NORM_ENV
@@ -370,10 +371,11 @@ def components(engine: XttsEngine, voice: VoiceEmbedding) -> dict[str, Any]:
     out["fused_norm"] = decoder.fused_norm  # each residual add and its LayerNorm one kernel (Triton)
     out["fused_sampling"] = decoder.fused_sampling  # the step's end (token choice, bookkeeping) one kernel
     out["fused_attention"] = decoder.fused_attention  # each layer's cache write and attention one kernel
-    # With graphs, per captured (batch, length): whether it kept the fused attention, and (timed by
-    # default) each way's replay time in ms.
-    out["attention_at"] = [[b, n, fused] for (b, n), fused in sorted(decoder.attention_at.items())]
+    # With graphs, per captured (batch, length): the attention kept (0: PyTorch's, else the fused
+    # kernel's block size), and (timed by default) the replay times in ms: PyTorch's, then each block's.
+    out["attention_at"] = [[b, n, block] for (b, n), block in sorted(decoder.attention_at.items())]
     out["attention_ms"] = [[b, n, *ms] for (b, n), ms in sorted(decoder.attention_ms.items())]
+    out["attention_blocks"] = list(ATTENTION_BLOCKS)
     graphs = session.vocoder_graphs  # HiFi-GAN replayed at the standard shapes (CUDA), in its precision
     session.close()
 
@@ -743,28 +745,38 @@ def attention_ops(parts: dict[str, Any]) -> str:
     """How the counted step's attention ran, for the components line."""
     if parts.get("fused_attention"):
         return "one kernel with its cache write"
-    if any(on for *_, on in parts.get("attention_at") or []):
+    if any(block for *_, block in parts.get("attention_at") or []):
         return "in PyTorch ops as counted; the fused kernel in the captured shapes where it timed faster"
     return "in PyTorch ops"
 
 
 def print_attention(parts: dict[str, Any]) -> None:
-    """Which captured step shapes kept the fused attention, and both ways' replay times where timed."""
-    kept = parts.get("attention_at") or []
+    """Which captured step shapes kept the fused attention, and each way's replay time where timed."""
+    kept = {(b, n): block for b, n, block in parts.get("attention_at") or []}
     if not kept:
         return
-    fused = [(b, n) for b, n, on in kept if on]
-    print(f"attention: the fused kernel in {len(fused)} of {len(kept)} captured step shapes")
+    fused = sum(1 for block in kept.values() if block)
+    print(f"attention: the fused kernel in {fused} of {len(kept)} captured step shapes")
     timings = parts.get("attention_ms") or []
-    if timings:
-        print("  step replay ms by cache length, PyTorch's attention / the fused kernel (* kept):")
-        for batch in sorted({b for b, *_ in timings}):
-            cells = [
-                f"{n}: {plain:.3f}/{mine:.3f}{'*' if (b, n) in fused else ''}"
-                for b, n, plain, mine in timings
-                if b == batch
-            ]
-            print(f"  {batch:3d} rows  " + "  ".join(cells))
+    if not timings:
+        return
+    ways = [0, *parts.get("attention_blocks", [])]
+    print(
+        "  step replay ms by cache length: PyTorch's attention / the fused kernel with blocks of "
+        + " / ".join(str(block) for block in ways[1:])
+        + " positions (* kept)"
+    )
+    for batch in sorted({b for b, *_ in timings}):
+        cells = [
+            f"{n}: "
+            + "/".join(
+                f"{ms:.3f}{'*' if kept.get((b, n)) == way else ''}"
+                for way, ms in zip(ways, times, strict=True)
+            )
+            for b, n, *times in timings
+            if b == batch
+        ]
+        print(f"  {batch:3d} rows  " + "  ".join(cells))
 
 
 def main() -> None:

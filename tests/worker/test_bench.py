@@ -62,11 +62,13 @@ def test_the_attention_lines_say_which_captured_shapes_kept_the_fused_kernel(
     assert capsys.readouterr().out == ""  # eager: nothing captured, nothing to say
     print_attention(
         {
-            "attention_at": [[2, 128, True], [2, 1088, False], [32, 128, False]],
-            "attention_ms": [[2, 128, 1.5, 1.25], [2, 1088, 1.5, 1.49], [32, 128, 2.0, 2.5]],
+            "attention_at": [[2, 128, 32], [2, 1088, 0], [32, 128, 0]],
+            "attention_ms": [[2, 128, 1.5, 1.3, 1.25], [2, 1088, 1.5, 1.49, 1.6], [32, 128, 2.0, 2.5, 2.4]],
+            "attention_blocks": [64, 32],
         }
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "attention: the fused kernel in 1 of 3 captured step shapes"
-    assert lines[2].split() == ["2", "rows", "128:", "1.500/1.250*", "1088:", "1.500/1.490"]
-    assert lines[3].split() == ["32", "rows", "128:", "2.000/2.500"]
+    assert "PyTorch's attention / the fused kernel with blocks of 64 / 32 positions (* kept)" in lines[1]
+    assert lines[2].split() == ["2", "rows", "128:", "1.500/1.300/1.250*", "1088:", "1.500*/1.490/1.600"]
+    assert lines[3].split() == ["32", "rows", "128:", "2.000*/2.500/2.400"]

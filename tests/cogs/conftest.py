@@ -11,12 +11,15 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import discord
 import pytest
 import pytest_asyncio
 
+import worker.xtts
 from bot.client import VoxcloneBot, build_bot
 from bot.player import Utterance
 from bot.settings import load_settings
@@ -33,7 +36,8 @@ from worker.local import LocalSpeechService
 
 # A phrase tiny.en transcribes reliably from espeak-ng (tests fix the phrase; production draws one at random).
 TEST_PHRASE = "please clone my voice, the quick brown fox jumps over the lazy dog, thank you"
-MAX_AUDIO_TOKENS = 48  # per sentence in the test checkpoint: random weights never stop on their own
+MAX_AUDIO_TOKENS = 48  # per sentence in the test checkpoint: random weights seldom stop on their own
+SPEECH_SEED = 7  # every request's sampling seed in these tests (see open_world)
 
 
 @pytest.fixture(scope="session")
@@ -134,8 +138,12 @@ async def open_world(speech: LocalSpeechService, tmp: Path, **env: str) -> Async
     await bot.setup_hook()
     bot.loop = asyncio.get_running_loop()  # set by a real login; gateway events are scheduled on it
     bot.enrollment.make_phrase = lambda: TEST_PHRASE
+    # Each request's sampling seed too (production draws one per request): with random weights a draw can
+    # pick the stop token after a few tokens, and a test would then see ~0.2 s of audio some runs.
+    seeds = SimpleNamespace(randbits=lambda bits: SPEECH_SEED)
     try:
-        yield World(bot, harness, fx, tmp)
+        with mock.patch.object(worker.xtts, "secrets", seeds):
+            yield World(bot, harness, fx, tmp)
     finally:
         await bot.close()
         harness.close()

@@ -576,13 +576,18 @@ def test_a_lone_stream_steps_in_a_batch_of_two_with_graphs(
 
     monkeypatch.setattr(BatchDecoder, "shape_for_step", spy)
     request = req(voice, "Hello world.", 16, 1)
-    session = BatchSynthesis(greedy, decoder, graphs=True, batch_vocoder=False)
+    got = alone_with_graphs(greedy, decoder, request)
+    assert len(shapes) == 15 and {batch for batch, _ in shapes} == {2}  # 16 tokens: 1 prefilled
+    assert_same_audio(got, alone(greedy, request))
+
+
+def alone_with_graphs(engine: XttsEngine, decoder: BatchDecoder, request: SpeechRequest) -> list[np.ndarray]:
+    """``request``'s chunks, decoded alone in a session on ``decoder`` replaying its captured graphs."""
+    session = BatchSynthesis(engine, decoder, graphs=True, batch_vocoder=False)
     try:
-        got = drive(session, {"alone": greedy.prepare(request)})
+        return drive(session, {"alone": engine.prepare(request)})["alone"]
     finally:
         session.close(reuse=False)
-    assert len(shapes) == 15 and {batch for batch, _ in shapes} == {2}  # 16 tokens: 1 prefilled
-    assert_same_audio(got["alone"], alone(greedy, request))
 
 
 def test_timed_attention_keeps_the_fastest_captured_step_per_shape(
@@ -647,13 +652,9 @@ def test_timed_attention_keeps_the_fastest_captured_step_per_shape(
 
     monkeypatch.setattr(batch_gpt, "decode_attention", counting)
     request = req(voice, "Hello world.", 12, 5)
-    session = BatchSynthesis(greedy, decoder, graphs=True, batch_vocoder=False)
-    try:
-        got = drive(session, {"alone": greedy.prepare(request)})
-    finally:
-        session.close(reuse=False)
+    got = alone_with_graphs(greedy, decoder, request)
     assert blocks == [32] * 11 * len(decoder.blocks)  # every step after the prefill replayed (1, short)
-    assert_same_audio(got["alone"], alone(greedy, request))
+    assert_same_audio(got, alone(greedy, request))
 
 
 def test_a_failure_while_timing_the_attention_keeps_pytorchs(

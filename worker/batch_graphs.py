@@ -166,6 +166,7 @@ def _keep_fastest(
     """
     started = time.perf_counter()
     chosen: dict[tuple[int, int], int] = {}
+    gains: list[float] = []  # of the kept fused steps over PyTorch's
     try:
         for shape, plain in graphs.items():
             blocks = [block for block, captured in candidates.items() if shape in captured]
@@ -173,20 +174,18 @@ def _keep_fastest(
                 decoder.active.zero_()  # replays must not advance anything
                 decoder.pos.fill_(shape[1] - 1)
                 times = _replay_ms([plain, *(candidates[b][shape] for b in blocks)], decoder.device)
-            by_block = dict(zip(blocks, times[1:], strict=True))  # NaN for a block whose capture failed
+            by_block = dict(zip(blocks, times[1:], strict=True))
+            # NaN for a block whose capture failed
             decoder.attention_ms[shape] = (times[0], *(by_block.get(b, math.nan) for b in BLOCKS))
-            best = min(range(len(blocks)), key=lambda i: times[i + 1])
-            if times[best + 1] < (1 - FUSED_MARGIN) * times[0]:
-                chosen[shape] = blocks[best]
+            best = min(by_block, key=by_block.__getitem__)
+            if by_block[best] < (1 - FUSED_MARGIN) * times[0]:
+                chosen[shape] = best
+                gains.append(1 - by_block[best] / times[0])
     finally:
         _reset_rows(decoder)
     for shape, block in chosen.items():  # only once every shape was timed: a failure above changes nothing
         graphs[shape] = candidates[block][shape]
         decoder.attention_at[shape] = block
-    gains = [
-        1 - min(t for t in decoder.attention_ms[s][1:] if not math.isnan(t)) / decoder.attention_ms[s][0]
-        for s in chosen
-    ]
     log.info(
         "the decode step's attention: the fused kernel at %d of %d shapes (%s), PyTorch's at the rest; "
         "timed in %.1f s",

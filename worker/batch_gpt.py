@@ -170,7 +170,6 @@ class BatchDecoder:
         max_positions: int,
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
-        min_batch: int = 1,
         fused_norm: bool | None = None,
         fused_sampling: bool | None = None,
         fused_attention: bool | None = None,
@@ -245,9 +244,7 @@ class BatchDecoder:
         # kernel's with each of fused_attention.BLOCKS.
         self.attention_at: dict[tuple[int, int], int] = {}
         self.attention_ms: dict[tuple[int, int], tuple[float, ...]] = {}
-        # Rows a step runs at (with graphs, the covering bucket): ``min_batch`` pads a lone row (see
-        # FastDecode.min_batch), as far as the cache has rows.
-        self.batch_sizes = tuple(b for b in buckets(capacity) if b >= min(min_batch, capacity))
+        self.batch_sizes = buckets(capacity)  # rows a step runs at (with graphs, the covering bucket)
         self.lengths = buckets(max_positions, min(LENGTH_BUCKET_MIN, max_positions))
         shape = (capacity, self.layers, 2, self.heads, max_positions, self.head_dim)
         dev = self.device
@@ -385,7 +382,7 @@ class BatchDecoder:
             h, normed = self._finish_block(layer, h, attended)
         latent = self.final_norm(normed[self.arange[:rows], sizes - 1])
         fresh = self._fresh_seen[:rows]
-        self.steps[index] = 0
+        self.steps.index_fill_(0, index, 0)  # a fill, not a copy of a host scalar: capturable
         self.min_tokens[index] = self.p_min_tokens[:rows]
         self.pos[index] = sizes
         logits = self.mel_head(latent)
@@ -394,7 +391,7 @@ class BatchDecoder:
             stop_token=self.stop_token,
         )  # fmt: skip
         self.seen[index] = fresh.scatter(1, tokens[:, None], True)
-        self.steps[index] = 1
+        self.steps.index_fill_(0, index, 1)
         self.x[index] = next_input(self.mel_embedding.weight, self.mel_pos, tokens, self.steps[index])
         self.p_latent[:rows] = latent.float()
         self.p_tokens[:rows] = tokens

@@ -577,7 +577,6 @@ RATIO_PAIRS = (
             "vox-watermarked",
             "vox-unpipelined",
             "vox-pipelined",
-            "vox-one-row-step",
         )
     ),
     ("vox-staggered", "vox-staggered-eager-vocoder"),
@@ -625,9 +624,9 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
     for r in rows:
         mem = f"{r.peak_gpu_mem_gb:7.2f}" if r.peak_gpu_mem_gb is not None else f"{'-':>7s}"
         print(
-            f"{r.engine:16s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_p95:6.0f} {r.ttfc_ms_max:6.0f} "
-            f"{r.rtf_p50:8.3f} "
-            f"{r.rtf_max:8.3f} {r.throughput_x:14.2f} {r.wall_s:7.1f} {mem}"
+            f"{r.engine:16s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_p95:6.0f} "
+            f"{r.ttfc_ms_max:6.0f} {r.rtf_p50:8.3f} {r.rtf_max:8.3f} {r.throughput_x:14.2f} "
+            f"{r.wall_s:7.1f} {mem}"
         )
     for q in result["ratios"]:
         print(
@@ -636,10 +635,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         )
     reference = result.get("reference_ms_per_token")
     loop = f"{reference:.2f} ms/token" if reference is not None else "not measured"
-    padded = f", a lone stream padded to {meta['min_batch']} rows" if meta.get("min_batch", 1) > 1 else ""
     for key, label in (
-        ("decode", meta["decode"] + padded),
-        ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
+        ("decode", meta["decode"]),
         ("decode_unfused_norm", f"{meta['decode']}, each residual add and LayerNorm two kernels"),
         ("decode_unfused_sampling", f"{meta['decode']}, the token choice and bookkeeping in PyTorch's ops"),
         ("decode_unfused_attention", f"{meta['decode']}, attention and cache write in PyTorch's ops"),
@@ -736,17 +733,12 @@ LEVEL_OPTIONS = (
     ("--eager-vocoder-at", "1,32", "", "CUDA: levels to also run HiFi-GAN launched op by op (no graphs)"),
     ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
     (
-        "--one-row-at",
-        "1",
-        "",
-        "CUDA: levels to also run with a lone stream's decode step at one row, not padded to two",
-    ),
-    (
         "--flip-pipeline-at",
         "1,32",
         "",
         "levels to also run with the engine loop's pipelining switched: vox-unpipelined on CUDA",
     ),
+    ("--small-session-at", "1,32", "", "levels to also run in a session of max(these) rows, not max(levels)"),
     ("--profile-at", "1,32", "", "levels to run once under torch.profiler ('' for none)"),
     ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
 )
@@ -814,8 +806,10 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    # The worker's own log lines (probes that fall back, graphs captured, attention timing) go with the figures.
-    logging.basicConfig(level=logging.INFO, format="%(relativeCreated)8.0f ms %(name)s %(levelname)s: %(message)s")
+    # The worker's log lines (probes that fall back, graphs captured, attention timing) go with the figures.
+    logging.basicConfig(
+        level=logging.INFO, format="%(relativeCreated)8.0f ms %(name)s %(levelname)s: %(message)s"
+    )
     torch.set_num_threads(args.threads)
     levels: list[int] = args.concurrency
     serial_levels: list[int] = args.serial_at
@@ -828,7 +822,6 @@ def main() -> None:
     watermarked_levels: list[int] = args.watermarked_at
     fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
     flip_pipeline_levels: list[int] = args.flip_pipeline_at
-    one_row_levels: list[int] = args.one_row_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
 
@@ -889,7 +882,6 @@ def main() -> None:
         our_chunk_tokens=[engine.chunks.first_tokens, engine.chunks.tokens],
         watermark=args.watermark,
         pipelined=engine.pipeline,
-        min_batch=engine.fast_decode.min_batch if captured[0] else 1,
     )
 
     def variant(
@@ -926,51 +918,48 @@ def main() -> None:
             setattr(other, key, value)
         return other
 
+    # The comparison rows open sessions as large as voxclone's (max(levels) rows), so that a ratio is
+    # what the one switch buys; vox-small-session shows what the session's size itself costs.
+    same = max(levels)
     variant("voxclone", engine, levels)
+    small_levels = [n for n in args.small_session_at if n < same]
+    if small_levels:
+        variant("vox-small-session", engine, small_levels, max_batch=max(small_levels))
     if serial_levels:  # the same code one request at a time: what batching buys
         variant("vox-serial", engine, serial_levels, max_batch=1)
     if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
         variant("vox-eager", eager, eager_levels)
     if overlap_levels:  # the same graphs, HiFi-GAN on a second CUDA stream: what overlapping it buys
-        variant("vox-overlap", engine, overlap_levels, changes={"vocoder_overlap": True})
+        variant("vox-overlap", engine, overlap_levels, same, changes={"vocoder_overlap": True})
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
-        variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
+        variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels, same)
     # The same, HiFi-GAN launched op by op: what replaying it from graphs buys.
     launched = {"fast_decode": dataclasses.replace(engine.fast_decode, vocoder_graphs=False)}
     if eager_vocoder_levels and captured[2]:
-        variant("vox-eager-vocoder", engine, eager_vocoder_levels, changes=launched)
+        variant("vox-eager-vocoder", engine, eager_vocoder_levels, same, changes=launched)
     if staggered_levels:  # arrivals spread out, as real traffic comes: many small vocoder calls
-        variant("vox-staggered", engine, staggered_levels, stagger_s=args.stagger_s)
+        variant("vox-staggered", engine, staggered_levels, same, stagger_s=args.stagger_s)
         if captured[2]:
             name = "vox-staggered-eager-vocoder"
-            variant(name, engine, staggered_levels, stagger_s=args.stagger_s, changes=launched)
+            variant(name, engine, staggered_levels, same, stagger_s=args.stagger_s, changes=launched)
     if watermarked_levels:  # as the worker serves: every chunk watermarked (perth, on the CPU)
         from worker.watermark import Watermarker
 
         marker = stage("watermarker", Watermarker)
         if marker is not None:
-            variant("vox-watermarked", engine, watermarked_levels, changes={"watermark": marker})
+            variant("vox-watermarked", engine, watermarked_levels, same, changes={"watermark": marker})
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
-        variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
-    # A lone stream's step at one row: what padding it to two buys (cuBLASLt's bias epilogue). A session
-    # for one stream has no spare row, so these rows run the same engine one request at a time.
-    one_row = bool(one_row_levels and captured[0] and engine.fast_decode.min_batch > 1)
-    if one_row:
-        variant("vox-one-row-step", engine, one_row_levels, max_batch=1)
+        variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels, same)
     if flip_pipeline_levels:  # the other engine loop: what launching each step before reading the last buys
         name = "vox-unpipelined" if engine.pipeline else "vox-pipelined"
-        variant(name, engine, flip_pipeline_levels, changes={"pipeline": not engine.pipeline})
+        variant(name, engine, flip_pipeline_levels, same, changes={"pipeline": not engine.pipeline})
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
         stage("decode", lambda: [asdict(d) for d in decode_steps(engine, voice, levels, steps=50)]) or []
     )
-    if one_row:  # a session of one row: the step unpadded
-        result["decode_one_row"] = stage(
-            "decode-one-row", lambda: [asdict(d) for d in decode_steps(engine, voice, [1], steps=50)]
-        )
     if eager_levels:
         result["decode_eager"] = stage(
             "decode-eager", lambda: [asdict(d) for d in decode_steps(eager, voice, eager_levels, steps=30)]
@@ -1049,10 +1038,10 @@ def main() -> None:
         for i, name in enumerate(
             (
                 "voxclone",
+                "vox-small-session",
                 "vox-fp32-vocoder",
                 "vox-unpipelined",
                 "vox-pipelined",
-                "vox-one-row-step",
                 "vox-overlap",
                 "vox-eager-prefill",
                 "vox-eager-vocoder",

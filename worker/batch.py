@@ -682,7 +682,6 @@ class DecoderPool:
             max_positions=max_positions(gpt),
             device=engine.device,
             dtype=fast.dtype,
-            min_batch=fast.min_batch if fast.graphs else 1,
             # The fused residual add + LayerNorm (Triton) saves kernels in a captured step. An eager step is
             # bound by host time per op, and a custom op's dispatch plus a Triton launch is not known to be
             # cheaper there than the two ops it replaces (not measured): graphs only.

@@ -50,11 +50,6 @@ class FastDecode:
     dtype: torch.dtype = torch.float32
     prefill_graphs: bool = True  # with graphs: the prefill captured too (``VOXCLONE_PREFILL_GRAPHS``)
     vocoder_graphs: bool = True  # with graphs: HiFi-GAN's standard shapes too (``VOXCLONE_VOCODER_GRAPHS``)
-    # With graphs, the fewest rows a decode step runs (a lone stream's step gets a spare row, computed and
-    # never advanced). cuBLAS puts a linear layer's bias in the GEMM's epilogue (cuBLASLt) only when
-    # both sides have two rows or more; at one row it copies the bias into the output first, a kernel
-    # more for each of the step's 121 linear layers (PyTorch's addmm, aten/src/ATen/native/cuda/Blas.cpp).
-    min_batch: int = 2
 
     @property
     def label(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -110,9 +111,11 @@ class VoxcloneBot(commands.Bot):
         if self.commands_only:
             await self.load_cogs()
             return
+        from bot.intake import sweep_stale_intake_dirs
         from storage import Database, Repositories, upgrade
         from worker.factory import create_speech_service
 
+        await asyncio.to_thread(sweep_stale_intake_dirs)  # member audio older versions left behind
         head = await upgrade(self.settings.database_url)
         log.info("database ready", extra={"revision": head})
         self._database = Database(self.settings.database_url)

@@ -22,8 +22,9 @@ from sqlalchemy import func, or_, select
 
 from bot.enrollment import PREVIEW_TEXT
 from bot.player import Utterance
+from bot.replies import size_text
 from cogs.voice import CANCEL_ID, CONFIRM_ID, EXPORT_FILENAME
-from storage import ConsentRecord, ReferenceClip, VoiceProfile
+from storage import ConsentRecord, ReferenceClip, StoredSize, VoiceProfile
 from storage.schema import (
     assistant_opt_ins,
     consent_challenges,
@@ -172,10 +173,41 @@ async def test_status_before_and_after_enrolment(world: World, cloned: Cloned) -
     assert fields["Speech used"] == f"{cloned.result.quality.speech_s:.1f} s"
     assert "dBFS" in fields["Quality"] and "SNR" in fields["Quality"]
     assert fields["Consent records"] == "1"
+    arrays = cloned.result.embedding.gpt_cond_latent.nbytes + cloned.result.embedding.speaker_embedding.nbytes
+    recording = len(cloned.recording)
+    total, kept = size_text(recording + arrays), size_text(recording)
+    assert fields["Stored"] == f"{total}: consent recording {kept}, voice {size_text(arrays)}"
     assert "30 days unused" in fields["Kept"]
     assert fields["You share your voice with"] == f"<@{world.bob.id}>"
     assert fields["Voices shared with you by"] == f"<@{world.bob.id}>"
     assert fields["The assistant may use your voice"] == "yes"
+
+
+async def test_re_enrolling_keeps_one_consent_recording_in_status_and_server_totals(
+    world: World, cloned: Cloned
+) -> None:
+    """Ten re-enrolments: /voice status and /consent show count the one recording that proves consent."""
+    h, fx = world.harness, world.fx
+    for _ in range(10):
+        await store_voice(world, world.ada.id, cloned)
+    await store_voice(world, world.bob.id, cloned)
+    arrays = cloned.result.embedding.gpt_cond_latent.nbytes + cloned.result.embedding.speaker_embedding.nbytes
+    recording = len(cloned.recording)
+
+    await h.slash(fx, world.ada, "voice status")
+    fields = {f["name"]: f["value"] for f in h.responses()[-1].embeds[0]["fields"]}
+    assert fields["Consent records"] == "1"
+    assert fields["Stored"].startswith(f"{size_text(recording + arrays)}: ")
+
+    await h.slash(fx, world.admin, "consent show")
+    fields = {f["name"]: f["value"] for f in h.responses()[-1].embeds[0]["fields"]}
+    assert (
+        fields["Stored voice data"]
+        == f"2 voices, 2 consent recordings: {size_text(2 * (recording + arrays))}"
+    )
+    assert await world.bot.repos.profiles.stored_size(fx.guild.id) == StoredSize(
+        2, 2, 2 * recording, 2 * arrays
+    )
 
 
 async def test_preview_is_a_wav_in_the_members_own_voice(

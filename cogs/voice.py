@@ -296,7 +296,7 @@ class Voice(
         if wav is None:
             await respond(
                 interaction,
-                "I couldn't make a preview right now: the speech engine didn't answer. "
+                "I couldn't make a preview right now: the speech engine failed or was too slow. "
                 "Your voice is still stored; try again in a minute.",
                 ephemeral=True,
             )

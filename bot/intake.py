@@ -5,24 +5,31 @@ PCM at the rate asked for, or one of the ``bot.errors.IntakeError`` family with 
 can act on. Safety limits: files only (no network protocols), an allow-list of demuxers and audio
 decoders, video ignored, a size cap, a duration cap checked before decoding and enforced while
 decoding, and a wall-clock limit after which the whole ffmpeg process group is killed. No torch here.
+
+An upload given as bytes never touches the disk: ffprobe and ffmpeg read it from an anonymous in-memory
+file (Linux ``memfd_create``), which the kernel frees when the last process holding it ends, however it
+ends (a kill -9 included). Where the system has none, they read it from their standard input.
+:func:`sweep_stale_intake_dirs` removes the temporary folders that versions before this one left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Final
 
 import ffmpeg
 import numpy as np
@@ -72,6 +79,9 @@ CORRUPTION_MARKERS = (
 CONTAINER_MAGIC = (b"OggS", b"ID3", b"RIFF", b"fLaC", b"\x1aE\xdf\xa3", b"FORM")
 OGG_PAGE_HEADER = 27  # bytes before the segment table of an Ogg page
 INPUT_OPTIONS = {"protocol_whitelist": PROTOCOL_WHITELIST, "format_whitelist": ",".join(DEMUXER_WHITELIST)}
+# Older versions staged uploads in folders of this name in the system temp folder (see sweep_stale_...).
+STALE_DIR_PREFIX: Final = "voxclone-intake-"
+STALE_DIR_AGE_S: Final = 300.0  # s: far past any intake's time limit, so no running intake is touched
 
 
 @dataclass(frozen=True)
@@ -114,26 +124,24 @@ def _looks_like_audio_container(head: bytes) -> bool:
     return head.startswith(CONTAINER_MAGIC) or head[4:8] == b"ftyp"
 
 
-def _ogg_is_truncated(path: Path) -> bool:
+def _ogg_is_truncated(fh: BinaryIO, size: int) -> bool:
     """True when the last Ogg page runs past the end of the file (an upload cut short).
 
     ffmpeg silently drops a partial last page, so a cut voice message would otherwise pass as a
     shorter one. Only page headers are read: 27 bytes and a segment table per page.
     """
-    size = path.stat().st_size
     offset = 0
-    with path.open("rb") as fh:
-        while offset < size:
-            fh.seek(offset)
-            header = fh.read(OGG_PAGE_HEADER)
-            if len(header) < OGG_PAGE_HEADER:
-                return True
-            if header[:4] != b"OggS":
-                return False  # trailing bytes that are not a page: ffmpeg ignores them, so do we
-            segments = fh.read(header[26])
-            if len(segments) < header[26]:
-                return True
-            offset += OGG_PAGE_HEADER + len(segments) + sum(segments)
+    while offset < size:
+        fh.seek(offset)
+        header = fh.read(OGG_PAGE_HEADER)
+        if len(header) < OGG_PAGE_HEADER:
+            return True
+        if header[:4] != b"OggS":
+            return False  # trailing bytes that are not a page: ffmpeg ignores them, so do we
+        segments = fh.read(header[26])
+        if len(segments) < header[26]:
+            return True
+        offset += OGG_PAGE_HEADER + len(segments) + sum(segments)
     return offset > size
 
 
@@ -154,13 +162,13 @@ def decode_argv(url: str, *, sample_rate: int, max_seconds: float) -> list[str]:
     return argv
 
 
-def _probe_failure(stderr: str, path: Path) -> Exception:
+def _probe_failure(stderr: str, source: _Input) -> Exception:
     text = stderr.lower()
-    with path.open("rb") as fh:
+    with source.open() as fh:
         head = fh.read(16)
     if "not on whitelist" in text:
         return NotAudio(f"That file is not audio I can read. {SEND_AUDIO_HINT}")
-    if head.startswith(b"OggS") and not _ogg_is_truncated(path):
+    if head.startswith(b"OggS") and not source.ogg_is_truncated():
         return EmptyAudio(EMPTY_MESSAGE)  # complete Ogg headers and no audio packets after them
     if "moov atom not found" in text or _looks_like_audio_container(head):
         return CorruptAudio(CORRUPT_MESSAGE)
@@ -242,12 +250,17 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _run(argv: list[str], deadline: float, what: str) -> tuple[int, bytes, str]:
+def _run(argv: list[str], source: _Input, deadline: float, what: str) -> tuple[int, bytes, str]:
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        argv,
+        stdin=subprocess.DEVNULL if source.stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=source.pass_fds,
+        start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.01))
+        out, err = proc.communicate(source.stdin, timeout=max(deadline - time.monotonic(), 0.01))
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
         proc.communicate()
@@ -259,14 +272,19 @@ def _run(argv: list[str], deadline: float, what: str) -> tuple[int, bytes, str]:
     return proc.returncode, out, err.decode("utf-8", "replace")
 
 
-async def _arun(argv: list[str], deadline: float, what: str) -> tuple[int, bytes, str]:
+async def _arun(argv: list[str], source: _Input, deadline: float, what: str) -> tuple[int, bytes, str]:
     pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe, start_new_session=True
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL if source.stdin is None else pipe,
+        stdout=pipe,
+        stderr=pipe,
+        pass_fds=source.pass_fds,
+        start_new_session=True,
     )
     try:
         async with asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
-            out, err = await proc.communicate()
+            out, err = await proc.communicate(source.stdin)
     except TimeoutError:
         _kill_group(proc.pid)
         await proc.wait()
@@ -283,22 +301,59 @@ def _timeout(what: str) -> IntakeTimeout:
     return IntakeTimeout("Reading that file took too long, so I stopped. Try a shorter or simpler recording.")
 
 
-def _parse_probe(rc: int, out: bytes, err: str, path: Path) -> AudioProbe:
+def _parse_probe(rc: int, out: bytes, err: str, source: _Input) -> AudioProbe:
     if rc != 0:
-        raise _probe_failure(err, path)
+        raise _probe_failure(err, source)
     try:
         info = json.loads(out.decode("utf-8", "replace") or "{}")
     except json.JSONDecodeError:
         raise NotAudio(f"That file is not audio I can read. {SEND_AUDIO_HINT}") from None
     probe = interpret_probe(info)
-    if probe.format_name == "ogg" and _ogg_is_truncated(path):
+    if probe.format_name == "ogg" and source.ogg_is_truncated():
         raise CorruptAudio(CORRUPT_MESSAGE)
     return probe
 
 
+@dataclass(frozen=True)
+class _Input:
+    """Where ffprobe and ffmpeg read one upload: ``url``, plus the descriptor or the bytes behind it."""
+
+    url: str
+    size: int
+    path: Path | None = None  # a file the caller named (the command line)
+    data: bytes | None = field(default=None, repr=False)  # an upload, held in memory only
+    pass_fds: tuple[int, ...] = ()  # the in-memory file, inherited by the child under its own number
+    stdin: bytes | None = field(default=None, repr=False)  # fed to the child's stdin (no memfd here)
+
+    def open(self) -> BinaryIO:
+        """The raw bytes, for the header checks made here (never handed to a parser but ffmpeg)."""
+        return self.path.open("rb") if self.path is not None else io.BytesIO(self.data or b"")
+
+    def ogg_is_truncated(self) -> bool:
+        with self.open() as fh:
+            return _ogg_is_truncated(fh, self.size)
+
+
+def _memory_file(data: bytes) -> int | None:
+    """An anonymous in-memory file holding ``data`` (seekable, unlike a pipe: an m4a whose index comes
+    last needs that); None where the system has no ``memfd_create``."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return None
+    fd: int = create("voxclone-intake", getattr(os, "MFD_CLOEXEC", 0))
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
-def _staged(source: bytes | Path, max_bytes: int) -> Iterator[Path]:
-    """A local file path for ``source``, size-checked; bytes are written to a private temp folder."""
+def _staged(source: bytes | Path, max_bytes: int) -> Iterator[_Input]:
+    """``source`` as ffmpeg's input, size-checked. Bytes stay in memory: they are never written to disk."""
     if isinstance(source, Path):
         try:
             size = source.stat().st_size
@@ -307,24 +362,54 @@ def _staged(source: bytes | Path, max_bytes: int) -> Iterator[Path]:
         if not source.is_file():
             raise NotAudio(f"{source.name} is not a file. {SEND_AUDIO_HINT}")
         _check_size(size, max_bytes)
-        yield source.resolve()
+        path = source.resolve()
+        yield _Input(f"file:{path}", size, path=path)
         return
     _check_size(len(source), max_bytes)
-    with tempfile.TemporaryDirectory(prefix="voxclone-intake-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(source)
-        yield path
+    fd = _memory_file(source)
+    if fd is None:
+        yield _Input("pipe:0", len(source), data=source, stdin=source)
+        return
+    try:
+        # /dev/fd/N opens the memory file afresh in the child: its own offset, seekable, nothing on disk.
+        yield _Input(f"file:/dev/fd/{fd}", len(source), data=source, pass_fds=(fd,))
+    finally:
+        os.close(fd)
 
 
 @contextlib.asynccontextmanager
-async def _astaged(source: bytes | Path, max_bytes: int) -> AsyncIterator[Path]:
+async def _astaged(source: bytes | Path, max_bytes: int) -> AsyncIterator[_Input]:
     """:func:`_staged` with its file work off the event loop."""
     staged = _staged(source, max_bytes)
-    path = await asyncio.to_thread(staged.__enter__)
+    staged_input = await asyncio.to_thread(staged.__enter__)
     try:
-        yield path
+        yield staged_input
     finally:
         await asyncio.to_thread(staged.__exit__, None, None, None)
+
+
+def sweep_stale_intake_dirs(temp_dir: Path | None = None, *, min_age_s: float = STALE_DIR_AGE_S) -> int:
+    """Remove the ``voxclone-intake-*`` folders that earlier versions left in the temp folder; how many.
+
+    Those versions wrote each upload there and lost it when killed mid-intake. Only folders of this
+    user older than ``min_age_s`` are removed (no intake runs that long), so a second bot process
+    running an older version on the same machine keeps the one it is reading.
+    """
+    root = temp_dir or Path(tempfile.gettempdir())
+    cutoff = time.time() - min_age_s
+    removed = 0
+    for folder in root.glob(f"{STALE_DIR_PREFIX}*"):
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid() or info.st_mtime > cutoff:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += not folder.exists()
+    if removed:
+        log.info("intake: removed %d temporary upload folder(s) left by an earlier version", removed)
+    return removed
 
 
 def _check_size(size: int, max_bytes: int) -> None:
@@ -347,17 +432,17 @@ def _validate_args(sample_rate: int, max_seconds: float, timeout_s: float) -> No
 def probe_audio(source: bytes | Path, *, max_bytes: int, timeout_s: float = 10.0) -> AudioProbe:
     """Format, codec and declared duration of ``source`` (no decoding): the bot's pre-check of uploads."""
     deadline = time.monotonic() + timeout_s
-    with _staged(source, max_bytes) as path:
-        rc, out, err = _run(probe_argv(f"file:{path}"), deadline, "ffprobe")
-        return _parse_probe(rc, out, err, path)
+    with _staged(source, max_bytes) as staged:
+        rc, out, err = _run(probe_argv(staged.url), staged, deadline, "ffprobe")
+        return _parse_probe(rc, out, err, staged)
 
 
 async def probe_audio_async(source: bytes | Path, *, max_bytes: int, timeout_s: float = 10.0) -> AudioProbe:
     """:func:`probe_audio` without blocking the event loop."""
     deadline = time.monotonic() + timeout_s
-    async with _astaged(source, max_bytes) as path:
-        rc, out, err = await _arun(probe_argv(f"file:{path}"), deadline, "ffprobe")
-        return await asyncio.to_thread(_parse_probe, rc, out, err, path)
+    async with _astaged(source, max_bytes) as staged:
+        rc, out, err = await _arun(probe_argv(staged.url), staged, deadline, "ffprobe")
+        return await asyncio.to_thread(_parse_probe, rc, out, err, staged)
 
 
 def decode_audio(
@@ -370,14 +455,12 @@ def decode_audio(
     """
     _validate_args(sample_rate, max_seconds, timeout_s)
     deadline = time.monotonic() + timeout_s
-    with _staged(source, max_bytes) as path:
-        url = f"file:{path}"
-        rc, out, err = _run(probe_argv(url), deadline, "ffprobe")
-        probe = _parse_probe(rc, out, err, path)
+    with _staged(source, max_bytes) as staged:
+        rc, out, err = _run(probe_argv(staged.url), staged, deadline, "ffprobe")
+        probe = _parse_probe(rc, out, err, staged)
         _check_length(probe, max_seconds)
-        rc, out, err = _run(
-            decode_argv(url, sample_rate=sample_rate, max_seconds=max_seconds), deadline, "ffmpeg"
-        )
+        argv = decode_argv(staged.url, sample_rate=sample_rate, max_seconds=max_seconds)
+        rc, out, err = _run(argv, staged, deadline, "ffmpeg")
     return interpret_decode(probe, out, err, rc, sample_rate=sample_rate, max_seconds=max_seconds)
 
 
@@ -387,11 +470,10 @@ async def decode_audio_async(
     """:func:`decode_audio` without blocking the event loop; cancelling it kills ffmpeg."""
     _validate_args(sample_rate, max_seconds, timeout_s)
     deadline = time.monotonic() + timeout_s
-    async with _astaged(source, max_bytes) as path:
-        url = f"file:{path}"
-        rc, out, err = await _arun(probe_argv(url), deadline, "ffprobe")
-        probe = await asyncio.to_thread(_parse_probe, rc, out, err, path)
+    async with _astaged(source, max_bytes) as staged:
+        rc, out, err = await _arun(probe_argv(staged.url), staged, deadline, "ffprobe")
+        probe = await asyncio.to_thread(_parse_probe, rc, out, err, staged)
         _check_length(probe, max_seconds)
-        argv = decode_argv(url, sample_rate=sample_rate, max_seconds=max_seconds)
-        rc, out, err = await _arun(argv, deadline, "ffmpeg")
+        argv = decode_argv(staged.url, sample_rate=sample_rate, max_seconds=max_seconds)
+        rc, out, err = await _arun(argv, staged, deadline, "ffmpeg")
     return interpret_decode(probe, out, err, rc, sample_rate=sample_rate, max_seconds=max_seconds)

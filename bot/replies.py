@@ -120,6 +120,15 @@ def user_message(error: BaseException) -> str:
     return GENERIC_FAILURE
 
 
+def size_text(size: int) -> str:
+    """A byte count a member reads at a glance: "512 bytes", "45 kB", "1.2 MB" (decimal units)."""
+    if size < 1000:
+        return f"{size} byte{'' if size == 1 else 's'}"
+    if size < 1_000_000:
+        return f"{size / 1000:.0f} kB"
+    return f"{size / 1_000_000:.1f} MB"
+
+
 def _perm(name: str) -> str:
     return name.replace("_", " ").replace("guild", "server").title()
 

@@ -15,8 +15,8 @@ from discord.ext import commands
 
 from bot.errors import AssistantVoiceNotOptedIn, PolicyError, VoxcloneError
 from bot.policy import Actor
-from bot.replies import Refused, guild_member, respond
-from storage import AuditEntry, GuildSettings
+from bot.replies import Refused, guild_member, respond, size_text
+from storage import AuditEntry, GuildSettings, StoredSize
 
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot
@@ -39,7 +39,9 @@ def _ids(ids: tuple[int, ...], fmt: str) -> str:
     return ", ".join(fmt.format(i) for i in ids) if ids else "everyone"
 
 
-def settings_embed(s: GuildSettings, *, message_content_intent: bool) -> discord.Embed:
+def settings_embed(
+    s: GuildSettings, *, message_content_intent: bool, stored: StoredSize | None = None
+) -> discord.Embed:
     embed = discord.Embed(
         title="Voice cloning settings",
         colour=discord.Colour.green() if s.cloning_enabled else discord.Colour.dark_grey(),
@@ -64,6 +66,13 @@ def settings_embed(s: GuildSettings, *, message_content_intent: bool) -> discord
     assistant_voice = f"<@{s.assistant_voice_user_id}>" if s.assistant_voice_user_id else "the asker's own"
     prompt = "custom" if s.llm_system_prompt else "default"
     embed.add_field(name="Assistant", value=f"voice: {assistant_voice}; system prompt: {prompt}")
+    if stored is not None:
+        embed.add_field(
+            name="Stored voice data",
+            value=f"{stored.voices} voice{'' if stored.voices == 1 else 's'}, "
+            f"{stored.consent_records} consent recording{'' if stored.consent_records == 1 else 's'}: "
+            f"{size_text(stored.total_bytes)}",
+        )
     if s.voice_message_mode != "off" and not message_content_intent:
         embed.add_field(
             name="⚠ Automatic voice messages are not active",
@@ -112,10 +121,10 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         """Show this server's voice cloning settings."""
         guild, _ = guild_member(interaction)
         settings = await self.bot.repos.settings.get(guild.id)
+        stored = await self.bot.repos.profiles.stored_size(guild.id)
         intent = self.bot.intents.message_content
-        await respond(
-            interaction, embed=settings_embed(settings, message_content_intent=intent), ephemeral=True
-        )
+        embed = settings_embed(settings, message_content_intent=intent, stored=stored)
+        await respond(interaction, embed=embed, ephemeral=True)
 
     @app_commands.command(name="set")
     @app_commands.describe(

@@ -142,6 +142,20 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class StoredSize:
+    """Voice data kept for one member or a whole server (``/voice status``, ``/consent show``)."""
+
+    voices: int
+    consent_records: int
+    recording_bytes: int  # the consent recordings, as uploaded
+    voice_bytes: int  # the conditioning arrays
+
+    @property
+    def total_bytes(self) -> int:
+        return self.recording_bytes + self.voice_bytes
+
+
+@dataclass(frozen=True)
 class DeletionReport:
     """What deleting one member's voice data removed."""
 

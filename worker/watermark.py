@@ -46,9 +46,15 @@ def _load_perth(device: str) -> Any:
         try:
             from perth.perth_net.perth_net_implicit.perth_watermarker import PerthImplicitWatermarker
         except ImportError as exc:
+            missing = exc.name or "a package it needs"
+            fix = (
+                "setuptools<82 (it provides pkg_resources)"
+                if missing == "pkg_resources"
+                else f"{missing} (a dependency of resemble-perth or librosa)"
+            )
             raise ModelUnavailable(
-                f"The watermarking model (resemble-perth) cannot load: {exc}. Install setuptools<82 "
-                "(it provides pkg_resources) in the worker's environment and restart it."
+                f"The watermarking model (resemble-perth) cannot load: {exc}. Install {fix} in the "
+                "worker's environment and restart it."
             ) from exc
         implicit = PerthImplicitWatermarker
         if implicit is None:

@@ -98,12 +98,29 @@ def test_tiny_and_empty_inputs(watermarker: Watermarker, speech_pcm24k: np.ndarr
     assert watermarker.detect(np.zeros(RATE, np.float32), RATE).confidence == 0.0
 
 
-def test_missing_perth_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("missing", "advice"),
+    [("pkg_resources", "Install setuptools<82"), ("decorator", r"Install decorator \(a dependency")],
+)
+def test_missing_perth_model_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, missing: str, advice: str
+) -> None:
+    """perth swallows the ImportError and exports None; the message names what is missing and the fix
+    (on the H200, librosa's decorator was missing and the message asked for setuptools)."""
     import perth
 
-    # What happens where setuptools lacks pkg_resources: perth swallows the ImportError and exports None.
+    module = "perth.perth_net.perth_net_implicit.perth_watermarker"
+
+    class Missing:
+        @staticmethod
+        def find_spec(name: str, *_: object) -> None:
+            if name == module:
+                raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
     monkeypatch.setattr(perth, "PerthImplicitWatermarker", None)
-    monkeypatch.setitem(sys.modules, "perth.perth_net.perth_net_implicit.perth_watermarker", None)
-    with pytest.raises(ModelUnavailable, match="setuptools<82") as err:
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Missing(), *sys.meta_path])
+    with pytest.raises(ModelUnavailable, match=advice) as err:
         Watermarker()
     assert err.value.code == "model_unavailable"
+    assert f"No module named {missing!r}" in str(err.value)

@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=60, description="Seconds to open a connection to a worker"
     )
     worker_first_chunk_timeout_s: float = Field(
-        default=1.5,
+        default=1.0,
         gt=0,
         le=600,
         description="Seconds without a first answer (for speech, the first audio chunk) before the worker "

@@ -65,7 +65,7 @@ UNREACHABLE_MESSAGE: Final = (
 )
 # The defaults of the WORKER_*_S settings (bot/settings.py documents each one).
 DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0  # s to open a TCP (and TLS) connection to a worker
-DEFAULT_FIRST_CHUNK_TIMEOUT_S: Final = 1.5  # s without an answer before the worker must answer /readyz
+DEFAULT_FIRST_CHUNK_TIMEOUT_S: Final = 1.0  # s without an answer before the worker must answer /readyz
 DEFAULT_CHUNK_TIMEOUT_S: Final = 10.0  # s of silence allowed between two chunks of a stream in flight
 DEFAULT_TOTAL_TIMEOUT_S: Final = 30.0  # s of the worker's time for a whole request
 DEFAULT_PROBE_INTERVAL_S: Final = 5.0  # s between two /readyz probes of an unhealthy worker

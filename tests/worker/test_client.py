@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 import uvicorn
 
+from bot.settings import load_settings
 from tests.worker.test_api import MODEL_ID, TOKEN, ToneService, speech_pcm, tone_chunk, tone_voice
+from worker import client as client_module
 from worker.api import create_app
 from worker.api_wire import data_frame, end_frame, error_frame
 from worker.client import PROBE_TIMEOUT_S, UNREACHABLE_MESSAGE, HttpSpeechService, StreamInterrupted
@@ -447,3 +449,10 @@ async def test_a_slow_reader_is_not_a_stalled_worker() -> None:
                 received.append(chunk)
                 await asyncio.sleep(0.4)
     assert received == [tone_chunk(i) for i in range(4)]
+
+
+def test_the_client_defaults_are_the_settings_defaults() -> None:
+    settings = load_settings({})
+    for name in ("connect_timeout_s", "first_chunk_timeout_s", "chunk_timeout_s", "probe_interval_s"):
+        assert getattr(settings, f"worker_{name}") == getattr(client_module, f"DEFAULT_{name.upper()}")
+    assert settings.worker_timeout_s == client_module.DEFAULT_TOTAL_TIMEOUT_S

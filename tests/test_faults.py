@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -27,10 +28,11 @@ from discord.ext import commands
 from bot.intake import decode_audio
 from bot.player import GuildPlayer, Utterance
 from bot.settings import load_settings
+from storage import Database, Repositories, upgrade
 from tests.support.audio import speech_message
 from tests.support.discord_harness import GuildFixture, Harness, HarnessVoiceClient
 from tests.worker.test_api import TOKEN
-from tests.worker.test_cli import WorkerProcess, metrics_of, voxclone, xtts_bytes
+from tests.worker.test_cli import WorkerProcess, clean_env, metrics_of, voxclone, xtts_bytes
 from tests.worker.test_client import collect
 from worker.client import HttpSpeechService
 from worker.errors import WorkerBusy
@@ -42,6 +44,10 @@ FAILOVER_TARGET_S = 3.0  # a new request reaches a healthy worker within this lo
 LONG = 120  # audio tokens (5.6 s of audio, several seconds to make on this CPU)
 SHORT = 20  # audio tokens (0.93 s)
 ONE_AT_A_TIME = {"WORKER_MAX_BATCH": "1", "WORKER_MAX_QUEUE": "1"}
+REPO = Path(__file__).resolve().parents[1]
+# A phrase tiny.en transcribes reliably from espeak-ng (tests fix the phrase; production draws one at random).
+CONSENT_PHRASE = "please clone my voice, the quick brown fox jumps over the lazy dog, thank you"
+GUILD, MEMBER = 4242, 7
 
 
 class Workers:
@@ -362,6 +368,65 @@ def test_a_bad_worker_url_in_the_list_is_one_clear_line(home: Path, voice_clip: 
     lines = [line for line in run.err.splitlines() if line.startswith("voxclone:")]
     assert run.code == 2 and len(lines) == 1, run
     assert "--worker-url" in lines[0] and "'gpu-2:8765'" in lines[0]
+
+
+# ---- the bot killed (kill -9) in the middle of an enrolment -----------------------------------------
+
+
+async def enrolment_child(database_url: str, urls: str, clip: Path, home: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.enroll_child", database_url, urls, str(clip), str(GUILD),
+        str(MEMBER), cwd=REPO, env=clean_env(home, WORKER_TOKEN=TOKEN), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def run_until(child: asyncio.subprocess.Process, line: str) -> list[str]:
+    """Read the child's lines until ``line``; SIGKILL it there. Returns what it printed."""
+    assert child.stdout is not None
+    seen: list[str] = []
+    while seen[-1:] != [line] and (raw := await child.stdout.readline()):
+        seen.append(raw.decode().strip())
+    child.kill()
+    await child.communicate()
+    return seen
+
+
+@pytest.mark.parametrize("stage", ["cloning", "preview"])
+async def test_enrolment_killed_leaves_the_database_consistent_and_the_member_can_retry(
+    pair: tuple[WorkerProcess, WorkerProcess], home: Path, tmp_path: Path, stage: str
+) -> None:
+    urls = ",".join(w.url for w in pair)
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    clip = speech_message(home, "consent", CONSENT_PHRASE)
+    await upgrade(database_url)
+    async with Database(database_url) as db:
+        repos = Repositories(db)
+        await repos.settings.update(GUILD, updated_by=1, cloning_enabled=True)
+        await repos.challenges.issue(GUILD, MEMBER, CONSENT_PHRASE)
+    async with asyncio.timeout(50):
+        seen = await run_until(await enrolment_child(database_url, urls, clip, home), f"stage {stage}")
+        assert seen[-1] == f"stage {stage}", seen  # killed there, with -9
+        check = voxclone(home, "db", "check", "--database-url", database_url, timeout=30)
+        assert check.code == 0 and check.out.startswith("database healthy"), check
+        async with Database(database_url) as db:
+            repos = Repositories(db)
+            stored = await repos.profiles.get(GUILD, MEMBER)
+            records = await repos.profiles.consent_records(GUILD, MEMBER)
+            phrase = await repos.challenges.active(GUILD, MEMBER)
+            if stage == "cloning":  # killed before the voice was stored: nothing half-written, phrase kept
+                assert stored is None and records == [] and phrase is not None
+            else:  # killed after: the voice and its consent record whole, the phrase used up
+                assert stored is not None and len(records) == 1 and phrase is None
+                await repos.challenges.issue(GUILD, MEMBER, CONSENT_PHRASE)  # the member runs /enroll again
+        # The member tries again; the voice is stored (the preview is not waited for: it can be long).
+        seen = await run_until(await enrolment_child(database_url, urls, clip, home), "stage preview")
+        assert seen[-1] == "stage preview", seen
+        async with Database(database_url) as db:
+            repos = Repositories(db)
+            assert await repos.profiles.get(GUILD, MEMBER) is not None
+            assert len(await repos.profiles.consent_records(GUILD, MEMBER)) >= 1
+            assert await repos.challenges.active(GUILD, MEMBER) is None
 
 
 # ---- a worker killed mid-stream (SIGKILL); last, as it leaves one worker to restart -----------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,11 @@ class _Worker:
     url: str
     healthy: bool = True  # an unhealthy worker is tried only after the others, until its /readyz answers
     prober: asyncio.Task[None] | None = None  # asks /readyz until the worker is back
+
+    @property
+    def shown(self) -> str:
+        """The URL for logs and messages: a password in it is masked."""
+        return re.sub(r"://([^:/@]*):[^/]*@", r"://\1:***@", self.url)
 
 
 @dataclass
@@ -222,7 +228,7 @@ class HttpSpeechService:
         log.warning(
             "speech worker %s is unhealthy (%s); requests go to the other workers, and its /readyz is "
             "asked every %g s",
-            worker.url,
+            worker.shown,
             why,
             self._probe_interval_s,
         )
@@ -241,7 +247,7 @@ class HttpSpeechService:
             await asyncio.sleep(self._probe_interval_s)
             if await self._probe(worker):
                 worker.healthy = True
-                log.warning("speech worker %s answers /readyz again; it gets requests again", worker.url)
+                log.warning("speech worker %s answers /readyz again; it gets requests again", worker.shown)
                 return
 
     async def _probe(self, worker: _Worker) -> bool:
@@ -275,7 +281,7 @@ class HttpSpeechService:
             error = _rebuild(error_from_json(response.status_code, _json_or_none(response)))
             if isinstance(error, WorkerBusy):
                 busy = error
-                log.info("speech worker %s is busy; trying the next one", worker.url)
+                log.info("speech worker %s is busy; trying the next one", worker.shown)
             elif isinstance(error, ModelNotReady):
                 not_ready = error
                 self._mark_down(worker, "models not loaded yet")
@@ -344,7 +350,7 @@ class HttpSpeechService:
                     worker, f"no answer in {silent:.1f} s, nor from /readyz in {PROBE_TIMEOUT_S:g} s"
                 )
                 return False
-            log.debug("speech worker %s is slow but alive; still waiting", worker.url)
+            log.debug("speech worker %s is slow but alive; still waiting", worker.shown)
 
     def _too_slow_message(self) -> str:
         return (
@@ -368,7 +374,7 @@ class HttpSpeechService:
         try:
             if response.headers.get("x-framing") != FRAMING_VERSION:
                 raise InternalWorkerError(
-                    f"The speech worker at {worker.url} speaks another protocol version; "
+                    f"The speech worker at {worker.shown} speaks another protocol version; "
                     "an admin should run the same voxclone version on the bot and the workers."
                 )
             async for chunk in self._read_stream(response, worker, budget):

@@ -168,6 +168,15 @@ async def test_unhealthy_worker_comes_back_when_its_readyz_answers() -> None:
     assert workers.calls == ["a"]
 
 
+async def test_a_password_in_a_worker_url_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    workers = Workers(a=refuse, b=answer(200))
+    urls = ["http://ops:hunter2@a:8765", "http://b:8765"]
+    async with HttpSpeechService(urls, TOKEN, 5.0, httpx.MockTransport(workers)) as client:
+        await client.detect_watermark(speech_pcm(1.0), 16_000)
+    assert "speech worker http://ops:***@a:8765 is unhealthy (ConnectError)" in caplog.text
+    assert "hunter2" not in caplog.text and TOKEN not in caplog.text
+
+
 async def test_busy_fails_over_without_back_off() -> None:
     workers = Workers(a=answer(503, "busy"), b=answer(200))
     async with workers.client("a", "b") as client:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -35,6 +35,19 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _checked_urls(urls: list[str]) -> list[str]:
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected http:// or https:// URLs separated by commas, got {url!r}")
+    return [u.rstrip("/") for u in urls]
+
+
+def worker_url_list(text: str) -> list[str]:
+    """Comma-separated worker URLs, as ``WORKER_URLS`` takes them; ValueError names a bad one."""
+    urls = _split_csv(text)
+    return _checked_urls(urls if isinstance(urls, list) else [])
 
 
 class Settings(BaseSettings):
@@ -61,7 +74,29 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated worker URLs; empty runs the engines in-process"
     )
     worker_token: SecretStr | None = Field(default=None, description="Bearer token shared with the workers")
-    worker_timeout_s: float = Field(default=30.0, gt=0, description="Per-request worker timeout (seconds)")
+    # The client's limits on a worker (worker/client.py): a worker that misses one is marked unhealthy.
+    worker_connect_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds to open a connection to a worker"
+    )
+    worker_first_chunk_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="Seconds without a first answer (for speech, the first audio chunk) before the worker "
+        "must answer /readyz within 1 s or lose the request to the next worker",
+    )
+    worker_chunk_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds of silence allowed between two chunks of a stream"
+    )
+    worker_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds of the workers' time for a whole request (not counting playback)",
+    )
+    worker_probe_interval_s: float = Field(
+        default=5.0, gt=0, le=600, description="Seconds between /readyz probes of an unhealthy worker"
+    )
     worker_host: str = Field(default="127.0.0.1", description="Address `voxclone worker` listens on")
     worker_port: int = Field(default=8765, ge=1, le=65535, description="Port `voxclone worker` listens on")
     worker_max_queue: int = Field(default=32, ge=1, description="Synthesis requests waiting before 'busy'")
@@ -113,10 +148,16 @@ class Settings(BaseSettings):
     @field_validator("worker_urls")
     @classmethod
     def _check_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"expected http:// or https:// URLs separated by commas, got {url!r}")
-        return [u.rstrip("/") for u in urls]
+        return _checked_urls(urls)
+
+    @field_validator("worker_timeout_s")
+    @classmethod
+    def _check_worker_timeouts(cls, total: float, info: ValidationInfo) -> float:
+        for name in ("worker_connect_timeout_s", "worker_first_chunk_timeout_s", "worker_chunk_timeout_s"):
+            part = info.data.get(name)
+            if part is not None and part > total:
+                raise ValueError(f"must be at least {name.upper()} ({part:g} s): it bounds the whole request")
+        return total
 
     @field_validator("llm_base_url")
     @classmethod

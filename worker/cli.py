@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from bot.errors import ConfigError, VoxcloneError
 from bot.logs import configure_logging
-from bot.settings import Settings, load_settings
+from bot.settings import Settings, load_settings, worker_url_list
 from worker.audio import (
     ANALYSIS_SAMPLE_RATE,
     CONDITIONING_SAMPLE_RATE,
@@ -99,6 +99,16 @@ def _clip(path: str, sample_rate: int) -> tuple[FloatArray, int]:
     return audio.pcm, audio.sample_rate
 
 
+def _worker_urls(args: argparse.Namespace) -> list[str] | None:
+    """``--worker-url``'s comma-separated list, None without it."""
+    if not args.worker_url:
+        return None
+    try:
+        return worker_url_list(args.worker_url) or None
+    except ValueError as exc:
+        raise ConfigError(f"--worker-url: {exc}") from None
+
+
 def _with_engines(
     args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
 ) -> _T:
@@ -107,8 +117,8 @@ def _with_engines(
     async def main() -> _T:
         from worker.factory import create_http_service, load_local_service, resolve_local_models
 
-        if args.worker_url:
-            service: SpeechService = create_http_service(settings, [args.worker_url])
+        if urls := _worker_urls(args):
+            service: SpeechService = create_http_service(settings, urls)
         else:
             models = await asyncio.to_thread(resolve_local_models, settings, model_dir=args.model_dir)
             service = await load_local_service(settings, models)
@@ -131,9 +141,8 @@ def _with_tools(
 
         overrides = {k: getattr(args, k) for k in ("asr_model", "asr_backend") if getattr(args, k, None)}
         local = settings.model_copy(update=overrides)
-        tools: SpeechTools = (
-            create_http_service(local, [args.worker_url]) if args.worker_url else LocalTools(local)
-        )
+        urls = _worker_urls(args)
+        tools: SpeechTools = create_http_service(local, urls) if urls else LocalTools(local)
         try:
             return await op(tools)
         finally:
@@ -311,7 +320,10 @@ def _add(sub: Any, name: str, func: Handler, summary: str, details: str = "") ->
 
 def _engine_options(parser: argparse.ArgumentParser, *, xtts: bool = False, asr: bool = False) -> None:
     parser.add_argument(
-        "--worker-url", metavar="URL", help="use this worker instead of the engines in this process"
+        "--worker-url",
+        metavar="URL[,URL...]",
+        help="use these workers (comma-separated, as in WORKER_URLS: when one fails or hangs, the next "
+        "takes over, with a warning) instead of the engines in this process",
     )
     if xtts:
         parser.add_argument(

@@ -176,8 +176,17 @@ class LocalTools:
 
 
 def create_http_service(settings: Settings, urls: list[str] | None = None) -> HttpSpeechService:
+    """The HTTP client of ``urls`` (default ``WORKER_URLS``), with the settings' timeouts."""
     token = settings.worker_token.get_secret_value() if settings.worker_token else None
-    return HttpSpeechService(urls or settings.worker_urls, token, settings.worker_timeout_s)
+    return HttpSpeechService(
+        urls or settings.worker_urls,
+        token,
+        settings.worker_timeout_s,
+        connect_timeout_s=settings.worker_connect_timeout_s,
+        first_chunk_timeout_s=settings.worker_first_chunk_timeout_s,
+        chunk_timeout_s=settings.worker_chunk_timeout_s,
+        probe_interval_s=settings.worker_probe_interval_s,
+    )
 
 
 async def create_speech_service(settings: Settings, *, model_dir: Path | None = None) -> SpeechService:

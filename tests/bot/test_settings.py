@@ -38,6 +38,9 @@ def test_worker_urls_are_comma_separated() -> None:
         ({"DEV_GUILD_ID": "my server"}, "DEV_GUILD_ID"),
         ({"LLM_BASE_URL": "localhost:11434"}, "LLM_BASE_URL"),
         ({"LLM_TOTAL_TIMEOUT_S": "0"}, "LLM_TOTAL_TIMEOUT_S"),
+        ({"WORKER_FIRST_CHUNK_TIMEOUT_S": "soon"}, "WORKER_FIRST_CHUNK_TIMEOUT_S"),
+        ({"WORKER_CHUNK_TIMEOUT_S": "0"}, "WORKER_CHUNK_TIMEOUT_S"),
+        ({"WORKER_TIMEOUT_S": "5"}, "WORKER_TIMEOUT_S"),  # shorter than the 10 s allowed between chunks
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], name: str) -> None:

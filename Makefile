@@ -21,8 +21,8 @@ test: $(STAMP_TEST)
 	scripts/with-postgres.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP_TEST)
-	$(VENV)/bin/ruff check bot cogs storage worker tests bench
-	$(VENV)/bin/ruff format --check bot cogs storage worker tests bench
+	$(VENV)/bin/ruff check core bot cogs storage worker tests bench
+	$(VENV)/bin/ruff format --check core bot cogs storage worker tests bench
 	$(VENV)/bin/mypy
 
 bench: $(STAMP_TEST)

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot, build_bot
-    from bot.settings import Settings
+    from core.settings import Settings
 
 __all__ = ["Settings", "VoxcloneBot", "build_bot"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "Settings":
-        from bot.settings import Settings
+        from core.settings import Settings
 
         return Settings
     if name in ("build_bot", "VoxcloneBot"):

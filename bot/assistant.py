@@ -31,7 +31,7 @@ from bot.errors import (
     AssistantUnavailable,
     ConfigError,
 )
-from bot.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("voxclone.assistant")
 

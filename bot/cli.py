@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bot.errors import ConfigError, StorageError, VoxcloneError
-from bot.logs import configure_logging
-from bot.settings import Settings, load_settings
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
 from worker.errors import SpeechError
 
 log = logging.getLogger("voxclone.cli")

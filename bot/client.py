@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.policy import Policy
 from bot.replies import VoxcloneTree
-from bot.settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from bot.enrollment import EnrollmentService

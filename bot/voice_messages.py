@@ -34,9 +34,9 @@ from bot.errors import (
     NoVoiceProfile,
     VoxcloneError,
 )
-from bot.intake import _fmt_duration, decode_audio_async
 from bot.player import Utterance
 from bot.speaking import AssistantVoice, Queued, SpeakingService
+from core.intake import _fmt_duration, decode_audio_async
 from storage import GuildSettings, Repositories
 from worker.service import SpeechService
 

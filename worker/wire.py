@@ -1,10 +1,10 @@
-"""The worker API's wire format, shared by the server (``worker.api``) and the client (``worker.client``).
+"""The worker API's wire format, shared by the server (``worker.api.app``) and the client (``worker.client``).
 
 Torch- and FastAPI-free, so the bot process can import it.
 
 Requests are JSON. PCM travels as ``{"sample_rate": 48000, "encoding": "f32le", "data": "<base64>"}``:
 mono, little-endian float32 in [-1, 1] (``f32le``) or 16-bit integers (``s16le``), at one of the rates
-in ``worker.audio.ACCEPTED_INPUT_RATES``. Voices travel as ``VoiceEmbedding.to_wire()``. Results are the
+in ``core.audio.ACCEPTED_INPUT_RATES``. Voices travel as ``VoiceEmbedding.to_wire()``. Results are the
 dataclasses of ``worker.types`` as JSON objects; a non-finite float (the level of pure silence is
 ``-inf`` dBFS) is sent as the string ``"-Infinity"``, ``"Infinity"`` or ``"NaN"`` so the body stays
 strict JSON.
@@ -35,7 +35,7 @@ from typing import Any, Final, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from worker.audio import ACCEPTED_INPUT_RATES, OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
+from core.audio import ACCEPTED_INPUT_RATES, OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
 from worker.errors import InvalidAudio, InvalidRequest
 from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
 

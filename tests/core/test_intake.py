@@ -1,4 +1,4 @@
-"""bot.intake with real ffmpeg: every accepted format decodes, every bad upload gets the right refusal."""
+"""core.intake with real ffmpeg: every accepted format decodes, every bad upload gets the right refusal."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from bot.errors import (
     NotAudio,
     UnsupportedCodec,
 )
-from bot.intake import (
+from core.intake import (
     AudioProbe,
     decode_argv,
     decode_audio,

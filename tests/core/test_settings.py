@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import ConfigError
-from bot.settings import DEFAULT_DATABASE_URL, Settings, load_settings
+from core.settings import DEFAULT_DATABASE_URL, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

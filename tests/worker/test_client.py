@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import uvicorn
 
-from tests.worker.test_api import MODEL_ID, TOKEN, ToneService, speech_pcm, tone_chunk, tone_voice
-from worker.api import create_app
-from worker.api_wire import data_frame, end_frame, error_frame
+from tests.worker.api.test_app import MODEL_ID, TOKEN, ToneService, speech_pcm, tone_chunk, tone_voice
+from worker.api.app import create_app
 from worker.client import UNREACHABLE_MESSAGE, HttpSpeechService, StreamInterrupted
 from worker.errors import (
     InternalWorkerError,
@@ -34,6 +33,7 @@ from worker.errors import (
 )
 from worker.service import SpeechService
 from worker.types import QualityReport, SpeechRequest
+from worker.wire import data_frame, end_frame, error_frame
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

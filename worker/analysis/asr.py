@@ -15,7 +15,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 
-from worker.audio import ANALYSIS_SAMPLE_RATE
+from core.audio import ANALYSIS_SAMPLE_RATE
 from worker.errors import InvalidAudio, ModelUnavailable, UnsupportedLanguage
 from worker.types import FloatArray, Segment, Transcription
 

@@ -7,8 +7,8 @@ from typing import Final
 
 import numpy as np
 
-from worker.audio import ANALYSIS_SAMPLE_RATE
-from worker.quality import to_analysis_rate, validate_pcm
+from core.audio import ANALYSIS_SAMPLE_RATE
+from worker.analysis.quality import to_analysis_rate, validate_pcm
 from worker.types import FloatArray
 
 WIDTH_IN: Final = 8.0  # inches at DPI: 800 x 300 pixels

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from worker.audio import ANALYSIS_SAMPLE_RATE, MAX_REFERENCE_SECONDS
+from core.audio import ANALYSIS_SAMPLE_RATE, MAX_REFERENCE_SECONDS
 from worker.errors import InvalidAudio
 from worker.types import FloatArray, QualityReport
 

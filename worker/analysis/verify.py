@@ -17,9 +17,9 @@ from typing import Final
 
 import numpy as np
 
-from worker.audio import ANALYSIS_SAMPLE_RATE
+from core.audio import ANALYSIS_SAMPLE_RATE
+from worker.analysis.quality import to_analysis_rate, validate_pcm
 from worker.errors import InvalidAudio, InvalidRequest
-from worker.quality import to_analysis_rate, validate_pcm
 from worker.types import FloatArray, PhraseMatch, SpeakerCheck
 
 log = logging.getLogger(__name__)

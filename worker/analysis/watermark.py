@@ -10,7 +10,7 @@ arrives and cross-fades 20 ms at each seam: its output then differs from whole-u
 at most 0.0006 (-64 dB), i.e. no seams, for 0.1 s of added delay and about twice the marking time of
 one whole utterance (real-time factor 0.015 for 0.3-1 s chunks and 0.011 for 1.1 s chunks, against
 0.007 for the whole 6 s at once, on the 2-core dev CPU with 2 torch threads, 2026-11-26). The batched
-worker marks on threads of its own (``worker.batch``), not on the thread that decodes.
+worker marks on threads of its own (``worker.batching.synthesis``), not on the thread that decodes.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from worker.analysis.quality import validate_pcm
 from worker.errors import ModelUnavailable
-from worker.quality import validate_pcm
 from worker.types import FloatArray, WatermarkResult
 
 log = logging.getLogger(__name__)

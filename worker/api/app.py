@@ -1,6 +1,6 @@
 """The worker's HTTP service (FastAPI): the Worker API v1 over any ``SpeechService``.
 
-Endpoints (wire format in ``worker.api_wire``): ``POST /v1/embeddings``, ``/v1/speech`` (framed stream of
+Endpoints (wire format in ``worker.wire``): ``POST /v1/embeddings``, ``/v1/speech`` (framed stream of
 24 kHz mono s16le PCM), ``/v1/transcriptions``, ``/v1/verify``, ``/v1/quality``, ``/v1/watermark/detect``;
 ``GET /healthz`` (process alive, no auth), ``/readyz`` (models loaded, no auth, for load balancers) and
 ``/metrics`` (Prometheus). Everything else needs ``Authorization: Bearer <token>`` when a token is set.
@@ -24,15 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.api_stream import stream_speech
-from worker.api_wire import (
-    AudioBody,
-    SpeechBody,
-    TranscriptionBody,
-    VerifyBody,
-    jsonable,
-    to_json_obj,
-)
+from worker.api.metrics import CONTENT_TYPE, WorkerMetrics
+from worker.api.stream import stream_speech
 from worker.errors import (
     InternalWorkerError,
     InvalidAudio,
@@ -42,9 +35,16 @@ from worker.errors import (
     SpeechError,
     Unauthorized,
 )
-from worker.metrics import CONTENT_TYPE, WorkerMetrics
 from worker.service import SpeechService
 from worker.types import PhraseMatch, QualityReport, SpeakerCheck, Transcription, WatermarkResult
+from worker.wire import (
+    AudioBody,
+    SpeechBody,
+    TranscriptionBody,
+    VerifyBody,
+    jsonable,
+    to_json_obj,
+)
 
 log = logging.getLogger("voxclone.worker.api")
 

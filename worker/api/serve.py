@@ -15,9 +15,9 @@ from typing import Final
 import uvicorn
 
 from bot.errors import ConfigError
-from bot.logs import configure_logging
-from bot.settings import Settings
-from worker.api import create_app
+from core.logs import configure_logging
+from core.settings import Settings
+from worker.api.app import create_app
 from worker.errors import SpeechError
 from worker.factory import DeferredSpeechService, load_local_service, resolve_local_models
 from worker.service import SpeechService

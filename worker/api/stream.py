@@ -1,4 +1,4 @@
-"""``POST /v1/speech``: the service's PCM chunks as a framed HTTP stream (format in ``worker.api_wire``).
+"""``POST /v1/speech``: the service's PCM chunks as a framed HTTP stream (format in ``worker.wire``).
 
 The first chunk is awaited before the response starts, so errors found early (busy, unknown language,
 a voice from another checkpoint) are ordinary JSON errors with an HTTP status. After that, a failure
@@ -17,18 +17,18 @@ import anyio
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from worker.api_wire import (
+from core.audio import OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
+from worker.api.metrics import WorkerMetrics
+from worker.errors import InternalWorkerError, SpeechError
+from worker.service import SpeechService
+from worker.types import SpeechRequest
+from worker.wire import (
     FRAMING_VERSION,
     STREAM_MEDIA_TYPE,
     data_frame,
     end_frame,
     error_frame,
 )
-from worker.audio import OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
-from worker.errors import InternalWorkerError, SpeechError
-from worker.metrics import WorkerMetrics
-from worker.service import SpeechService
-from worker.types import SpeechRequest
 
 log = logging.getLogger("voxclone.worker.api")
 

@@ -8,11 +8,11 @@ into the hole so that occupied slots stay ``0 .. rows-1``. :meth:`~BatchDecoder.
 step for every occupied row; a row marked inactive (its listener is behind) is computed but not advanced.
 
 Each row sees exactly what it would see alone: attention is masked to its own cache length, sampling is
-row-wise (:func:`worker.xtts_gpt.choose_tokens`) with the row's own uniform draw, and XTTS's GPT has no
+row-wise (:func:`worker.tts.gpt.choose_tokens`) with the row's own uniform draw, and XTTS's GPT has no
 position embedding of its own (coqui replaces GPT-2's with zeros), so a row's absolute slot and padding
 change nothing. The step and the prefill (:meth:`~BatchDecoder.run_step`,
 :meth:`~BatchDecoder.run_prefill`) touch only static buffers and take no host decision, which lets
-:mod:`worker.batch_graphs` capture them in CUDA graphs per (batch, length) and (rows, width) bucket.
+:mod:`worker.batching.graphs` capture them in CUDA graphs per (batch, length) and (rows, width) bucket.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from worker.fused_attention import BLOCK_POSITIONS, decode_attention
-from worker.fused_attention import mode as attention_mode
-from worker.fused_attention import works_for as fused_attention_works
-from worker.fused_norm import add_layer_norm
-from worker.fused_norm import works_for as fused_norm_works
-from worker.fused_sampling import StepRows, finish_step, finish_step_torch, next_input
-from worker.fused_sampling import works_for as fused_sampling_works
-from worker.transfer import copy_to
-from worker.xtts_gpt import SamplingParams, choose_tokens, initial_seen
+from worker.kernels.attention import BLOCK_POSITIONS, decode_attention
+from worker.kernels.attention import mode as attention_mode
+from worker.kernels.attention import works_for as fused_attention_works
+from worker.kernels.norm import add_layer_norm
+from worker.kernels.norm import works_for as fused_norm_works
+from worker.kernels.sampling import StepRows, finish_step, finish_step_torch, next_input
+from worker.kernels.sampling import works_for as fused_sampling_works
+from worker.tts.gpt import SamplingParams, choose_tokens, initial_seen
+from worker.tts.transfer import copy_to
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -46,7 +46,7 @@ PREFILL_ROWS = 4  # rows one prefill runs at most with graphs; more joiners at o
 
 
 class Replayable(Protocol):
-    """A captured decode step (``torch.cuda.CUDAGraph``, see :mod:`worker.batch_graphs`)."""
+    """A captured decode step (``torch.cuda.CUDAGraph``, see :mod:`worker.batching.graphs`)."""
 
     def replay(self) -> None: ...
 
@@ -133,7 +133,7 @@ def gelu_epilogue(linear: Any, act: Callable[[torch.Tensor], torch.Tensor]) -> b
 
 def attention_choice(device: torch.device, agrees: Callable[[], bool]) -> tuple[bool, bool]:
     """(the fused attention in every step, timed against PyTorch's per captured shape) for a decoder on
-    ``device``, by ``$VOXCLONE_FUSED_ATTENTION`` (:mod:`worker.fused_attention`); ``agrees`` is the probe,
+    ``device``, by ``$VOXCLONE_FUSED_ATTENTION`` (:mod:`worker.kernels.attention`); ``agrees`` is the probe,
     asked only on CUDA and unless switched off."""
     wanted = attention_mode() if device.type == "cuda" else "off"
     if wanted == "off" or not agrees():
@@ -229,7 +229,7 @@ class BatchDecoder:
         self.fused_sampling = fused_sampling
         # Each layer's cache write and attention as one kernel (Triton), where the probe agrees: for every
         # step with VOXCLONE_FUSED_ATTENTION=on; by default (auto) in the captured steps where it times
-        # faster than PyTorch's attention (worker.batch_graphs.capture_steps), and not in eager steps.
+        # faster than PyTorch's attention (worker.batching.graphs.capture_steps), and not in eager steps.
         if fused_attention is None:
             fused_attention, timed = attention_choice(
                 self.device,
@@ -465,10 +465,10 @@ class BatchDecoder:
         kernel): the attention mask is built once as an additive bias, each layer writes its K and V with
         one ``index_put_`` at offsets worked out once per step, the MLP's tanh-GELU is one fused op, on
         CUDA part of its first GEMM (:func:`gelu_epilogue`), and on CUDA each residual add is one kernel
-        with the LayerNorm after it (:mod:`worker.fused_norm`) and the step's end, from the logits to the
-        rows' bookkeeping, one kernel (:mod:`worker.fused_sampling`). ``attention``: 0 for PyTorch's; a
+        with the LayerNorm after it (:mod:`worker.kernels.norm`) and the step's end, from the logits to the
+        rows' bookkeeping, one kernel (:mod:`worker.kernels.sampling`). ``attention``: 0 for PyTorch's; a
         block size for each layer's cache write and attention as one kernel with blocks of that many
-        positions, with no mask to build (:mod:`worker.fused_attention`); by default as
+        positions, with no mask to build (:mod:`worker.kernels.attention`); by default as
         :attr:`fused_attention` says.
         """
         pos = self.pos[:batch]
@@ -527,7 +527,7 @@ class BatchDecoder:
     def _fused_attend(
         self, pos: torch.Tensor, length: int, block: int
     ) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """:meth:`_attend` as one kernel per layer (:mod:`worker.fused_attention`, ``block`` positions per
+        """:meth:`_attend` as one kernel per layer (:mod:`worker.kernels.attention`, ``block`` positions per
         loop iteration); no mask to build."""
 
         def attention(layer: int, qkv: torch.Tensor) -> torch.Tensor:

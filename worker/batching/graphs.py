@@ -4,7 +4,7 @@ On a GPU a decode step of XTTS-v2's GPT (30 layers) is a few hundred small kerne
 they cost ~9 ms, replayed from a CUDA graph ~2 ms (``../shared/bench/decode_floor_gpu.py``). This module
 decides whether to do that (:func:`resolve_fast_decode`: never on the CPU, automatic on CUDA, the
 ``VOXCLONE_FAST_DECODE`` environment variable overrides) and captures
-:meth:`worker.batch_gpt.BatchDecoder.run_step` once per (batch, cache length) bucket
+:meth:`worker.batching.decoder.BatchDecoder.run_step` once per (batch, cache length) bucket
 (:func:`capture_steps`), and the prefill of joining rows once per (rows, width) bucket
 (:func:`capture_prefills`), and HiFi-GAN once per standard vocoder shape (:func:`capture_vocoder`).
 Every captured graph is checked against the eager code on the same inputs before use; a capture that
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from worker.fused_attention import BLOCK_POSITIONS, BLOCKS
+from worker.kernels.attention import BLOCK_POSITIONS, BLOCKS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from worker.batch_gpt import BatchDecoder, Replayable
+    from worker.batching.decoder import BatchDecoder, Replayable
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def _switch(env: str) -> bool:
 def capture_steps(decoder: BatchDecoder) -> bool:
     """Capture and check a graph of the decode step for every bucket; False (eager from then on) on failure.
 
-    With :attr:`~worker.batch_gpt.BatchDecoder.timed_attention` the step is captured with PyTorch's
-    attention and with the fused kernel (:mod:`worker.fused_attention`) at each of its block sizes; the
+    With :attr:`~worker.batching.decoder.BatchDecoder.timed_attention` the step is captured with PyTorch's
+    attention and with the fused kernel (:mod:`worker.kernels.attention`) at each of its block sizes; the
     graphs are timed on the device and the fastest is kept per bucket (:func:`_keep_fastest`). Call with
     no rows occupied (a fresh decoder): warm-up runs execute the step, with every row inactive.
     """
@@ -354,7 +354,7 @@ class VocoderGraphs:
     A HiFi-GAN call is ~300 operations launched from Python, ~4.5 ms of host time on the lent H100
     whatever its size (one 34-frame window: 4.53 ms in float32, 5.23 in float16; 32 windows of 130
     frames: 43.6 ms), so one stream's windows cost far more to launch than to compute. Batched calls
-    already come in a few shapes (:func:`worker.xtts_vocoder.standard_shapes`); captured, a call is two
+    already come in a few shapes (:func:`worker.tts.vocoder.standard_shapes`); captured, a call is two
     copies in, a replay and a copy out. Inputs and outputs live in static buffers per shape.
     """
 
@@ -387,9 +387,9 @@ class VocoderGraphs:
 
 def capture_vocoder(net: torch.nn.Module, streams: int, widths: int = 3) -> VocoderGraphs | None:
     """Graphs of HiFi-GAN ``net`` at every standard shape for up to ``streams`` streams (``widths`` as in
-    :func:`worker.xtts_vocoder.standard_shapes`), each checked against the eager call on a random input;
+    :func:`worker.tts.vocoder.standard_shapes`), each checked against the eager call on a random input;
     None (with a warning) if any capture fails or disagrees."""
-    from worker.xtts_vocoder import standard_shapes
+    from worker.tts.vocoder import standard_shapes
 
     started = time.perf_counter()
     shapes = standard_shapes(streams, widths=widths)

@@ -1,10 +1,10 @@
 """Continuous batching of XTTS-v2 synthesis: every running request advances one audio token per step.
 
 A :class:`BatchSynthesis` holds up to ``capacity`` requests, one GPT row each in a
-:class:`~worker.batch_gpt.BatchDecoder`. Requests join (:meth:`BatchSynthesis.add`) and leave
+:class:`~worker.batching.decoder.BatchDecoder`. Requests join (:meth:`BatchSynthesis.add`) and leave
 (:meth:`BatchSynthesis.remove`, or by finishing) between steps; each keeps its own random draws,
 repetition history, chunk schedule, streaming vocoder and watermark state, so its audio is what
-:meth:`worker.xtts.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
+:meth:`worker.serving.engine.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
 rounding). A request's sentences run one after another in its row: a finished sentence re-prefills the
 row with the next one. Chunks due at a step are vocoded together (several streams in one HiFi-GAN call
 where that pays) and each launch's audio is handed out, in launch order, once it is done: at once on the
@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from worker.audio import OUTPUT_SAMPLE_RATE
+from core.audio import OUTPUT_SAMPLE_RATE
 from worker.errors import InternalWorkerError, SpeechError
-from worker.xtts_gpt import UniformDraws, draw_uniform, text_prefix, undraw_uniform
-from worker.xtts_vocoder import (
+from worker.tts.gpt import UniformDraws, draw_uniform, text_prefix, undraw_uniform
+from worker.tts.vocoder import (
     VOCODER_MIN_SNR_DB,
     WINDOW_STEP_CUDA,
     StreamingVocoder,
@@ -52,11 +52,11 @@ from worker.xtts_vocoder import (
 )
 
 if TYPE_CHECKING:
-    from worker.batch_gpt import BatchDecoder, PendingStep, StepResult
+    from worker.analysis.watermark import Watermarker
+    from worker.batching.decoder import BatchDecoder, PendingStep, StepResult
+    from worker.serving.engine import Int16Array, PreparedSpeech, StreamStats, XttsEngine
+    from worker.tts.vocoder import CapturedVocoder
     from worker.types import FloatArray
-    from worker.watermark import Watermarker
-    from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
-    from worker.xtts_vocoder import CapturedVocoder
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class ChunkWriter:
     """
 
     def __init__(self, watermarker: Watermarker | None, stats: StreamStats) -> None:
-        from worker.watermark import StreamWatermarker
+        from worker.analysis.watermark import StreamWatermarker
 
         self._marker = StreamWatermarker(watermarker, OUTPUT_SAMPLE_RATE) if watermarker is not None else None
         self._stats = stats
@@ -599,7 +599,7 @@ class DecoderPool:
     def _vocoder_graphs(self, capacity: int, net: torch.nn.Module | None) -> CapturedVocoder | None:
         """HiFi-GAN (``net``, or the model's own) captured at the standard shapes for ``capacity`` streams:
         once per engine, again only for a session with more streams; None when capturing failed."""
-        from worker.batch_graphs import capture_vocoder
+        from worker.batching.graphs import capture_vocoder
 
         with self._lock:
             if self._graph_streams < 0 or (self._graphs is not None and self._graph_streams >= capacity):
@@ -670,7 +670,7 @@ class DecoderPool:
             self._free.setdefault(decoder.capacity, []).append((decoder, graphs))
 
     def _build(self, capacity: int) -> tuple[BatchDecoder, bool]:
-        from worker.batch_gpt import BatchDecoder
+        from worker.batching.decoder import BatchDecoder
 
         engine = self.engine
         gpt = engine.model.gpt
@@ -693,7 +693,7 @@ class DecoderPool:
         )
         graphs = False
         if fast.graphs:
-            from worker.batch_graphs import capture_prefills, capture_steps
+            from worker.batching.graphs import capture_prefills, capture_steps
 
             graphs = capture_steps(decoder)
             if not graphs:  # don't try again for every decoder this engine builds

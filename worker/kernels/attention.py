@@ -9,7 +9,7 @@ this one replaces a tuned library kernel (PyTorch picks a CUTLASS or flash kerne
 which is faster depends on the GPU, the rows and the cache length. So by default
 (``VOXCLONE_FUSED_ATTENTION=auto``) the decoder captures its step with PyTorch's attention and with this
 kernel at each of :data:`BLOCKS` for every (rows, cache length) bucket, times the graphs on the device,
-and keeps the fastest per bucket (:func:`worker.batch_graphs.capture_steps`); ``on`` uses it (blocks of
+and keeps the fastest per bucket (:func:`worker.batching.graphs.capture_steps`); ``on`` uses it (blocks of
 :data:`BLOCK_POSITIONS`) for every bucket, ``off`` for none. Either way it is used only where
 :func:`works_for` finds it agreeing with PyTorch on the device. A program reads a row's cache only up to
 the row's own position; PyTorch's attention reads the whole bucket, masked.
@@ -26,7 +26,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from worker import triton_support
+from worker.kernels import loader
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _decode_attention(
     _, layers, _, _, max_positions, _ = cache.shape
     out = torch.empty(rows, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     if rows:
-        triton_support.kernel("decode_attention_rows")[(rows, heads)](
+        loader.kernel("decode_attention_rows")[(rows, heads)](
             qkv, cache, pos, out, layer, length, max_positions, layers, heads, scale,
             HEAD_DIM=head_dim, BLOCK_N=block, num_warps=4,
         )  # fmt: skip
@@ -132,12 +132,12 @@ def works_for(*, heads: int, head_dim: int, device: torch.device | str, dtype: t
     Not with ``VOXCLONE_FUSED_ATTENTION=off``; only on CUDA (or under Triton's interpreter), only for the
     dtypes it was checked in. Then a probe on the device: the cache written bit for bit as
     :func:`decode_attention_torch` writes it, the output within a few float16 ulp of it. (Whether it is
-    also faster is measured per captured step shape, :func:`worker.batch_graphs.capture_steps`.)
+    also faster is measured per captured step shape, :func:`worker.batching.graphs.capture_steps`.)
     """
     device = torch.device(device)
     if mode() == "off":
         return False
-    if dtype not in _TOLERANCE or (device.type != "cuda" and not triton_support.interpreting()):
+    if dtype not in _TOLERANCE or (device.type != "cuda" and not loader.interpreting()):
         return False
     if head_dim & (head_dim - 1):
         return False

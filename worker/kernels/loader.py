@@ -1,4 +1,4 @@
-"""Loading the decode step's Triton kernels (:mod:`worker.triton_kernels`) when they are first needed.
+"""Loading the decode step's Triton kernels (:mod:`worker.kernels.triton_kernels`) when they are first needed.
 
 Triton decides when ``triton.jit`` decorates a function whether it compiles it for the GPU or runs it in
 its interpreter (``TRITON_INTERPRET=1``, how the tests run them on the CPU), so the kernels are kept
@@ -19,7 +19,10 @@ def interpreting() -> bool:
 
 
 def kernel(name: str) -> Any:
-    """The kernel ``name`` of :mod:`worker.triton_kernels`, ready to launch (raises if Triton is missing)."""
+    """The kernel ``name`` of :mod:`worker.kernels.triton_kernels`, ready to launch.
+
+    Raises if Triton is missing.
+    """
     return _jit(name, interpreting())
 
 
@@ -32,6 +35,6 @@ def _jit(name: str, interpret: bool) -> Any:
     del interpret  # part of the cache key: a kernel built for the interpreter is not the compiled one
     import triton
 
-    from worker import triton_kernels
+    from worker.kernels import triton_kernels
 
     return triton.jit(getattr(triton_kernels, name))

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from worker import triton_support
+from worker.kernels import loader
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ def _add_layer_norm(
 
     A registered op, so that PyTorch's dispatcher (and the benchmark's op count) sees it as one op.
     """
-    kernel = triton_support.kernel("add_layer_norm_rows")
+    kernel = loader.kernel("add_layer_norm_rows")
     residual, delta = residual.contiguous(), delta.contiguous()
     dim = residual.shape[-1]
     out_sum, out_norm = torch.empty_like(residual), torch.empty_like(residual)
     rows = residual.numel() // dim
     if rows:
-        block = triton_support.next_power_of_2(dim)
+        block = loader.next_power_of_2(dim)
         kernel[(rows,)](
             residual, delta, weight, bias, out_sum, out_norm, dim, eps,
             BLOCK=block, num_warps=min(max(block // 256, 1), 8),
@@ -79,7 +79,7 @@ def works_for(norm: Any) -> bool:
     if len(norm.normalized_shape) != 1:
         return False
     device, dtype = norm.weight.device, norm.weight.dtype
-    if dtype not in _TOLERANCE or (device.type != "cuda" and not triton_support.interpreting()):
+    if dtype not in _TOLERANCE or (device.type != "cuda" and not loader.interpreting()):
         return False
     (dim,) = norm.normalized_shape
     generator = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """The end of a decode step — the token choice and the rows' bookkeeping — in one kernel (Triton), on CUDA.
 
-After the GPT's last layer a step chooses each row's token (:func:`worker.xtts_gpt.choose_tokens`: the
+After the GPT's last layer a step chooses each row's token (:func:`worker.tts.gpt.choose_tokens`: the
 repetition penalty, the stop-token rule, temperature, a top-k, a sort and scatter for top-p, a softmax, a
 cumulative sum and a search, about thirty PyTorch ops), then marks it seen, writes the next input
 embedding, advances the row's step and cache length and copies the token and latent out: eleven more.
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worker import triton_support
-from worker.xtts_gpt import SamplingParams, choose_tokens
+from worker.kernels import loader
+from worker.tts.gpt import SamplingParams, choose_tokens
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class StepRows:
 def finish_step_torch(
     logits: torch.Tensor, latent: torch.Tensor, rows: StepRows, params: SamplingParams, *, stop_token: int
 ) -> torch.Tensor:
-    """Each row's next token (``[B]`` long), chosen by :func:`worker.xtts_gpt.choose_tokens`, then
+    """Each row's next token (``[B]`` long), chosen by :func:`worker.tts.gpt.choose_tokens`, then
     :func:`advance` with it."""
     tokens = choose_tokens(
         logits, rows.seen, rows.steps, rows.min_tokens, rows.uniform, params, stop_token=stop_token
@@ -156,12 +156,12 @@ def _finish_step(
     rows, vocab = logits.shape
     dim = embedding.shape[1]
     if rows:
-        triton_support.kernel("finish_step_rows")[(rows,)](
+        loader.kernel("finish_step_rows")[(rows,)](
             logits, latent, seen, steps, pos, min_tokens, uniform, active, x, embedding, positions,
             out_latent, out_tokens, vocab, dim, positions.shape[0] - 1, stop_token, repetition_penalty,
             _reciprocal(repetition_penalty), _reciprocal(temperature), top_k, 1.0 - top_p,
             PENALTY=repetition_penalty != 1.0, GREEDY=greedy, TOP_K=0 < top_k < vocab, TOP_P=top_p < 1.0,
-            BLOCK=triton_support.next_power_of_2(vocab), BLOCK_DIM=triton_support.next_power_of_2(dim),
+            BLOCK=loader.next_power_of_2(vocab), BLOCK_DIM=loader.next_power_of_2(dim),
             num_warps=4,
         )  # fmt: skip
 
@@ -263,7 +263,7 @@ def works_for(
     device = torch.device(device)
     if os.environ.get(FUSED_SAMPLING_ENV, "auto").strip().lower() == "off":
         return False
-    if device.type != "cuda" and not triton_support.interpreting():
+    if device.type != "cuda" and not loader.interpreting():
         return False
     logits, latent, rows = random_rows(PROBE_ROWS, vocab, dim, positions, seed=0, dtype=dtype, device=device)
     try:

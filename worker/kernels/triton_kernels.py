@@ -1,8 +1,8 @@
 """The decode step's Triton kernels, undecorated (imported only where Triton is used).
 
-:func:`worker.triton_support.kernel` applies ``triton.jit`` when one is first needed: that is when Triton
+:func:`worker.kernels.loader.kernel` applies ``triton.jit`` when one is first needed: that is when Triton
 decides between compiling it and running it in its interpreter (``TRITON_INTERPRET=1``). Users:
-:mod:`worker.fused_norm` and :mod:`worker.fused_sampling`.
+:mod:`worker.kernels.norm` and :mod:`worker.kernels.sampling`.
 """
 
 import triton.language as tl
@@ -67,9 +67,9 @@ def finish_step_rows(
     BLOCK: tl.constexpr,
     BLOCK_DIM: tl.constexpr,
 ):
-    """One row per program: :func:`worker.fused_sampling.finish_step_torch`, the end of a decode step.
+    """One row per program: :func:`worker.kernels.sampling.finish_step_torch`, the end of a decode step.
 
-    The token choice of :func:`worker.xtts_gpt.choose_tokens`; then, for an active row, the token marked
+    The token choice of :func:`worker.tts.gpt.choose_tokens`; then, for an active row, the token marked
     seen, the next input embedding written and the row's step and cache length advanced; the token and
     the latent (as float32) copied out for every row.
 

@@ -1,14 +1,14 @@
 """The XTTS-v2 engine: load a checkpoint folder, clone a voice from PCM, stream speech in that voice.
 
-A small typed adapter over coqui-tts's ``Xtts``. Loading goes through coqui's own path
-(``Xtts(config)`` + ``load_checkpoint``); generation does not use ``inference_stream``. Two paths make
-the same audio: :meth:`XttsEngine.generate` drives the GPT one token at a time for one request
-(:mod:`worker.xtts_gpt`, per-request KV cache and sampling state, nothing stored on the shared module);
-:meth:`XttsEngine.open_batch` decodes many requests together over a static KV cache (:mod:`worker.batch`,
-CUDA graphs and float16 on a GPU). Either way HiFi-GAN decodes only new frames
-(:mod:`worker.xtts_vocoder`), so the vocoder's work is linear in the length, and with a watermarker
-(``LocalSpeechService`` always gives it one) every sample is marked before it leaves the engine. The
-engine is meant to be driven by one thread (:mod:`worker.scheduler`) that owns the device.
+A small typed adapter over coqui-tts's ``Xtts``. Loading goes through coqui's own path (``Xtts(config)`` +
+``load_checkpoint``); generation does not use ``inference_stream``. Two paths make the same audio:
+:meth:`XttsEngine.generate` drives the GPT one token at a time for one request (:mod:`worker.tts.gpt`,
+per-request KV cache and sampling state, nothing stored on the shared module); :meth:`XttsEngine.open_batch`
+decodes many requests together over a static KV cache (:mod:`worker.batching.synthesis`, CUDA graphs and
+float16 on a GPU). Either way HiFi-GAN decodes only new frames (:mod:`worker.tts.vocoder`), so the vocoder's
+work is linear in the length, and with a watermarker (``LocalSpeechService`` always gives it one) every
+sample is marked before it leaves the engine. The engine is meant to be driven by one thread
+(:mod:`worker.serving.scheduler`) that owns the device.
 """
 
 from __future__ import annotations
@@ -27,26 +27,32 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from worker.audio import OUTPUT_SAMPLE_RATE
-from worker.batch import BatchSynthesis, ChunkWriter, DecoderPool, decode_pipeline, vocoder_overlap
-from worker.batch_graphs import FastDecode, resolve_fast_decode
+from core.audio import OUTPUT_SAMPLE_RATE
+from worker.batching.graphs import FastDecode, resolve_fast_decode
+from worker.batching.synthesis import (
+    BatchSynthesis,
+    ChunkWriter,
+    DecoderPool,
+    decode_pipeline,
+    vocoder_overlap,
+)
 from worker.errors import (
     IncompatibleVoice,
     InvalidAudio,
     InvalidRequest,
     UnsupportedLanguage,
 )
-from worker.text import DEFAULT_CHAR_LIMIT, halve, split_sentences
-from worker.transfer import to_device
+from worker.tts.gpt import SamplingParams, UniformDraws, decode_step, new_sequence
+from worker.tts.load import load_xtts
+from worker.tts.text import DEFAULT_CHAR_LIMIT, halve, split_sentences
+from worker.tts.transfer import to_device
+from worker.tts.vocoder import DEFAULT_CONTEXT_FRAMES, FrameGrid, StreamingVocoder, vocoder_precision
 from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
-from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence
-from worker.xtts_load import load_xtts
-from worker.xtts_vocoder import DEFAULT_CONTEXT_FRAMES, FrameGrid, StreamingVocoder, vocoder_precision
 
 if TYPE_CHECKING:
     from TTS.tts.models.xtts import Xtts
 
-    from worker.watermark import Watermarker
+    from worker.analysis.watermark import Watermarker
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ class ChunkPlan:
     listener's buffer grows faster than the next chunk takes to make (fewer, larger vocoder calls).
 
     27 tokens (1.25 s) is the most whose vocoder window fits 144 frames, the widest standard width on CUDA
-    (:data:`~worker.xtts_vocoder.WINDOW_STEP_CUDA` × 3): 117-118 new frames + 13 frames of context on each
+    (:data:`~worker.tts.vocoder.WINDOW_STEP_CUDA` × 3): 117-118 new frames + 13 frames of context on each
     side. At 24 tokens that window was 130 frames padded to 144, and HiFi-GAN ran 1.44 frames per frame
     of audio against 1.29 now (CUDA widths, 4 requests of 100-211 tokens: 10.6 % less vocoder work).
     """
@@ -128,7 +134,7 @@ class PreparedSpeech:
     def to(self, device: str | torch.device) -> PreparedSpeech:
         """The same request with its tensors on ``device`` (itself when they are there already).
 
-        Copied without waiting for the device (:mod:`worker.transfer`): a request joins a batch between
+        Copied without waiting for the device (:mod:`worker.tts.transfer`): a request joins a batch between
         steps, with a decode step in flight.
         """
         target, here = torch.device(device), self.gpt_cond_latent.device
@@ -172,7 +178,7 @@ class XttsEngine:
         self.max_tokens = int(model.gpt.max_gen_mel_tokens)  # audio tokens per sentence the model allows
         self.sample_rate = OUTPUT_SAMPLE_RATE
         self.fast_decode = fast_decode or resolve_fast_decode(device)
-        self.vocoder_overlap = vocoder_overlap()  # CUDA: HiFi-GAN on a second stream (worker.batch)
+        self.vocoder_overlap = vocoder_overlap()  # CUDA: HiFi-GAN on a second stream (batching.synthesis)
         self.pipeline = decode_pipeline(device)  # CUDA: each decode step launched before the last is read
         self.vocoder_precision = vocoder_precision(device)  # CUDA: batched HiFi-GAN calls in float16
         self.decoders = DecoderPool(self)
@@ -208,7 +214,7 @@ class XttsEngine:
         return MAX_BATCH_CUDA if torch.device(self.device).type == "cuda" else MAX_BATCH_CPU
 
     def open_batch(self, capacity: int) -> BatchSynthesis:
-        """A continuous-batching session of up to ``capacity`` streams (:mod:`worker.batch`)."""
+        """A continuous-batching session of up to ``capacity`` streams (:mod:`worker.batching.synthesis`)."""
         return self.decoders.open(capacity)
 
     # ----- cloning -----------------------------------------------------------------------------------

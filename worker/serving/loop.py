@@ -1,7 +1,8 @@
 """The scheduler's engine thread under continuous batching: admit, step, hand chunks over, repeat.
 
-:class:`BatchLoop` runs on the thread :class:`worker.scheduler.SynthesisScheduler` starts. Between two
-decode steps it admits queued jobs into free rows of a :class:`worker.batch.BatchSynthesis`, removes
+:class:`BatchLoop` runs on the thread :class:`worker.serving.scheduler.SynthesisScheduler` starts. Between two
+decode steps it admits queued jobs into free rows of a
+:class:`worker.batching.synthesis.BatchSynthesis`, removes
 cancelled ones, and hands each request's finished chunks to its channel without ever blocking: a
 request whose listener is behind keeps its chunks in an outbox and its row sits out the next steps
 (the others go on) until the listener catches up, or is cancelled after ``STALL_TIMEOUT_S``. A failure
@@ -21,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from worker.errors import InternalWorkerError, SpeechError, SynthesisCancelled
-from worker.scheduler import _POLL_S, STALL_TIMEOUT_S, BatchingEngine, SynthesisJob
+from worker.serving.scheduler import _POLL_S, STALL_TIMEOUT_S, BatchingEngine, SynthesisJob
 
 if TYPE_CHECKING:
-    from worker.batch import BatchSynthesis, RowOutput
-    from worker.xtts import Int16Array
+    from worker.batching.synthesis import BatchSynthesis, RowOutput
+    from worker.serving.engine import Int16Array
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Chunks travel back to the event loop through a bounded per-request channel
 (``loop.call_soon_threadsafe``); a consumer that closes its stream sets the job's cancel event, and
 the engine stops that request within one decode step.
 
-An engine that can batch (``XttsEngine``) is served by continuous batching (:mod:`worker.batch_serve`):
+An engine that can batch (``XttsEngine``) is served by continuous batching (:mod:`worker.serving.loop`):
 up to ``max_batch`` requests decode together, joining and leaving between steps. Any other engine is
 served one job at a time, in arrival order, by :meth:`SynthesisScheduler._serve`.
 """
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from worker.errors import InternalWorkerError, SpeechError, SynthesisCancelled, WorkerBusy
+from worker.serving.engine import Int16Array, PreparedSpeech, StreamStats
 from worker.types import SpeechRequest
-from worker.xtts import Int16Array, PreparedSpeech, StreamStats
 
 if TYPE_CHECKING:
-    from worker.batch import BatchSynthesis
-    from worker.batch_serve import BatchLoop
+    from worker.batching.synthesis import BatchSynthesis
+    from worker.serving.loop import BatchLoop
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 
 class SpeechEngine(Protocol):
-    """What the scheduler needs from an engine (``worker.xtts.XttsEngine`` in production)."""
+    """What the scheduler needs from an engine (``worker.serving.engine.XttsEngine`` in production)."""
 
     def prepare(self, request: SpeechRequest) -> PreparedSpeech: ...
 
@@ -198,7 +198,7 @@ class SynthesisScheduler:
         self._batch: BatchLoop | None = None
         target = self._serve
         if batching:
-            from worker.batch_serve import BatchLoop
+            from worker.serving.loop import BatchLoop
 
             self._batch = BatchLoop(engine, self._queue, self.max_batch, self._stopping, self._wake)  # type: ignore[arg-type]
             target = self._batch.run

@@ -4,7 +4,7 @@ Stock coqui-tts runs generation through ``GPT2InferenceModel.generate``, which s
 the shared module (``store_prefix_emb``) and can only run one request at a time. Here each sequence keeps
 its own KV cache, sampling state and random draws in a :class:`SequenceState`, and :func:`decode_step`
 advances one sequence by one token: the one-request reference path (continuous batching,
-:mod:`worker.batch_gpt`, runs many sequences per step and chooses tokens with the same function). Every
+:mod:`worker.batching.decoder`, runs many sequences per step and chooses tokens with the same function). Every
 step also returns the GPT latent that HiFi-GAN turns into audio.
 
 Sampling (:func:`choose_tokens`) follows HF's order for XTTS: repetition penalty over every token seen

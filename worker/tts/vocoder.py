@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from worker.transfer import to_device
+from worker.tts.transfer import to_device
 
 if TYPE_CHECKING:
     from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # XTTS-v2's HiFi-GAN: an output sample depends on input frames up to 13 away on either side (measured by
-# perturbing one frame; tests/worker/test_xtts.py checks it). Context beyond it makes chunks exact.
+# perturbing one frame; tests/worker/serving/test_engine.py checks it). Context beyond it makes chunks exact.
 VOCODER_RECEPTIVE_FRAMES = 13
 DEFAULT_CONTEXT_FRAMES = VOCODER_RECEPTIVE_FRAMES  # frames decoded on each side of a chunk (0.14 s)
 WINDOW_STEP_CUDA = 48  # frames: CUDA windows are multiples of this (chunks of 8/16/27 tokens → 48/96/144)
@@ -219,7 +219,7 @@ class StreamingVocoder:
 def interpolate(latents: torch.Tensor, index: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> torch.Tensor:
     """``[F, D]`` frames from ``latents`` (``[T, D]``) by :meth:`FrameGrid.weights`' indices (into
     ``latents``) and weights, with ``F.interpolate``'s float operations. Two copies to the device, queued
-    (:mod:`worker.transfer`): the host does not wait for the decode step in flight."""
+    (:mod:`worker.tts.transfer`): the host does not wait for the decode step in flight."""
     index_t = to_device(index, latents.device)  # [2, 2, F]
     weights = to_device(np.concatenate([w1, w2[None]]), latents.device)  # [3, F]
     w1t = weights[:2, :, None].to(latents.dtype)
@@ -291,7 +291,7 @@ def decode_windows(
     decoder's own HiFi-GAN (a float16 copy, :func:`vocoder_precision`); audio comes back in float32, and
     the caller checks it once it is on the host (:func:`redo_in_float32`: checking here would make the
     host wait for the GPU). ``graphs`` (CUDA graphs of that HiFi-GAN,
-    :class:`worker.batch_graphs.VocoderGraphs`) replace the calls at the shapes they were captured for.
+    :class:`worker.batching.graphs.VocoderGraphs`) replace the calls at the shapes they were captured for.
     """
     hifigan = net if net is not None else decoder.waveform_decoder
     dtype = next(hifigan.parameters()).dtype
@@ -373,7 +373,7 @@ def redo_in_float32(decoder: HifiDecoder, window: VocoderWindow, dtype: torch.dt
 
 
 class CapturedVocoder(Protocol):
-    """HiFi-GAN replayed from CUDA graphs at some shapes (:class:`worker.batch_graphs.VocoderGraphs`)."""
+    """HiFi-GAN replayed from CUDA graphs at some shapes (:class:`worker.batching.graphs.VocoderGraphs`)."""
 
     def run(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
         """HiFi-GAN's output for ``(z, g)``, or None when no graph has their shape."""

@@ -12,10 +12,10 @@ import pytest
 
 from tests.support.audio import speech_message
 from tests.worker.conftest import decode
-from worker.asr import OpenAIWhisperTranscriber, Transcriber, load_transcriber, normalize_language
+from worker.analysis.asr import OpenAIWhisperTranscriber, Transcriber, load_transcriber, normalize_language
+from worker.analysis.verify import make_consent_phrase, match_phrase, normalize_text
 from worker.errors import InvalidAudio, ModelUnavailable, UnsupportedLanguage
 from worker.types import Segment, Transcription
-from worker.verify import make_consent_phrase, match_phrase, normalize_text
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.audio import MAX_REFERENCE_SECONDS
 from tests.worker.conftest import decode
-from worker.audio import MAX_REFERENCE_SECONDS
+from worker.analysis.plot import render_spectrogram
+from worker.analysis.quality import MIN_SPEECH_S, QualityGate, choose_kept, extract_kept
 from worker.errors import InvalidAudio
-from worker.plot import render_spectrogram
-from worker.quality import MIN_SPEECH_S, QualityGate, choose_kept, extract_kept
 from worker.types import QualityReport
 
 RATE = 16_000

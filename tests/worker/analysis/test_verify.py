@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from tests.worker.conftest import decode
-from worker.errors import InvalidAudio, InvalidRequest
-from worker.verify import (
+from worker.analysis.verify import (
     PHRASE_NUMBERS,
     PHRASE_WORDS,
     SAME_SPEAKER_THRESHOLD,
@@ -20,6 +19,7 @@ from worker.verify import (
     normalize_text,
     number_to_words,
 )
+from worker.errors import InvalidAudio, InvalidRequest
 
 RATE = 16_000
 

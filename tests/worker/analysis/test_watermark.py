@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from worker.analysis.watermark import WATERMARK_THRESHOLD, StreamWatermarker, Watermarker
 from worker.errors import ModelUnavailable
-from worker.watermark import WATERMARK_THRESHOLD, StreamWatermarker, Watermarker
 
 RATE = 24_000  # Hz: what synthesis produces
 

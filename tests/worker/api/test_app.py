@@ -17,8 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from worker.api import create_app
-from worker.api_wire import FRAME_DATA, FRAME_END, FRAME_ERROR, STREAM_MEDIA_TYPE, FrameDecoder, WirePcm
+from worker.api.app import create_app
 from worker.errors import IncompatibleVoice, InvalidRequest, QualityRejected, UnsupportedLanguage
 from worker.service import SpeechService
 from worker.types import (
@@ -32,6 +31,7 @@ from worker.types import (
     VoiceEmbedding,
     WatermarkResult,
 )
+from worker.wire import FRAME_DATA, FRAME_END, FRAME_ERROR, STREAM_MEDIA_TYPE, FrameDecoder, WirePcm
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

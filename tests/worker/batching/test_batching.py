@@ -25,16 +25,16 @@ import numpy as np
 import pytest
 import torch
 
-from worker import batch_gpt
-from worker.batch import BatchSynthesis
-from worker.batch_gpt import BatchDecoder, fused_activation, gelu_epilogue
-from worker.batch_graphs import FastDecode, VocoderGraphs, resolve_fast_decode
+from worker.batching import decoder as batch_gpt
+from worker.batching.decoder import BatchDecoder, fused_activation, gelu_epilogue
+from worker.batching.graphs import FastDecode, VocoderGraphs, resolve_fast_decode
+from worker.batching.synthesis import BatchSynthesis
 from worker.errors import InternalWorkerError, SynthesisCancelled, WorkerBusy
-from worker.scheduler import SynthesisScheduler, SynthesisStream
+from worker.serving.engine import StreamStats, XttsEngine
+from worker.serving.scheduler import SynthesisScheduler, SynthesisStream
+from worker.tts.gpt import SamplingParams
+from worker.tts.vocoder import StreamingVocoder, decode_windows
 from worker.types import SpeechRequest, VoiceEmbedding
-from worker.xtts import StreamStats, XttsEngine
-from worker.xtts_gpt import SamplingParams
-from worker.xtts_vocoder import StreamingVocoder, decode_windows
 
 TOLERANCE_LSB = 2  # int16 steps; see the module docstring
 
@@ -204,7 +204,7 @@ def test_a_pipelined_session_launches_each_step_before_reading_the_last(
     """The device gets step n + 1 before the host reads step n; each sentence's end costs one dropped
     token (the step launched meanwhile advanced that row once more), and the audio is each stream's own
     (seeded sampling: a dropped step's random draw is given back, or the next sentence would differ)."""
-    from worker.batch_gpt import PendingStep
+    from worker.batching.decoder import PendingStep
 
     order: list[str] = []
     advanced: list[int] = []
@@ -442,7 +442,7 @@ def test_the_gpu_shapes_of_vocoder_calls_change_no_sample(
 
 
 def test_prewarm_runs_every_standard_shape(engine: XttsEngine) -> None:
-    from worker.xtts_vocoder import prewarm
+    from worker.tts.vocoder import prewarm
 
     calls: list[tuple[int, ...]] = []
     decoder = engine.model.hifigan_decoder.waveform_decoder
@@ -521,7 +521,7 @@ def test_graph_capture_and_replay_logic(
     128; prefixes of 20-odd positions in a prefill 64 wide; six joiners at once prefilled four, then
     two. The spare rows and positions must change nothing.
     """
-    from worker.batch_graphs import capture_prefills, capture_steps
+    from worker.batching.graphs import capture_prefills, capture_steps
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     session = engine.open_batch(8)
@@ -554,8 +554,8 @@ def test_a_lone_stream_steps_in_a_batch_of_two_with_graphs(
     """With graphs (CUDA) a step never runs at one row: one stream's step runs at two, its spare row
     computed and never advanced (cuBLAS fuses a linear layer's bias only from two rows up). The audio
     is the stream's own."""
-    from worker.batch import max_positions
-    from worker.batch_graphs import capture_steps
+    from worker.batching.graphs import capture_steps
+    from worker.batching.synthesis import max_positions
 
     assert resolve_fast_decode("cuda").min_batch == 2
     gpt = greedy.model.gpt
@@ -602,9 +602,9 @@ def test_timed_attention_keeps_the_fastest_captured_step_per_shape(
     margin, every row at the bucket's end while timed. The timings here are made up per shape (the timer
     itself: a test below); the kernel runs in Triton's interpreter. A stream replaying a fused graph gets
     its own audio."""
-    from worker import batch_graphs
-    from worker.batch_graphs import capture_steps
-    from worker.fused_attention import BLOCKS
+    from worker.batching import graphs as batch_graphs
+    from worker.batching.graphs import capture_steps
+    from worker.kernels.attention import BLOCKS
 
     assert BLOCKS == (64, 32)
     # 256 positions hold the request below: two cache lengths, 128 and 256, to capture
@@ -631,7 +631,7 @@ def test_timed_attention_keeps_the_fastest_captured_step_per_shape(
         return list(made_up[(batch, length)])
 
     monkeypatch.setattr(batch_graphs, "_replay_ms", timing)
-    with caplog.at_level(logging.INFO, logger="worker.batch_graphs"):
+    with caplog.at_level(logging.INFO, logger="worker.batching.graphs"):
         assert capture_steps(decoder)
     shapes = {(b, n) for b in (1, 2) for n in decoder.lengths}
     assert set(decoder.replay) == set(timed) == shapes and len(timed) == len(shapes)
@@ -660,8 +660,8 @@ def test_timed_attention_keeps_the_fastest_captured_step_per_shape(
 def test_a_failure_while_timing_the_attention_keeps_pytorchs(
     greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from worker import batch_graphs
-    from worker.batch_graphs import capture_steps
+    from worker.batching import graphs as batch_graphs
+    from worker.batching.graphs import capture_steps
 
     decoder = BatchDecoder(
         greedy.model.gpt, greedy.sampling, capacity=2, max_positions=128, device="cpu",
@@ -675,7 +675,7 @@ def test_a_failure_while_timing_the_attention_keeps_pytorchs(
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(batch_graphs, "_replay_ms", timing)
-    with caplog.at_level(logging.WARNING, logger="worker.batch_graphs"):
+    with caplog.at_level(logging.WARNING, logger="worker.batching.graphs"):
         assert capture_steps(decoder)  # the decoder still has its (PyTorch-attention) graphs
     assert "timing the fused attention failed: keeping PyTorch's attention" in caplog.text
     assert set(decoder.replay) == {(1, 128), (2, 128)} and not any(decoder.attention_at.values())
@@ -686,8 +686,8 @@ def test_a_failure_while_timing_the_attention_keeps_pytorchs(
 def test_a_block_size_whose_capture_fails_is_left_out_of_the_timing(
     greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import batch_graphs
-    from worker.batch_graphs import capture_steps
+    from worker.batching import graphs as batch_graphs
+    from worker.batching.graphs import capture_steps
 
     decoder = BatchDecoder(
         greedy.model.gpt, greedy.sampling, capacity=1, max_positions=128, device="cpu",
@@ -715,7 +715,7 @@ def test_a_block_size_whose_capture_fails_is_left_out_of_the_timing(
 
 
 def test_replay_timing_takes_turns_and_reads_the_median_round(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker import batch_graphs
+    from worker.batching import graphs as batch_graphs
 
     order: list[str] = []
     waits: list[object] = []
@@ -740,7 +740,7 @@ def test_replay_timing_takes_turns_and_reads_the_median_round(monkeypatch: pytes
 def test_a_failed_capture_falls_back_to_eager(
     greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.batch_graphs import capture_steps
+    from worker.batching.graphs import capture_steps
 
     def broken(self: StandInGraph) -> None:
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -757,7 +757,7 @@ def test_a_failed_capture_falls_back_to_eager(
 def test_a_failed_prefill_capture_keeps_the_captured_steps(
     greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.batch_graphs import capture_prefills, capture_steps
+    from worker.batching.graphs import capture_prefills, capture_steps
 
     def broken(self: BatchDecoder, rows: int, width: int) -> None:
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -776,7 +776,7 @@ def test_a_failed_prefill_capture_keeps_the_captured_steps(
 def test_a_prefill_graph_that_disagrees_is_not_used(
     greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.batch_graphs import capture_prefills
+    from worker.batching.graphs import capture_prefills
 
     def wrong(self: StandInGraph) -> None:
         assert self.call is not None
@@ -842,7 +842,7 @@ def test_a_decoder_with_the_gelu_epilogue_computes_the_same_steps(
 ) -> None:
     """Through the stand-in op (CUDA's function, the same float32 operations as the two ops on the CPU)
     every step's latents are bit for bit those of a decoder without it, and so is the audio."""
-    from worker.batch import max_positions
+    from worker.batching.synthesis import max_positions
 
     gpt = greedy.model.gpt
     requests = {"a": req(voice, "Hello world.", 12, 1), "b": req(voice, "Short!", 9, 2)}
@@ -1001,7 +1001,7 @@ def test_batched_vocoder_windows_equal_single_calls(engine: XttsEngine, voice: V
 
 def test_batched_windows_are_built_in_one_gather_exactly_as_one_by_one(engine: XttsEngine) -> None:
     """The stacked input of a batched HiFi-GAN call: each window's own resampling, padded with zeros."""
-    from worker.xtts_vocoder import stack_windows
+    from worker.tts.vocoder import stack_windows
 
     decoder = engine.model.hifigan_decoder
     gen = torch.Generator().manual_seed(3)
@@ -1035,8 +1035,8 @@ def test_the_default_chunks_fill_the_standard_vocoder_widths(engine: XttsEngine)
     """With CUDA's window step, every chunk of the default plan runs HiFi-GAN at one of the standard widths
     (those with graphs and warm cuDNN plans), and the steady chunks use nearly all of the widest: a larger
     steady chunk would spill into a wider window, a smaller one would run more padding per frame of audio."""
-    from worker.xtts import ChunkPlan
-    from worker.xtts_vocoder import WINDOW_STEP_CUDA, standard_shapes
+    from worker.serving.engine import ChunkPlan
+    from worker.tts.vocoder import WINDOW_STEP_CUDA, standard_shapes
 
     plan = ChunkPlan()
     widths = {frames for _, frames in standard_shapes(1)}
@@ -1107,13 +1107,15 @@ def test_every_engine_thread_prewarms_the_vocoder_once(
     engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """cuDNN's plan cache is per thread, and a finished thread's id can come back for a new one."""
-    import worker.batch
+    import worker.batching.synthesis
 
     warmed: list[tuple[str, int]] = []
     monkeypatch.setattr(
-        worker.batch, "prewarm", lambda _d, n, net: warmed.append((threading.current_thread().name, n)) or 1
+        worker.batching.synthesis,
+        "prewarm",
+        lambda _d, n, net: warmed.append((threading.current_thread().name, n)) or 1,
     )
-    pool = worker.batch.DecoderPool(engine)
+    pool = worker.batching.synthesis.DecoderPool(engine)
     for name in ("first", "second"):
         thread = threading.Thread(
             target=lambda: [pool._prewarm(4), pool._prewarm(4), pool._prewarm(2)], name=name
@@ -1127,14 +1129,14 @@ def test_every_engine_thread_prewarms_the_vocoder_once(
     def out_of_memory(_d: object, _n: int, net: object) -> int:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(worker.batch, "prewarm", out_of_memory)
+    monkeypatch.setattr(worker.batching.synthesis, "prewarm", out_of_memory)
     pool._prewarm(16)  # logged, not raised: the session opens and the shapes warm up on first use
 
 
 def test_vocoder_overlap_is_opt_in_and_never_on_the_cpu(
     engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.batch import vocoder_overlap
+    from worker.batching.synthesis import vocoder_overlap
 
     monkeypatch.delenv("VOXCLONE_VOCODER_OVERLAP", raising=False)
     assert not vocoder_overlap()  # off by default: measured slower at 32 streams on an H100
@@ -1153,7 +1155,7 @@ def test_vocoder_overlap_is_opt_in_and_never_on_the_cpu(
 def test_the_engine_loop_is_pipelined_on_cuda_and_not_on_the_cpu(
     engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.batch import decode_pipeline
+    from worker.batching.synthesis import decode_pipeline
 
     monkeypatch.delenv("VOXCLONE_PIPELINE", raising=False)
     assert decode_pipeline("cuda") and decode_pipeline("cuda:1")
@@ -1191,7 +1193,7 @@ def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> N
 def test_the_vocoder_runs_float16_on_cuda_after_a_check_and_float32_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker.xtts_vocoder import VocoderPrecision, vocoder_precision
+    from worker.tts.vocoder import VocoderPrecision, vocoder_precision
 
     monkeypatch.delenv("VOXCLONE_VOCODER_DTYPE", raising=False)
     assert vocoder_precision("cuda") == VocoderPrecision(torch.float16, checked=True)
@@ -1210,7 +1212,7 @@ def test_the_vocoder_runs_float16_on_cuda_after_a_check_and_float32_elsewhere(
 def test_the_precision_probe_tells_a_faithful_copy_from_a_stray_one(greedy: XttsEngine) -> None:
     import copy
 
-    from worker.xtts_vocoder import VOCODER_MIN_SNR_DB, precision_snr
+    from worker.tts.vocoder import VOCODER_MIN_SNR_DB, precision_snr
 
     own = greedy.model.hifigan_decoder.waveform_decoder
     flags: list[bool] = []  # the reference runs in exact float32: cuDNN's TF32 off, then back as it was
@@ -1244,7 +1246,7 @@ async def test_batched_vocoder_calls_run_in_the_engines_vocoder_precision(
     One copy of HiFi-GAN in that precision, made once and used by every session; audio comes back as
     float32 and, float64 being closer to exact, within the batching tolerance of the float32 path.
     """
-    from worker.xtts_vocoder import VocoderPrecision
+    from worker.tts.vocoder import VocoderPrecision
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     engine.vocoder_precision = VocoderPrecision(torch.float64, checked=True)  # passes: closer than float32
@@ -1276,13 +1278,13 @@ def test_a_vocoder_copy_that_fails_its_check_leaves_batched_calls_in_float32(
 ) -> None:
     """``auto`` keeps the model's own HiFi-GAN where the copy strays (here: a bar no copy can pass), says
     so once, and does not try again for every session; an explicitly asked precision is used anyway."""
-    import worker.batch
-    from worker.xtts_vocoder import VocoderPrecision
+    import worker.batching.synthesis
+    from worker.tts.vocoder import VocoderPrecision
 
-    monkeypatch.setattr(worker.batch, "VOCODER_MIN_SNR_DB", math.inf)
+    monkeypatch.setattr(worker.batching.synthesis, "VOCODER_MIN_SNR_DB", math.inf)
     checked = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     checked.vocoder_precision = VocoderPrecision(torch.float64, checked=True)
-    with caplog.at_level(logging.WARNING, logger="worker.batch"):
+    with caplog.at_level(logging.WARNING, logger="worker.batching.synthesis"):
         for _ in range(2):
             session = checked.open_batch(2)
             assert session.vocoder_net is None
@@ -1301,16 +1303,16 @@ def test_a_vocoder_copy_that_fails_its_check_leaves_batched_calls_in_float32(
 def test_a_vocoder_copy_that_cannot_be_made_leaves_batched_calls_in_float32(
     greedy: XttsEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import worker.batch
-    from worker.xtts_vocoder import VocoderPrecision
+    import worker.batching.synthesis
+    from worker.tts.vocoder import VocoderPrecision
 
     def out_of_memory(*_: object) -> float:
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(worker.batch, "precision_snr", out_of_memory)
+    monkeypatch.setattr(worker.batching.synthesis, "precision_snr", out_of_memory)
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     engine.vocoder_precision = VocoderPrecision(torch.float64, checked=True)
-    with caplog.at_level(logging.WARNING, logger="worker.batch"):
+    with caplog.at_level(logging.WARNING, logger="worker.batching.synthesis"):
         session = engine.open_batch(2)  # serving goes on: the model's own HiFi-GAN
     assert session.vocoder_net is None and engine.decoders.vocoder_dtype == torch.float32
     session.close()
@@ -1331,7 +1333,7 @@ class SmallVocoder(torch.nn.Module):
 
 
 def test_hifigan_graphs_cover_the_standard_shapes_and_hand_out_copies(stand_in_cuda: None) -> None:
-    from worker.batch_graphs import capture_vocoder
+    from worker.batching.graphs import capture_vocoder
 
     net = SmallVocoder()
     graphs = capture_vocoder(net, streams=3)
@@ -1354,7 +1356,7 @@ def test_hifigan_graphs_cover_the_standard_shapes_and_hand_out_copies(stand_in_c
 def test_a_hifigan_graph_that_disagrees_or_fails_leaves_the_vocoder_eager(
     stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from worker.batch_graphs import capture_vocoder
+    from worker.batching.graphs import capture_vocoder
 
     replay = StandInGraph.replay
 
@@ -1365,7 +1367,7 @@ def test_a_hifigan_graph_that_disagrees_or_fails_leaves_the_vocoder_eager(
         graphs.out[shape] = graphs.out[shape] + 0.01  # a capture that computes something else
 
     monkeypatch.setattr(StandInGraph, "replay", off_by_a_little)
-    with caplog.at_level(logging.WARNING, logger="worker.batch_graphs"):
+    with caplog.at_level(logging.WARNING, logger="worker.batching.graphs"):
         assert capture_vocoder(SmallVocoder(), streams=1) is None
     assert any("HiFi-GAN disagrees" in r.getMessage() for r in caplog.records)
 
@@ -1379,7 +1381,7 @@ def test_a_hifigan_graph_that_disagrees_or_fails_leaves_the_vocoder_eager(
 def test_an_engine_captures_hifigan_once_and_does_not_retry_a_failure(
     greedy: XttsEngine, stand_in_cuda: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.batch_graphs
+    import worker.batching.graphs
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     tries: list[int] = []
@@ -1388,7 +1390,7 @@ def test_an_engine_captures_hifigan_once_and_does_not_retry_a_failure(
         tries.append(streams)
         return VocoderGraphs(net, [(1, 48)])
 
-    monkeypatch.setattr(worker.batch_graphs, "capture_vocoder", capture)
+    monkeypatch.setattr(worker.batching.graphs, "capture_vocoder", capture)
     pool = engine.decoders
     first = pool._vocoder_graphs(2, None)
     assert first is not None and first.net is engine.model.hifigan_decoder.waveform_decoder
@@ -1396,7 +1398,7 @@ def test_an_engine_captures_hifigan_once_and_does_not_retry_a_failure(
     assert pool._vocoder_graphs(4, None) is not first  # more streams: more shapes to capture
     assert tries == [2, 4]
     failing = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
-    monkeypatch.setattr(worker.batch_graphs, "capture_vocoder", lambda net, streams: tries.append(0))
+    monkeypatch.setattr(worker.batching.graphs, "capture_vocoder", lambda net, streams: tries.append(0))
     assert failing.decoders._vocoder_graphs(2, None) is None
     assert failing.decoders._vocoder_graphs(8, None) is None  # not tried again
     assert tries == [2, 4, 0]
@@ -1407,7 +1409,7 @@ def test_a_session_replays_hifigan_from_graphs_with_the_same_audio(
 ) -> None:
     """Batched vocoder calls at a captured shape replay their graph; the audio is what each request
     makes alone. (The real HiFi-GAN, captured at its narrowest shapes only, to keep this quick.)"""
-    from worker.batch_graphs import capture_vocoder
+    from worker.batching.graphs import capture_vocoder
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     graphs = capture_vocoder(engine.model.hifigan_decoder.waveform_decoder, streams=2, widths=1)
@@ -1431,7 +1433,7 @@ async def test_a_reduced_precision_call_that_overflows_is_redone_in_float32(
     """Members never hear an overflow: a non-finite sample from the reduced-precision copy (here one
     made to give NaN everywhere) sends that call to the model's own HiFi-GAN, and the audio is the
     float32 path's."""
-    from worker.xtts_vocoder import VocoderPrecision
+    from worker.tts.vocoder import VocoderPrecision
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     engine.vocoder_precision = VocoderPrecision(torch.float64, checked=False)  # used unchecked, as asked
@@ -1442,7 +1444,7 @@ async def test_a_reduced_precision_call_that_overflows_is_redone_in_float32(
     with torch.no_grad():
         net.conv_post.weight.fill_(math.nan)
     requests = mixed(voice)[:2]
-    with caplog.at_level(logging.WARNING, logger="worker.xtts_vocoder"):
+    with caplog.at_level(logging.WARNING, logger="worker.tts.vocoder"):
         outputs = await batched(engine, requests, max_batch=2)
     for got, request in zip(outputs, requests, strict=True):
         assert_same_audio(got, alone(greedy, request))
@@ -1502,7 +1504,7 @@ def test_watermarking_runs_beside_decoding_and_keeps_each_streams_order(
 def test_a_streams_chunks_are_made_in_order_and_a_failure_reaches_that_stream_only() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.batch import RowOutput, _after, _guarded
+    from worker.batching.synthesis import RowOutput, _after, _guarded
 
     order: dict[int, list[int]] = {0: [], 1: []}
 
@@ -1562,9 +1564,9 @@ def test_a_stream_whose_watermarking_is_behind_sits_out_decode_steps(
     """Decoding does not run ahead of a stuck watermark without bound: once a stream has a few chunks
     waiting for it, its row sits out steps while the others go on; released, it ends with the same audio.
     (Pipelined, the step launched before the hold began may add one more chunk.)"""
-    from worker.batch import MAX_UNMADE_CHUNKS
-    from worker.watermark import Watermarker
-    from worker.xtts import ChunkPlan
+    from worker.analysis.watermark import Watermarker
+    from worker.batching.synthesis import MAX_UNMADE_CHUNKS
+    from worker.serving.engine import ChunkPlan
 
     small = ChunkPlan(first_tokens=2, tokens=4)  # many chunks in a few tokens
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, chunks=small)

@@ -1,4 +1,4 @@
-"""A decode step's attention and cache write in one kernel (worker.fused_attention): the Triton kernel,
+"""A decode step's attention and cache write in one kernel (worker.kernels.attention): the Triton kernel,
 run in Triton's interpreter (tests/conftest.py), against PyTorch's ops, its probe, and a decoder using it."""
 
 from __future__ import annotations
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from tests.support.decoding import decode_two_rows
-from worker import fused_attention, triton_support
-from worker.batch import max_positions
-from worker.batch_gpt import BatchDecoder, attention_choice
-from worker.fused_attention import FUSED_ATTENTION_ENV, decode_attention, decode_attention_torch, works_for
-from worker.xtts import XttsEngine
-from worker.xtts_gpt import SamplingParams
+from worker.batching.decoder import BatchDecoder, attention_choice
+from worker.batching.synthesis import max_positions
+from worker.kernels import attention as fused_attention
+from worker.kernels import loader
+from worker.kernels.attention import FUSED_ATTENTION_ENV, decode_attention, decode_attention_torch, works_for
+from worker.serving.engine import XttsEngine
+from worker.tts.gpt import SamplingParams
 
 
 def inputs(
@@ -121,9 +122,9 @@ def test_the_probe_says_yes_only_when_not_switched_off_and_agreeing(monkeypatch:
     def missing(*_: object) -> object:
         raise ImportError("No module named 'triton'")
 
-    monkeypatch.setattr(triton_support, "kernel", missing)
+    monkeypatch.setattr(loader, "kernel", missing)
     assert not probe()  # Triton missing (or failing to compile): PyTorch's, and no exception
-    monkeypatch.setattr(triton_support, "kernel", _real_kernel)
+    monkeypatch.setattr(loader, "kernel", _real_kernel)
     assert probe()
     original = fused_attention.decode_attention
 
@@ -149,7 +150,7 @@ def test_the_probe_says_yes_only_when_not_switched_off_and_agreeing(monkeypatch:
     assert not probe()  # every block size the decoder may time is checked
 
 
-_real_kernel = triton_support.kernel
+_real_kernel = loader.kernel
 
 
 def test_a_decoder_with_the_fused_attention_decodes_as_one_without_it(
@@ -165,7 +166,7 @@ def test_a_decoder_with_the_fused_attention_decodes_as_one_without_it(
         calls.append(1)
         return decode_attention(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("worker.batch_gpt.decode_attention", counting)
+    monkeypatch.setattr("worker.batching.decoder.decode_attention", counting)
 
     def run(fused: bool | None) -> tuple[BatchDecoder, torch.Tensor, list[list[int]]]:
         decoder = BatchDecoder(

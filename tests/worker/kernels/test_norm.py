@@ -1,4 +1,4 @@
-"""The fused residual add + LayerNorm (worker.fused_norm): the Triton kernel, run in Triton's interpreter
+"""The fused residual add + LayerNorm (worker.kernels.norm): the Triton kernel, run in Triton's interpreter
 (tests/conftest.py), against PyTorch's two ops, its probe, and a decoder that uses it."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from tests.support.decoding import decode_two_rows
-from worker import fused_norm, triton_support
-from worker.batch import max_positions
-from worker.batch_gpt import BatchDecoder
-from worker.fused_norm import FUSED_NORM_ENV, add_layer_norm, works_for
+from worker.batching.decoder import BatchDecoder
+from worker.batching.synthesis import max_positions
+from worker.kernels import loader
+from worker.kernels import norm as fused_norm
+from worker.kernels.norm import FUSED_NORM_ENV, add_layer_norm, works_for
+from worker.serving.engine import XttsEngine
+from worker.tts.gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
 from worker.types import SpeechRequest
-from worker.xtts import XttsEngine
-from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
 
 if TYPE_CHECKING:
     from TTS.tts.layers.xtts.gpt import GPT
@@ -99,7 +100,7 @@ def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: p
     def missing(*_: object) -> object:
         raise ImportError("No module named 'triton'")
 
-    monkeypatch.setattr(triton_support, "kernel", missing)
+    monkeypatch.setattr(loader, "kernel", missing)
     assert not works_for(norm)  # Triton missing (or failing to compile): the two ops, and no exception
     monkeypatch.undo()
     assert works_for(norm)
@@ -179,7 +180,7 @@ def test_a_decoder_with_the_fused_norm_decodes_as_one_without_it(
         calls.append(1)
         return counted(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("worker.batch_gpt.add_layer_norm", counting)
+    monkeypatch.setattr("worker.batching.decoder.add_layer_norm", counting)
 
     def run(fused: bool | None) -> tuple[BatchDecoder, torch.Tensor, list[list[int]]]:
         decoder = BatchDecoder(

@@ -1,4 +1,4 @@
-"""The end of a decode step in one kernel (worker.fused_sampling): the Triton kernel, run in Triton's
+"""The end of a decode step in one kernel (worker.kernels.sampling): the Triton kernel, run in Triton's
 interpreter (tests/conftest.py), against the same step in PyTorch's ops, its probe, and a decoder using it."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from worker import fused_sampling, triton_support
-from worker.batch import max_positions
-from worker.batch_gpt import BatchDecoder
-from worker.fused_sampling import (
+from worker.batching.decoder import BatchDecoder
+from worker.batching.synthesis import max_positions
+from worker.kernels import loader
+from worker.kernels import sampling as fused_sampling
+from worker.kernels.sampling import (
     FUSED_SAMPLING_ENV,
     MUTABLE,
     StepRows,
@@ -21,8 +22,8 @@ from worker.fused_sampling import (
     random_rows,
     works_for,
 )
-from worker.xtts import XttsEngine
-from worker.xtts_gpt import SamplingParams
+from worker.serving.engine import XttsEngine
+from worker.tts.gpt import SamplingParams
 
 STOP = 1025  # XTTS-v2's stop token: the last of 1026 audio tokens
 DIM, POSITIONS = 48, 12  # small tables: the bookkeeping's shapes, not the model's, matter here
@@ -183,7 +184,7 @@ def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: p
     def missing(*_: object) -> object:
         raise ImportError("No module named 'triton'")
 
-    monkeypatch.setattr(triton_support, "kernel", missing)
+    monkeypatch.setattr(loader, "kernel", missing)
     assert not probe(params)  # Triton missing (or failing to compile): PyTorch's ops, and no exception
     monkeypatch.undo()
 
@@ -222,7 +223,7 @@ def test_a_decoder_with_the_fused_end_decodes_as_one_without_it(
         calls.append(1)
         return counted(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("worker.batch_gpt.finish_step", counting)
+    monkeypatch.setattr("worker.batching.decoder.finish_step", counting)
 
     def run(fused: bool | None) -> tuple[BatchDecoder, list[torch.Tensor], list[list[int]], list[tuple]]:
         decoder = BatchDecoder(

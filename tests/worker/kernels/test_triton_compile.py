@@ -67,7 +67,7 @@ CONFIGS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
             {"HEAD_DIM": 64, "BLOCK_N": block},  # XTTS-v2: 16 heads of 64
         )
         for dtype in ("fp16", "bf16", "fp32")
-        for block in (64, 32)  # worker.fused_attention.BLOCKS
+        for block in (64, 32)  # worker.kernels.attention.BLOCKS
     },
     "end of step fp16, XTTS-v2's sampling": (
         "finish_step_rows",
@@ -99,7 +99,7 @@ def main() -> None:
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    from worker import triton_kernels
+    from worker.kernels import triton_kernels
 
     for label, (name, types, constants) in CONFIGS.items():
         kernel = JITFunction(getattr(triton_kernels, name))
@@ -125,9 +125,9 @@ def main() -> None:
 @pytest.fixture(scope="module")
 def compiled() -> dict[tuple[str, int], dict[str, Any]]:
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
-        [sys.executable, "-c", "from tests.worker.test_triton_compile import main; main()"],
+        [sys.executable, "-c", "from tests.worker.kernels.test_triton_compile import main; main()"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

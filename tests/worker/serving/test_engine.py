@@ -19,12 +19,12 @@ from worker.errors import (
     ModelUnavailable,
     UnsupportedLanguage,
 )
-from worker.text import normalize_text, split_sentences
+from worker.serving.engine import ChunkPlan, StreamStats, XttsEngine
+from worker.tts.gpt import SamplingParams, UniformDraws, draw_uniform, undraw_uniform
+from worker.tts.load import checkpoint_id
+from worker.tts.text import normalize_text, split_sentences
+from worker.tts.vocoder import VOCODER_RECEPTIVE_FRAMES, FrameGrid
 from worker.types import SpeechRequest, VoiceEmbedding
-from worker.xtts import ChunkPlan, StreamStats, XttsEngine
-from worker.xtts_gpt import SamplingParams, UniformDraws, draw_uniform, undraw_uniform
-from worker.xtts_load import checkpoint_id
-from worker.xtts_vocoder import VOCODER_RECEPTIVE_FRAMES, FrameGrid
 
 
 def expected_samples(tokens: int) -> int:
@@ -203,8 +203,9 @@ def test_draws_come_in_blocks_yet_are_the_one_by_one_draws(seed: int) -> None:
 
 
 def test_a_number_given_back_is_drawn_again_also_across_blocks() -> None:
-    """A pipelined step whose token is dropped gives its draw back (worker.batch): the stream's numbers
-    stay the one-by-one sequence, also where the given-back one was the first of a new block."""
+    """A pipelined step whose token is dropped gives its draw back (worker.batching.synthesis): the
+    stream's numbers stay the one-by-one sequence, also where the given-back one was the first of a
+    new block."""
     expected, draws = UniformDraws(5), UniformDraws(5)
     reference = [expected.next() for _ in range(2 * UniformDraws.BLOCK + 3)]
     got = []
@@ -231,7 +232,8 @@ def test_french_and_english_both_speak(engine: XttsEngine, voice: VoiceEmbedding
 
 
 class ZeroMarker:
-    """Stands in for worker.watermark.Watermarker: records what it is asked to mark, returns silence."""
+    """Stands in for worker.analysis.watermark.Watermarker: records what it is asked to mark, returns
+    silence."""
 
     def __init__(self) -> None:
         self.marked = 0
@@ -361,7 +363,7 @@ def test_vocoder_receptive_field(engine: XttsEngine) -> None:
 
 
 def test_every_sentence_shares_one_frame_grid_and_its_cached_answers(engine: XttsEngine) -> None:
-    from worker.xtts_vocoder import FrameGrid, StreamingVocoder
+    from worker.tts.vocoder import FrameGrid, StreamingVocoder
 
     decoder = engine.model.hifigan_decoder
     shared = StreamingVocoder(decoder, torch.zeros(1, 512, 1)).grid

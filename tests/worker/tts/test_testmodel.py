@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.testmodel import REAL_TEXT_VOCAB_SIZE, XTTS_V2_LANGUAGES, make_test_model
-from worker.xtts_load import checkpoint_id
+from worker.tts.load import checkpoint_id
+from worker.tts.testmodel import REAL_TEXT_VOCAB_SIZE, XTTS_V2_LANGUAGES, make_test_model
 
 
 def digest(path: Path) -> str:
@@ -74,8 +74,8 @@ def test_short_sentence_cap(tmp_path: Path) -> None:
 
     import numpy as np
 
+    from worker.serving.engine import XttsEngine
     from worker.types import SpeechRequest
-    from worker.xtts import XttsEngine
 
     engine = XttsEngine.load(make_test_model(tmp_path, max_audio_tokens=24), "cpu")
     assert engine.max_tokens == 21

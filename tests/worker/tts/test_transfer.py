@@ -1,4 +1,4 @@
-"""Host-to-device copies for the engine loop (worker/transfer.py), on the devices this machine has.
+"""Host-to-device copies for the engine loop (worker/tts/transfer.py), on the devices this machine has.
 
 The CUDA branch (pinned memory, queued copy) runs in the GPU benchmark; here: the values arrive intact
 from arrays of any layout, and nothing is pinned when the target is not a GPU.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from worker.transfer import copy_to, to_device
+from worker.tts.transfer import copy_to, to_device
 
 
 def test_arrays_and_tensors_arrive_with_their_values(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import discord
 
 from bot.enrollment import MAX_CONSENT_BYTES, Upload
-from bot.errors import AudioTooLarge, NotAudio
+from core.errors import AudioTooLarge, NotAudio
 
 AUDIO_EXTENSIONS = (
     ".ogg",

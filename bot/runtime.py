@@ -8,7 +8,7 @@ import ctypes.util
 import importlib.util
 import logging
 
-from bot.errors import ConfigError
+from core.errors import ConfigError
 from core.logs import configure_logging
 from core.settings import Settings
 

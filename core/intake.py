@@ -1,7 +1,7 @@
 """Audio intake: the one place untrusted media is parsed, by ffprobe/ffmpeg in a bounded subprocess.
 
 Any upload (a Discord voice message, an mp3, a phone's m4a, a webm with video) becomes mono float32
-PCM at the rate asked for, or one of the ``bot.errors.IntakeError`` family with a sentence a member
+PCM at the rate asked for, or one of the ``core.errors.IntakeError`` family with a sentence a member
 can act on. Safety limits: files only (no network protocols), an allow-list of demuxers and audio
 decoders, video ignored, a size cap, a duration cap checked before decoding and enforced while
 decoding, and a wall-clock limit after which the whole ffmpeg process group is killed. No torch here.
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from ffmpeg._utils import convert_kwargs_to_cmd_line_args
 
-from bot.errors import (
+from core.errors import (
     AudioTooLarge,
     AudioTooLong,
     CorruptAudio,

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/voxclone.db"
 

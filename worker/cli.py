@@ -23,16 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from bot.errors import ConfigError, VoxcloneError
 from core.audio import (
     ANALYSIS_SAMPLE_RATE,
     CONDITIONING_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_WIDTH,
 )
+from core.errors import ConfigError, VoxcloneError
 from core.logs import configure_logging
 from core.settings import Settings, load_settings
-from worker.errors import SpeechError
 from worker.service import SpeechService
 from worker.types import FloatArray, QualityReport, SpeechRequest
 
@@ -57,7 +56,7 @@ def _command(func: Callable[[argparse.Namespace], int]) -> Handler:
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (SpeechError, VoxcloneError) as exc:
+        except VoxcloneError as exc:
             return _fail(exc.message)
         except OSError as exc:
             return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))

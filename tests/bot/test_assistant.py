@@ -29,11 +29,11 @@ from bot.errors import (
     AssistantUnavailable,
     AssistantVoiceNotOptedIn,
     CloningDisabled,
-    ConfigError,
     NoVoiceProfile,
     RoleNotAllowed,
 )
 from bot.policy import Actor, Policy, VoiceFacts
+from core.errors import ConfigError
 from storage import GuildSettings
 from tests.support.fake_llm import CHAT_PATH, FakeLLM, Reply, closed_port_url
 

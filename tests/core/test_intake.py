@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.errors import (
+from core.errors import (
     AudioTooLarge,
     AudioTooLong,
     CorruptAudio,

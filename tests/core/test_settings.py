@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ConfigError
+from core.errors import ConfigError
 from core.settings import DEFAULT_DATABASE_URL, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from bot.errors import MigrationError
 from storage import Database, check, current_revision, head_revision, upgrade
+from storage.errors import MigrationError
 from storage.migrate import PAUSE_ENV
 from storage.schema import TABLE_NAMES, metadata
 from tests.storage.conftest import start_child

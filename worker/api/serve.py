@@ -14,7 +14,7 @@ from typing import Final
 
 import uvicorn
 
-from bot.errors import ConfigError
+from core.errors import ConfigError
 from core.logs import configure_logging
 from core.settings import Settings
 from worker.api.app import create_app

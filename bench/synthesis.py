@@ -43,9 +43,10 @@ from worker.kernels.norm import FUSED_NORM_ENV
 from worker.kernels.norm import works_for as fused_norm_works
 from worker.kernels.sampling import FUSED_SAMPLING_ENV
 from worker.kernels.sampling import works_for as fused_sampling_works
-from worker.serving.engine import Int16Array, PreparedSpeech, StreamStats, XttsEngine
+from worker.serving.engine import XttsEngine
 from worker.serving.scheduler import SynthesisScheduler
 from worker.tts.gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
+from worker.tts.speech import Int16Array, PreparedSpeech, StreamStats
 from worker.tts.testmodel import make_test_model
 from worker.tts.vocoder import VocoderPrecision, precision_snr
 from worker.types import SpeechRequest, VoiceEmbedding
@@ -625,8 +626,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
     for r in rows:
         mem = f"{r.peak_gpu_mem_gb:7.2f}" if r.peak_gpu_mem_gb is not None else f"{'-':>7s}"
         print(
-            f"{r.engine:16s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_p95:6.0f} {r.ttfc_ms_max:6.0f} "
-            f"{r.rtf_p50:8.3f} "
+            f"{r.engine:16s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} "
+            f"{r.ttfc_ms_p95:6.0f} {r.ttfc_ms_max:6.0f} {r.rtf_p50:8.3f} "
             f"{r.rtf_max:8.3f} {r.throughput_x:14.2f} {r.wall_s:7.1f} {mem}"
         )
     for q in result["ratios"]:
@@ -814,7 +815,8 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    # The worker's own log lines (probes that fall back, graphs captured, attention timing) go with the figures.
+    # The worker's own log lines (probes that fall back, graphs captured, attention timing) go with the
+    # figures.
     logging.basicConfig(
         level=logging.INFO, format="%(relativeCreated)8.0f ms %(name)s %(levelname)s: %(message)s"
     )

@@ -24,8 +24,9 @@ from worker.errors import (
 )
 from worker.local import LocalSpeechService, pcm16_to_float
 from worker.service import SpeechService
-from worker.serving.engine import StreamStats, XttsEngine
+from worker.serving.engine import XttsEngine
 from worker.serving.scheduler import BUSY_MESSAGE, SynthesisScheduler
+from worker.tts.speech import StreamStats
 from worker.types import QualityReport, SpeechRequest, VoiceEmbedding
 
 SPEECH = "Hello there, this is my voice. I am reading a few sentences so that the bot learns how I sound."

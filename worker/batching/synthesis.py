@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -54,7 +54,9 @@ from worker.tts.vocoder import (
 if TYPE_CHECKING:
     from worker.analysis.watermark import Watermarker
     from worker.batching.decoder import BatchDecoder, PendingStep, StepResult
-    from worker.serving.engine import Int16Array, PreparedSpeech, StreamStats, XttsEngine
+    from worker.batching.graphs import FastDecode
+    from worker.tts.gpt import SamplingParams
+    from worker.tts.speech import ChunkPlan, Int16Array, PreparedSpeech, StreamStats
     from worker.tts.vocoder import CapturedVocoder
     from worker.types import FloatArray
 
@@ -62,6 +64,21 @@ log = logging.getLogger(__name__)
 
 MARK_THREADS_MAX = 8  # watermarking threads per engine: half the cores, at most this many
 MAX_UNMADE_CHUNKS = 4  # a stream's chunks waiting for the watermark before its row sits out steps
+
+
+class DecodingEngine(Protocol):
+    """What a batch session and the decoder pool read of their engine (``serving.engine.XttsEngine``)."""
+
+    model: Any  # coqui's Xtts: .gpt and .hifigan_decoder
+    device: str
+    watermark: Watermarker | None
+    chunks: ChunkPlan
+    sampling: SamplingParams
+    decoders: DecoderPool
+    fast_decode: FastDecode  # the pool turns graphs off here when capturing them fails
+    vocoder_overlap: bool
+    pipeline: bool
+    vocoder_precision: VocoderPrecision
 
 
 @dataclass
@@ -128,7 +145,7 @@ class BatchSynthesis:
 
     def __init__(
         self,
-        engine: XttsEngine,
+        engine: DecodingEngine,
         decoder: BatchDecoder,
         *,
         graphs: bool,
@@ -539,7 +556,7 @@ class DecoderPool:
     at a time; a second concurrent session on the same engine gets a decoder of its own.
     """
 
-    def __init__(self, engine: XttsEngine) -> None:
+    def __init__(self, engine: DecodingEngine) -> None:
         self.engine = engine
         self._lock = threading.Lock()
         self._free: dict[int, list[tuple[BatchDecoder, bool]]] = {}

@@ -30,9 +30,10 @@ from worker.batching.decoder import BatchDecoder, fused_activation, gelu_epilogu
 from worker.batching.graphs import FastDecode, VocoderGraphs, resolve_fast_decode
 from worker.batching.synthesis import BatchSynthesis
 from worker.errors import InternalWorkerError, SynthesisCancelled, WorkerBusy
-from worker.serving.engine import StreamStats, XttsEngine
+from worker.serving.engine import XttsEngine
 from worker.serving.scheduler import SynthesisScheduler, SynthesisStream
 from worker.tts.gpt import SamplingParams
+from worker.tts.speech import StreamStats
 from worker.tts.vocoder import StreamingVocoder, decode_windows
 from worker.types import SpeechRequest, VoiceEmbedding
 
@@ -1035,7 +1036,7 @@ def test_the_default_chunks_fill_the_standard_vocoder_widths(engine: XttsEngine)
     """With CUDA's window step, every chunk of the default plan runs HiFi-GAN at one of the standard widths
     (those with graphs and warm cuDNN plans), and the steady chunks use nearly all of the widest: a larger
     steady chunk would spill into a wider window, a smaller one would run more padding per frame of audio."""
-    from worker.serving.engine import ChunkPlan
+    from worker.tts.speech import ChunkPlan
     from worker.tts.vocoder import WINDOW_STEP_CUDA, standard_shapes
 
     plan = ChunkPlan()
@@ -1566,7 +1567,7 @@ def test_a_stream_whose_watermarking_is_behind_sits_out_decode_steps(
     (Pipelined, the step launched before the hold began may add one more chunk.)"""
     from worker.analysis.watermark import Watermarker
     from worker.batching.synthesis import MAX_UNMADE_CHUNKS
-    from worker.serving.engine import ChunkPlan
+    from worker.tts.speech import ChunkPlan
 
     small = ChunkPlan(first_tokens=2, tokens=4)  # many chunks in a few tokens
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling, chunks=small)

@@ -19,9 +19,10 @@ from worker.errors import (
     ModelUnavailable,
     UnsupportedLanguage,
 )
-from worker.serving.engine import ChunkPlan, StreamStats, XttsEngine
+from worker.serving.engine import XttsEngine
 from worker.tts.gpt import SamplingParams, UniformDraws, draw_uniform, undraw_uniform
 from worker.tts.load import checkpoint_id
+from worker.tts.speech import ChunkPlan, StreamStats
 from worker.tts.text import normalize_text, split_sentences
 from worker.tts.vocoder import VOCODER_RECEPTIVE_FRAMES, FrameGrid
 from worker.types import SpeechRequest, VoiceEmbedding

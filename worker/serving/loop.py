@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from worker.errors import InternalWorkerError, SpeechError, SynthesisCancelled
-from worker.serving.scheduler import _POLL_S, STALL_TIMEOUT_S, BatchingEngine, SynthesisJob
+from worker.serving.jobs import POLL_S, STALL_TIMEOUT_S, BatchingEngine, SynthesisJob
 
 if TYPE_CHECKING:
     from worker.batching.synthesis import BatchSynthesis, RowOutput
-    from worker.serving.engine import Int16Array
+    from worker.tts.speech import Int16Array
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class BatchLoop:
                 self._deliver()
                 held = {key for key, running in self.running.items() if running.outbox}
                 if not any(key not in held for key in session.keys):
-                    self.wake.wait(_POLL_S if self.running else _IDLE_WAIT_S)
+                    self.wake.wait(POLL_S if self.running else _IDLE_WAIT_S)
                     continue
                 try:
                     outputs = session.step(held)

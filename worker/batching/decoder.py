@@ -1,18 +1,7 @@
 """Batched XTTS-v2 GPT decoding over a static KV cache: many sentences advance one token per forward.
 
-:class:`BatchDecoder` owns a preallocated cache with one row ("slot") per sequence and the per-row
-decoding state on the device (next input embedding, cache length, tokens so far, repetition history,
-``min_tokens``). Rows join with :meth:`~BatchDecoder.prefill` (their conditioning + text prefix, several
-joiners in one padded forward) and leave with :meth:`~BatchDecoder.release`, which moves the last row
-into the hole so that occupied slots stay ``0 .. rows-1``. :meth:`~BatchDecoder.step` runs one decode
-step for every occupied row; a row marked inactive (its listener is behind) is computed but not advanced.
-
-Each row sees exactly what it would see alone: attention is masked to its own cache length, sampling is
-row-wise (:func:`worker.tts.gpt.choose_tokens`) with the row's own uniform draw, and XTTS's GPT has no
-position embedding of its own (coqui replaces GPT-2's with zeros), so a row's absolute slot and padding
-change nothing. The step and the prefill (:meth:`~BatchDecoder.run_step`,
-:meth:`~BatchDecoder.run_prefill`) touch only static buffers and take no host decision, which lets
-:mod:`worker.batching.graphs` capture them in CUDA graphs per (batch, length) and (rows, width) bucket.
+:class:`BatchDecoder` keeps one row per sequence, and each row sees exactly what it would see alone; the step
+and the prefill touch only static buffers, so :mod:`worker.batching.graphs` can capture them.
 """
 
 from __future__ import annotations

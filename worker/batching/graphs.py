@@ -1,15 +1,8 @@
 """Low-overhead decoding on CUDA: the batched decode step captured as CUDA graphs, in half precision.
 
-On a GPU a decode step of XTTS-v2's GPT (30 layers) is a few hundred small kernels; launched from Python
-they cost ~9 ms, replayed from a CUDA graph ~2 ms (``../shared/bench/decode_floor_gpu.py``). This module
-decides whether to do that (:func:`resolve_fast_decode`: never on the CPU, automatic on CUDA, the
-``VOXCLONE_FAST_DECODE`` environment variable overrides) and captures
-:meth:`worker.batching.decoder.BatchDecoder.run_step` once per (batch, cache length) bucket
-(:func:`capture_steps`), and the prefill of joining rows once per (rows, width) bucket
-(:func:`capture_prefills`), and HiFi-GAN once per standard vocoder shape (:func:`capture_vocoder`).
-Every captured graph is checked against the eager code on the same inputs before use; a capture that
-fails or disagrees turns those graphs off, with a warning, and that part runs eagerly. Nothing here
-runs, or imports CUDA state, unless graphs are on.
+:func:`resolve_fast_decode` decides whether (``VOXCLONE_FAST_DECODE``); the capture functions record the
+step, the prefills and HiFi-GAN per bucket and check each graph against the eager code before use, turning
+graphs off when one fails.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
 """Continuous batching of XTTS-v2 synthesis: every running request advances one audio token per step.
 
-A :class:`BatchSynthesis` holds up to ``capacity`` requests, one GPT row each in a
-:class:`~worker.batching.decoder.BatchDecoder`. Requests join (:meth:`BatchSynthesis.add`) and leave
-(:meth:`BatchSynthesis.remove`, or by finishing) between steps; each keeps its own random draws,
-repetition history, chunk schedule, streaming vocoder and watermark state, so its audio is what
-:meth:`worker.serving.engine.XttsEngine.generate` makes of it alone (same chunks, same samples up to float
-rounding). A request's sentences run one after another in its row: a finished sentence re-prefills the
-row with the next one. Chunks due at a step are vocoded together (several streams in one HiFi-GAN call
-where that pays) and each launch's audio is handed out, in launch order, once it is done: at once on the
-CPU, by the next :meth:`BatchSynthesis.step` on CUDA, where the engine loop is pipelined (each decode
-step launched before the previous one is read, :func:`decode_pipeline`), and later still when HiFi-GAN
-runs on a second CUDA stream (``VOXCLONE_VOCODER_OVERLAP=on``, an experiment: measured slower, see
-:func:`vocoder_overlap`).
-:class:`ChunkWriter` (int16 chunks, watermark) serves both synthesis paths; :class:`DecoderPool` keeps an
+:class:`BatchSynthesis` holds up to ``capacity`` requests that join and leave between steps, each getting the
+audio it would get alone; :class:`ChunkWriter` serves both synthesis paths, and :class:`DecoderPool` keeps an
 engine's decoders (static caches, captured graphs) between sessions.
 """
 

@@ -1,21 +1,8 @@
-"""A decode step's attention and its KV-cache write in one kernel (Triton), for the decode step on CUDA.
+"""A decode step's attention and its KV-cache write in one Triton kernel, on CUDA.
 
-Per layer the captured step writes the new key and value into the cache (an ``index_put_``) and runs
-PyTorch's scaled-dot-product attention over the bucket's positions with an additive mask built at the
-start of the step. :func:`decode_attention` does both in one launch, one program per (row, head), and
-reads each row's length directly, so the step needs no mask: one kernel fewer per layer (30 in
-XTTS-v2's GPT) and none of the six that build the mask and the write offsets. Unlike the other fusions
-this one replaces a tuned library kernel (PyTorch picks a CUTLASS or flash kernel for the attention), and
-which is faster depends on the GPU, the rows and the cache length. So by default
-(``VOXCLONE_FUSED_ATTENTION=auto``) the decoder captures its step with PyTorch's attention and with this
-kernel at each of :data:`BLOCKS` for every (rows, cache length) bucket, times the graphs on the device,
-and keeps the fastest per bucket (:func:`worker.batching.graphs.capture_steps`); ``on`` uses it (blocks of
-:data:`BLOCK_POSITIONS`) for every bucket, ``off`` for none. Either way it is used only where
-:func:`works_for` finds it agreeing with PyTorch on the device. A program reads a row's cache only up to
-the row's own position; PyTorch's attention reads the whole bucket, masked.
-
-The same function up to rounding: the cache is written bit for bit as before; the attention adds the
-same products in float32 in another order (an online softmax over blocks of positions).
+:func:`decode_attention` equals PyTorch's attention up to rounding (the cache bit for bit);
+``VOXCLONE_FUSED_ATTENTION`` (:func:`mode`) uses it per captured step shape where timing favours it
+(``auto``), everywhere (``on``) or nowhere (``off``).
 """
 
 from __future__ import annotations

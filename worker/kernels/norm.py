@@ -1,19 +1,7 @@
-"""A residual add and the LayerNorm after it in one kernel (Triton), for the decode step on CUDA.
+"""A residual add and the LayerNorm after it in one Triton kernel, for the decode step on CUDA.
 
-A GPT-2 block adds to its residual stream and normalises the result twice per layer: ``h = h + attn``
-then ``ln_2(h)``, ``h = h + mlp`` then the next layer's ``ln_1(h)``. PyTorch runs each add and each
-LayerNorm as a kernel of its own; :func:`add_layer_norm` does both in one pass over each row: two kernels
-fewer per layer, 60 of the 380 kernel-launching ops of an XTTS-v2 decode step (30 layers), where a
-captured step costs about a fixed gap per kernel.
-
-It is the same function. The sum is rounded to the residual's dtype as PyTorch's add rounds it (one
-addition in float32, one rounding), so the residual stream is bit for bit the same; the LayerNorm is
-computed in float32 from that rounded sum, as PyTorch's LayerNorm does in half precision, and only the
-order of the row's two reductions differs (a few ulp of the normalised output). :func:`works_for` runs
-it against the two ops on the norm's own device and dtype before a decoder uses it, and says no where
-Triton is missing, cannot compile (it builds a small C launcher: needs a C compiler and Python's
-headers) or disagrees; ``VOXCLONE_FUSED_NORM=off`` turns it off. On the CPU it runs only under Triton's
-interpreter (``TRITON_INTERPRET=1``), which the tests use.
+:func:`add_layer_norm` gives PyTorch's sum bit for bit and its LayerNorm within a few ulp; :func:`works_for`
+checks it on the device before use, and ``VOXCLONE_FUSED_NORM=off`` turns it off.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""The end of a decode step — the token choice and the rows' bookkeeping — in one kernel (Triton), on CUDA.
+"""The end of a decode step (the token choice and the rows' bookkeeping) in one Triton kernel, on CUDA.
 
-After the GPT's last layer a step chooses each row's token (:func:`worker.tts.gpt.choose_tokens`: the
-repetition penalty, the stop-token rule, temperature, a top-k, a sort and scatter for top-p, a softmax, a
-cumulative sum and a search, about thirty PyTorch ops), then marks it seen, writes the next input
-embedding, advances the row's step and cache length and copies the token and latent out: eleven more.
-In a captured decode step each costs about a fixed gap, like a layer's matrix products.
-:func:`finish_step` does all of it in one launch, one program per row, and leaves the sort out: top-k's
-and top-p's cut-offs are found by bisection over the scores' order-preserving integer keys.
-:func:`finish_step_torch` is the same in PyTorch's ops, for every other case.
-
-It is the same function up to float rounding and ties. The bookkeeping is exact; the scores are the
-same up to the cut-offs; top-k keeps the tokens tied with its cut-off, as PyTorch's does; top-p keeps
-every token tied with its cut-off where PyTorch's sort keeps an arbitrary part of the tie; the masses
-summed to place the cut-offs and invert the distribution are added in another order. So a row can,
-rarely, get another token where its draw falls within rounding of a boundary (or on a tie).
-:func:`works_for` compares the two on the device before a decoder uses the kernel;
-``VOXCLONE_FUSED_SAMPLING=off`` turns it off. On the CPU it runs only under Triton's interpreter
-(``TRITON_INTERPRET=1``), which the tests use.
+:func:`finish_step` equals :func:`finish_step_torch` up to float rounding and ties; :func:`works_for` checks
+the two against each other on the device before use, and ``VOXCLONE_FUSED_SAMPLING=off`` turns it off.
 """
 
 from __future__ import annotations

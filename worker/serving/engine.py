@@ -1,14 +1,8 @@
 """The XTTS-v2 engine: load a checkpoint folder, clone a voice from PCM, stream speech in that voice.
 
-A small typed adapter over coqui-tts's ``Xtts``. Loading goes through coqui's own path (``Xtts(config)`` +
-``load_checkpoint``); generation does not use ``inference_stream``. Two paths make the same audio:
-:meth:`XttsEngine.generate` drives the GPT one token at a time for one request (:mod:`worker.tts.gpt`,
-per-request KV cache and sampling state, nothing stored on the shared module); :meth:`XttsEngine.open_batch`
-decodes many requests together over a static KV cache (:mod:`worker.batching.synthesis`, CUDA graphs and
-float16 on a GPU). Either way HiFi-GAN decodes only new frames (:mod:`worker.tts.vocoder`), so the vocoder's
-work is linear in the length, and with a watermarker (``LocalSpeechService`` always gives it one) every
-sample is marked before it leaves the engine. The engine is meant to be driven by one thread
-(:mod:`worker.serving.scheduler`) that owns the device.
+A typed adapter over coqui-tts's ``Xtts``: :meth:`XttsEngine.generate` serves one request and
+:meth:`XttsEngine.open_batch` many at once (:mod:`worker.batching`), with the same audio; every sample is
+watermarked before it leaves. One thread (:mod:`worker.serving.scheduler`) drives it.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """The scheduler's engine thread under continuous batching: admit, step, hand chunks over, repeat.
 
-:class:`BatchLoop` runs on the thread :class:`worker.serving.scheduler.SynthesisScheduler` starts. Between two
-decode steps it admits queued jobs into free rows of a
-:class:`worker.batching.synthesis.BatchSynthesis`, removes
-cancelled ones, and hands each request's finished chunks to its channel without ever blocking: a
-request whose listener is behind keeps its chunks in an outbox and its row sits out the next steps
-(the others go on) until the listener catches up, or is cancelled after ``STALL_TIMEOUT_S``. A failure
-in one request's post-processing ends that request only; a failure of the batched step ends the
-requests in the batch with an error and starts a fresh session for the ones still queued.
+A slow listener's row sits out steps until it catches up (or is cancelled after ``STALL_TIMEOUT_S``); a
+failure in one request's post-processing ends only that request.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """One thread owns the speech model; asyncio callers queue synthesis jobs and stream their chunks back.
 
-Jobs wait in a bounded queue; when it is full, :meth:`SynthesisScheduler.submit` raises
-:class:`~worker.errors.WorkerBusy` at once instead of letting the backlog (and everyone's latency) grow.
-Chunks travel back to the event loop through a bounded per-request channel
-(``loop.call_soon_threadsafe``); a consumer that closes its stream sets the job's cancel event, and
-the engine stops that request within one decode step.
-
-An engine that can batch (``XttsEngine``) is served by continuous batching (:mod:`worker.serving.loop`):
-up to ``max_batch`` requests decode together, joining and leaving between steps. Any other engine is
-served one job at a time, in arrival order, by :meth:`SynthesisScheduler._serve`.
+The queue is bounded (:class:`~worker.errors.WorkerBusy` when full); an engine that can batch is served by
+:mod:`worker.serving.loop`, any other one job at a time.
 """
 
 from __future__ import annotations

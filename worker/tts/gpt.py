@@ -1,16 +1,7 @@
 """The XTTS-v2 GPT decode loop, one audio token per step, driven by our own code instead of HF ``generate``.
 
-Stock coqui-tts runs generation through ``GPT2InferenceModel.generate``, which stores the text prefix on
-the shared module (``store_prefix_emb``) and can only run one request at a time. Here each sequence keeps
-its own KV cache, sampling state and random draws in a :class:`SequenceState`, and :func:`decode_step`
-advances one sequence by one token: the one-request reference path (continuous batching,
-:mod:`worker.batching.decoder`, runs many sequences per step and chooses tokens with the same function). Every
-step also returns the GPT latent that HiFi-GAN turns into audio.
-
-Sampling (:func:`choose_tokens`) follows HF's order for XTTS: repetition penalty over every token seen
-(including the prefix's placeholder token and the start token), the stop token masked until
-``min_tokens``, then temperature, top-k and top-p, and one uniform draw per step from the sequence's
-own CPU generator picks the token from the resulting distribution; ``greedy`` takes the arg-max instead.
+Each sequence keeps its own KV cache, sampling state and random draws (:class:`SequenceState`);
+:func:`choose_tokens` samples in HF's order for XTTS and is shared with the batched decoder.
 """
 
 from __future__ import annotations

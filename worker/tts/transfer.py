@@ -1,11 +1,6 @@
-"""Host-to-device copies that do not make the host wait for the GPU.
+"""Host-to-device copies that do not make the host wait for the GPU (pinned memory, ``non_blocking``).
 
-A plain copy from ordinary (pageable) host memory to a CUDA tensor synchronises the stream: the host waits
-until every kernel queued before it has run. In the engine loop that is the one thing that must not happen
-while a decode step is in flight (``worker.batching.synthesis``'s pipelined loop queues the next step before
-it reads the last one's tokens), and it idles the GPU even without the pipeline. From pinned memory with
-``non_blocking`` the copy is queued like a kernel; PyTorch's caching host allocator keeps the pinned block
-until the copy has run, so the source can go out of scope at once. On the CPU these are plain copies.
+On the CPU these are plain copies.
 """
 
 from __future__ import annotations

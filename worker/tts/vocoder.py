@@ -1,22 +1,8 @@
 """Streaming HiFi-GAN decoding of XTTS-v2 GPT latents: each frame decoded about once, exactly as a whole.
 
-XTTS's ``HifiDecoder`` linearly resamples the latents twice (×4 to mel frames, then ×24000/22050) and runs
-HiFi-GAN over the result, 256 output samples per frame. Stock ``inference_stream`` re-runs all of that over
-every latent so far for each chunk, so its vocoder cost grows with the square of the length.
-
-:class:`StreamingVocoder` instead computes only the frames a chunk needs, in global frame coordinates
-(the resampling is local: a frame depends on two neighbours), and runs HiFi-GAN over them plus
-``context_frames`` on each side. HiFi-GAN is purely convolutional with a receptive field of
-:data:`VOCODER_RECEPTIVE_FRAMES` frames, so with that much context every emitted sample equals what a
-single decode of the whole sentence gives (to float rounding): no cross-fade, no seams, and total work is
-the output length plus ``2 × context_frames`` per chunk.
-
-On CUDA the windows also come in a few standard shapes (``window_step``; :func:`decode_windows` with
-``batch``): cuDNN builds an execution plan per convolution and input shape, per thread, at ~1 ms per
-convolution, so ~80 convolutions × every new (streams, frames) pair cost a fresh ~0.1 s each time. A window
-is widened to a multiple of ``window_step`` frames with more real context on its left (exact), and
-non-final ones are right-padded (exact, see above) and stacked into calls of a few batch sizes
-(:data:`VOCODER_BATCHES`); :func:`prewarm` builds those plans once per thread.
+:class:`StreamingVocoder` decodes only the frames a chunk needs, with enough context on each side that every
+sample equals a whole-sentence decode; on CUDA the windows come in a few standard shapes so that cuDNN's
+plans are reused (:func:`decode_windows`, :func:`prewarm`).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import AssistantVoiceNotOptedIn, PolicyError, VoxcloneError
+from bot.errors import AssistantVoiceNotOptedIn, PolicyError
 from bot.policy import Actor
 from bot.replies import Refused, guild_member, respond, size_text
+from core.errors import VoxcloneError
 from storage import AuditEntry, GuildSettings, StoredSize
 
 if TYPE_CHECKING:

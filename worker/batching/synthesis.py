@@ -8,7 +8,6 @@ engine's decoders (static caches, captured graphs) between sessions.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -65,7 +64,6 @@ class DecodingEngine(Protocol):
     sampling: SamplingParams
     decoders: DecoderPool
     fast_decode: FastDecode  # the pool turns graphs off here when capturing them fails
-    vocoder_overlap: bool
     pipeline: bool
     vocoder_precision: VocoderPrecision
 
@@ -115,7 +113,6 @@ class _Launch:
     ends: list[_Row]  # rows whose last sentence ended at that step: done once this audio is out
     windows: list[VocoderWindow]  # what each item's audio was made from (to redo a reduced-precision one)
     event: torch.cuda.Event | None = None  # None: computed synchronously, ready at once
-    keep: object = None  # the side stream's output (its inputs live in ``windows``): alive until the event
     chunks: list[tuple[_Row, Future[Int16Array], bool]] | None = None  # (row, chunk, ends the stream)
 
     def ready(self) -> bool:
@@ -139,7 +136,6 @@ class BatchSynthesis:
         *,
         graphs: bool,
         batch_vocoder: bool,
-        vocoder_stream: torch.cuda.Stream | None = None,
         vocoder_net: torch.nn.Module | None = None,
         vocoder_graphs: CapturedVocoder | None = None,
         marking: ThreadPoolExecutor | None = None,
@@ -149,7 +145,6 @@ class BatchSynthesis:
         self.decoder = decoder
         self.graphs = graphs
         self.batch_vocoder = batch_vocoder
-        self.vocoder_stream = vocoder_stream  # CUDA, opt-in: HiFi-GAN overlaps the next decode steps
         self.vocoder_net = vocoder_net  # CUDA: a float16 HiFi-GAN (None: the model's own)
         self.vocoder_graphs = vocoder_graphs  # CUDA: that HiFi-GAN replayed at the standard shapes
         self.marking = marking  # threads that watermark chunks (None: made on this thread)
@@ -258,7 +253,7 @@ class BatchSynthesis:
     def close(self, *, reuse: bool = True) -> None:
         """End the session; its decoder goes back to the engine unless a failure may have broken it."""
         self._pending = None  # (on the decoder's stream: whatever runs there next runs after it)
-        while self._launches:  # the side stream must be done with this session's tensors
+        while self._launches:  # queued vocoder work must be done with this session's tensors
             self._launches.popleft().wait()
         self._draining.clear()
         while self._slots:
@@ -332,22 +327,16 @@ class BatchSynthesis:
         row.epoch += 1
 
     def _launch(self, due: list[tuple[_Row, VocoderWindow]], ends: list[_Row]) -> _Launch:
-        """HiFi-GAN over the due windows: at once, queued (pipelined), or on the side stream (CUDA).
+        """HiFi-GAN over the due windows: at once, or queued behind the decode step (pipelined, CUDA).
 
         The audio comes back to the host in one copy for every stream's chunk. Unpipelined the host waits
-        for it here; queued or on the side stream, an event says when it is there.
+        for it here; queued, an event says when it is there.
         """
         windows = [w for _, w in due]
         if not due:
             return _Launch([], ends, [])
-        stream = self.vocoder_stream
-        queued = torch.device(self.engine.device).type == "cuda" and (stream is not None or self.pipeline)
-        on_side: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if stream is not None:
-            # Before switching to it (inside, the current stream is the side stream itself).
-            stream.wait_stream(torch.cuda.current_stream(stream.device))  # the latents are ready
-            on_side = torch.cuda.stream(stream)
-        with torch.inference_mode(), on_side:
+        queued = torch.device(self.engine.device).type == "cuda" and self.pipeline
+        with torch.inference_mode():
             waves = decode_windows(
                 self.engine.model.hifigan_decoder,
                 windows,
@@ -362,12 +351,12 @@ class BatchSynthesis:
                 host = torch.empty(flat.shape, dtype=torch.float32, pin_memory=True)
                 host.copy_(flat, non_blocking=True)
                 event = torch.cuda.Event()
-                event.record()  # on the side stream when there is one: the current stream here
+                event.record()
             else:
                 host = flat.cpu()
         pcm = host.split([int(a.shape[0]) for a in new])
         items = [(row, a) for (row, _), a in zip(due, pcm, strict=True)]
-        return _Launch(items, ends, windows, event, flat if stream is not None else None)
+        return _Launch(items, ends, windows, event)
 
     def _hand_out(self, outputs: dict[Hashable, RowOutput], *, block: bool, vocoded: int = 0) -> None:
         """Chunks of finished launches, oldest first (chunks stay in order).
@@ -574,14 +563,11 @@ class DecoderPool:
             )
             if vocoder_graphs is None:  # eager calls at the standard shapes: cuDNN's plans ready
                 self._prewarm(capacity, net)
-        overlap = cuda and self.engine.vocoder_overlap
-        stream = torch.cuda.Stream(device=self.engine.device) if overlap else None
         return BatchSynthesis(
             self.engine,
             decoder,
             graphs=graphs,
             batch_vocoder=cuda,
-            vocoder_stream=stream,
             vocoder_net=net,
             vocoder_graphs=vocoder_graphs,
             marking=self._marking(),
@@ -733,22 +719,6 @@ def max_positions(gpt: object) -> int:
     cond = int(perceiver.latents.shape[0]) if perceiver is not None else int(gpt.max_prompt_tokens)  # type: ignore[attr-defined]
     needed = cond + int(gpt.max_text_tokens) + 1 + int(gpt.max_gen_mel_tokens)  # type: ignore[attr-defined]
     return -(-needed // 64) * 64  # a multiple of 64: attention kernels want aligned mask rows
-
-
-VOCODER_OVERLAP_ENV = "VOXCLONE_VOCODER_OVERLAP"  # "off" (default) or "on" (CUDA only)
-
-
-def vocoder_overlap() -> bool:
-    """Whether HiFi-GAN runs on a second CUDA stream, overlapping the next decode steps.
-
-    Off by default: on an H100 it made no difference alone and cost throughput at 32 streams (116× against
-    150× real time in the same run; bench/README.md): the vocoder's convolutions and the decode step's
-    small kernels contend for the GPU rather than fill each other's gaps.
-    """
-    mode = os.environ.get(VOCODER_OVERLAP_ENV, "off").strip().lower()
-    if mode not in ("on", "off"):
-        raise ValueError(f"{VOCODER_OVERLAP_ENV} must be on or off, not {mode!r}")
-    return mode == "on"
 
 
 PIPELINE_ENV = "VOXCLONE_PIPELINE"  # "auto" (default: on with CUDA), "on" or "off"

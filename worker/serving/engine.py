@@ -25,7 +25,6 @@ from worker.batching.synthesis import (
     ChunkWriter,
     DecoderPool,
     decode_pipeline,
-    vocoder_overlap,
 )
 from worker.errors import (
     IncompatibleVoice,
@@ -84,7 +83,6 @@ class XttsEngine:
         self.max_tokens = int(model.gpt.max_gen_mel_tokens)  # audio tokens per sentence the model allows
         self.sample_rate = OUTPUT_SAMPLE_RATE
         self.fast_decode = fast_decode or resolve_fast_decode(device)
-        self.vocoder_overlap = vocoder_overlap()  # CUDA: HiFi-GAN on a second stream (batching.synthesis)
         self.pipeline = decode_pipeline(device)  # CUDA: each decode step launched before the last is read
         self.vocoder_precision = vocoder_precision(device)  # CUDA: batched HiFi-GAN calls in float16
         self.decoders = DecoderPool(self)

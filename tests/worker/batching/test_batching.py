@@ -298,7 +298,7 @@ def test_random_joins_holds_and_cancels_leave_each_stream_its_own_audio(
 
 
 class LateEvent:
-    """Plays a CUDA event of vocoder work on a side stream: not done for the first ``polls`` queries."""
+    """Plays a CUDA event of queued vocoder work: not done for the first ``polls`` queries."""
 
     def __init__(self, polls: int) -> None:
         self.polls = polls
@@ -378,45 +378,6 @@ def drive(
             assert out.error is None
             chunks[out.key] += out.chunks  # type: ignore[index]
     return chunks
-
-
-def test_vocoder_work_on_the_side_stream_waits_for_the_decoding_stream(
-    engine: XttsEngine, voice: VoiceEmbedding, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """HiFi-GAN on a second CUDA stream (``VOXCLONE_VOCODER_OVERLAP``) must wait for the stream that
-    made its latents. Played with stand-in streams: inside ``torch.cuda.stream(side)`` the current
-    stream is the side stream itself, so the wait has to be set up before switching."""
-    import contextlib
-
-    class Stream:
-        def __init__(self, name: str) -> None:
-            self.name = name
-            self.device = torch.device("cpu")
-            self.waited: list[str] = []
-
-        def wait_stream(self, other: Stream) -> None:
-            self.waited.append(other.name)
-
-    main, side = Stream("main"), Stream("side")
-    current = [main]
-
-    @contextlib.contextmanager
-    def switched(stream: Stream) -> Iterator[None]:
-        current.append(stream)
-        yield
-        current.pop()
-
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
-    monkeypatch.setattr(torch.cuda, "stream", switched)
-    session = engine.open_batch(2)
-    session.vocoder_stream = side  # type: ignore[assignment]
-    try:
-        got = drive(session, {"0": engine.prepare(req(voice, "Hello world.", 16, 1))})
-    finally:
-        session.vocoder_stream = None
-        session.close()
-    assert side.waited and set(side.waited) == {"main"}  # every launch, on the decoding stream
-    assert_same_audio(got["0"], alone(engine, req(voice, "Hello world.", 16, 1)))
 
 
 def test_the_gpu_shapes_of_vocoder_calls_change_no_sample(
@@ -1125,25 +1086,6 @@ def test_every_engine_thread_prewarms_the_vocoder_once(
 
     monkeypatch.setattr(worker.batching.synthesis, "prewarm", out_of_memory)
     pool._prewarm(16)  # logged, not raised: the session opens and the shapes warm up on first use
-
-
-def test_vocoder_overlap_is_opt_in_and_never_on_the_cpu(
-    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from worker.batching.synthesis import vocoder_overlap
-
-    monkeypatch.delenv("VOXCLONE_VOCODER_OVERLAP", raising=False)
-    assert not vocoder_overlap()  # off by default: measured slower at 32 streams on an H100
-    monkeypatch.setenv("VOXCLONE_VOCODER_OVERLAP", "on")
-    assert vocoder_overlap()
-    cpu = XttsEngine(engine.model, engine.model_id, "cpu")
-    assert cpu.vocoder_overlap
-    session = cpu.open_batch(2)
-    assert session.vocoder_stream is None and not session.batch_vocoder  # no CUDA stream on the CPU
-    session.close()
-    monkeypatch.setenv("VOXCLONE_VOCODER_OVERLAP", "sometimes")
-    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_OVERLAP must be on or off"):
-        vocoder_overlap()
 
 
 def test_the_engine_loop_is_pipelined_on_cuda_and_not_on_the_cpu(

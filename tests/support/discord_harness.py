@@ -672,6 +672,32 @@ class Harness:
         }
         return await self._dispatch(self._base(fx, member, 2, data, permissions))
 
+    async def autocomplete(
+        self,
+        fx: GuildFixture,
+        member: discord.Member,
+        command: str,
+        focused: str,
+        typed: str,
+        options: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Type ``typed`` into option ``focused`` of ``/command``; returns the choices the bot offered."""
+        opts: list[dict[str, Any]] = [
+            {"name": name, "type": _option_type(value), "value": value}
+            for name, value in (options or {}).items()
+        ]
+        opts.append({"name": focused, "type": 3, "value": typed, "focused": True})
+        data = {
+            "id": str(snowflake()),
+            "name": command,
+            "type": 1,
+            "options": opts,
+            "guild_id": str(fx.guild.id),
+        }
+        await self._dispatch(self._base(fx, member, 4, data))
+        answer = next(c for c in reversed(self.calls) if c.path.endswith("/callback"))
+        return list(((answer.payload or {}).get("data") or {}).get("choices") or [])
+
     async def message_command(
         self, fx: GuildFixture, member: discord.Member, name: str, message: dict[str, Any]
     ) -> discord.Interaction:

@@ -631,6 +631,7 @@ class Harness:
         users: dict[str, discord.Member] | None = None,
         permissions: int | None = None,
         roles: dict[str, int] | None = None,
+        channels: dict[str, discord.abc.GuildChannel] | None = None,
     ) -> discord.Interaction:
         """Dispatch ``/command [sub] option:value``; ``command`` may be "group sub"."""
         opts: list[dict[str, Any]] = []
@@ -658,6 +659,14 @@ class Harness:
                 "hoist": False,
                 "managed": False,
                 "mentionable": False,
+            }
+        for name, channel in (channels or {}).items():
+            opts.append({"name": name, "type": 7, "value": str(channel.id)})
+            resolved.setdefault("channels", {})[str(channel.id)] = {
+                "id": str(channel.id),
+                "type": channel.type.value,
+                "name": channel.name,
+                "permissions": str(channel.permissions_for(member).value),
             }
         parts = command.split()
         for sub in reversed(parts[1:]):

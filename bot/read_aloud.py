@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -20,6 +19,7 @@ import discord
 
 from bot.errors import NoVoiceProfile, QueueFull, TextRejected, VoxcloneError
 from bot.player import Utterance
+from bot.seen import SeenMessages
 from bot.speaking import Players, SpeakingService
 from storage import GuildSettings, Repositories
 from worker.errors import SpeechError
@@ -27,7 +27,6 @@ from worker.errors import SpeechError
 log = logging.getLogger("voxclone.read_aloud")
 
 MAX_WAITING_PER_MEMBER: Final = 3  # messages of one member queued and not yet spoken
-SEEN_MESSAGES: Final = 4096  # message ids remembered to ignore a replayed gateway event
 NO_INTENT = (
     "Read-aloud channels need the Message Content intent, which this bot runs without: I can't read the "
     "messages. The bot's operator can enable it in the developer portal and set "
@@ -60,7 +59,7 @@ class ReadAloudService:
         self.players = players
         self._sessions: dict[int, Session] = {}
         self._locks: dict[int, asyncio.Lock] = {}
-        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._seen = SeenMessages()
 
     def start(self, guild_id: int, voice_channel_id: int) -> Session:
         """A fresh session (``/join``): disclosures and hints are given again."""
@@ -83,14 +82,6 @@ class ReadAloudService:
         """The message's channel (or its thread's parent) is one of the server's read-aloud channels."""
         channel_ids = {message.channel.id, getattr(message.channel, "parent_id", None)}
         return bool(channel_ids & set(rules.read_aloud_channel_ids))
-
-    def _claim(self, message_id: int) -> bool:
-        if message_id in self._seen:
-            return False
-        self._seen[message_id] = None
-        while len(self._seen) > SEEN_MESSAGES:
-            self._seen.popitem(last=False)
-        return True
 
     def wants(self, message: discord.Message) -> bool:
         """Cheap checks first, without awaiting: the bot is in voice, and so is the author, there."""
@@ -120,7 +111,7 @@ class ReadAloudService:
         async with self._locks.setdefault(guild.id, asyncio.Lock()):
             rules = await self.repos.settings.get(guild.id)
             session = self.session(guild.id)
-            if session is None or not self.listed(message, rules) or not self._claim(message.id):
+            if session is None or not self.listed(message, rules) or not self._seen.claim(message.id):
                 return None
             session.prune()
             try:

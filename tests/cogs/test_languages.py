@@ -3,33 +3,17 @@ autocomplete. Through the harness, with the real engines; the language is read o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.cogs.conftest import World, dump, wait_for
-from tests.support.voices import embed_espeak, store_voice
+from tests.support.voices import embed_espeak, spy_synthesis, store_voice
 from worker.local import LocalSpeechService
-from worker.types import SpeechRequest
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 FRENCH = "Bonsoir à tous, je suis très contente de vous retrouver ce soir."
-
-
-def spy_synthesis(world: World, monkeypatch: pytest.MonkeyPatch) -> list[SpeechRequest]:
-    """Every request the player sends to the (real) speech service."""
-    seen: list[SpeechRequest] = []
-    speech = world.bot.speech
-    original = speech.synthesize
-
-    def synthesize(request: SpeechRequest) -> AsyncIterator[bytes]:
-        seen.append(request)
-        return original(request)
-
-    monkeypatch.setattr(speech, "synthesize", synthesize)
-    return seen
 
 
 async def speak(world: World, text: str, **options: str) -> None:
@@ -46,7 +30,7 @@ async def test_speak_detects_the_language_or_takes_the_one_asked(
     voice = await embed_espeak(speech, tmp_path)
     await store_voice(world.bot.repos, world.fx.guild.id, world.ada.id, voice, language="en")
     world.harness.join_voice(world.fx, world.ada.id)
-    seen = spy_synthesis(world, monkeypatch)
+    seen = spy_synthesis(world.bot.speech, monkeypatch)
 
     await speak(world, FRENCH)  # no language: French detected, in her English-enrolled voice
     await speak(world, FRENCH, language="de")  # the member's choice wins

@@ -17,7 +17,7 @@ import pytest_asyncio
 from bot.read_aloud import MAX_WAITING_PER_MEMBER, NO_INTENT
 from tests.cogs.conftest import World, dump, open_world, wait_for
 from tests.support.discord_harness import HarnessVoiceClient, snowflake
-from tests.support.voices import embed_espeak, store_voice
+from tests.support.voices import embed_espeak, spy_synthesis, store_voice
 from worker.local import LocalSpeechService
 from worker.types import EmbeddingResult, SpeechRequest
 
@@ -39,19 +39,6 @@ async def voices(
     """Two different voices: espeak-ng's default and a female variant, pitched apart."""
     tmp = tmp_path_factory.mktemp("read-aloud")
     return await embed_espeak(speech, tmp), await embed_espeak(speech, tmp, "en-us+f3", pitch=80)
-
-
-def spy_synthesis(world: World, monkeypatch: pytest.MonkeyPatch) -> list[SpeechRequest]:
-    seen: list[SpeechRequest] = []
-    speech = world.bot.speech
-    original = speech.synthesize
-
-    def synthesize(request: SpeechRequest) -> AsyncIterator[bytes]:
-        seen.append(request)
-        return original(request)
-
-    monkeypatch.setattr(speech, "synthesize", synthesize)
-    return seen
 
 
 async def _listeners(*events: str) -> None:
@@ -123,7 +110,7 @@ async def test_members_are_read_aloud_in_their_own_voices_in_order(
 ) -> None:
     h, fx = ra.harness, ra.fx
     await setup_channel(ra, voices)
-    seen = spy_synthesis(ra, monkeypatch)
+    seen = spy_synthesis(ra.bot.speech, monkeypatch)
 
     await h.slash(fx, ra.ada, "join")
     assert f"Joined <#{fx.voice_channel.id}>" in h.last_text() and "read aloud" in h.last_text(), dump(ra)
@@ -172,7 +159,7 @@ async def test_bursts_are_bounded_and_a_member_skips_their_own(
 ) -> None:
     h, fx = ra.harness, ra.fx
     await setup_channel(ra, voices)
-    seen = spy_synthesis(ra, monkeypatch)
+    seen = spy_synthesis(ra.bot.speech, monkeypatch)
     await h.slash(fx, ra.bob, "join")
     for i in range(MAX_WAITING_PER_MEMBER + 3):
         await post(ra, ra.ada.id, f"Message number {i + 1} of a long burst of messages.")

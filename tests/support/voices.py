@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from storage import ConsentRecord, ReferenceClip, VoiceProfile
 from tests.support.audio import espeak_wav, read_wav
 from worker.service import SpeechService
-from worker.types import EmbeddingResult
+from worker.types import EmbeddingResult, SpeechRequest
 
 REFERENCE_TEXT = "Our neighbours planted a row of apple trees along the old stone fence last spring."
 
@@ -44,3 +47,16 @@ async def store_voice(
         ),
     )
     return profile
+
+
+def spy_synthesis(speech: SpeechService, monkeypatch: pytest.MonkeyPatch) -> list[SpeechRequest]:
+    """Every request sent to the (real) speech service, in order: text, language and embedding."""
+    seen: list[SpeechRequest] = []
+    original = speech.synthesize
+
+    def synthesize(request: SpeechRequest) -> AsyncIterator[bytes]:
+        seen.append(request)
+        return original(request)
+
+    monkeypatch.setattr(speech, "synthesize", synthesize)
+    return seen

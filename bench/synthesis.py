@@ -1,6 +1,6 @@
 """Synthesis benchmark: this worker against stock coqui-tts ``inference_stream``, side by side, one run.
 
-All engines serve one random-weight XTTS-v2 checkpoint through ``worker.scheduler.SynthesisScheduler``
+All engines serve one random-weight XTTS-v2 checkpoint through ``worker.serving.scheduler.SynthesisScheduler``
 (one engine thread, as ``voxclone worker`` runs it), N requests submitted at once: ``voxclone``
 (continuous batching; CUDA graphs + float16 on a GPU), ``vox-serial`` (same code, ``max_batch=1``),
 ``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA comparisons ``vox-overlap``,
@@ -35,20 +35,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.batch_graphs import FastDecode
-from worker.fused_attention import BLOCKS as ATTENTION_BLOCKS
-from worker.fused_attention import FUSED_ATTENTION_ENV
-from worker.fused_attention import works_for as fused_attention_works
-from worker.fused_norm import FUSED_NORM_ENV
-from worker.fused_norm import works_for as fused_norm_works
-from worker.fused_sampling import FUSED_SAMPLING_ENV
-from worker.fused_sampling import works_for as fused_sampling_works
-from worker.scheduler import SynthesisScheduler
-from worker.testmodel import make_test_model
+from worker.batching.graphs import FastDecode
+from worker.kernels.attention import BLOCKS as ATTENTION_BLOCKS
+from worker.kernels.attention import FUSED_ATTENTION_ENV
+from worker.kernels.attention import works_for as fused_attention_works
+from worker.kernels.norm import FUSED_NORM_ENV
+from worker.kernels.norm import works_for as fused_norm_works
+from worker.kernels.sampling import FUSED_SAMPLING_ENV
+from worker.kernels.sampling import works_for as fused_sampling_works
+from worker.serving.engine import XttsEngine
+from worker.serving.scheduler import SynthesisScheduler
+from worker.tts.gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
+from worker.tts.speech import Int16Array, PreparedSpeech, StreamStats
+from worker.tts.testmodel import make_test_model
+from worker.tts.vocoder import VocoderPrecision, precision_snr
 from worker.types import SpeechRequest, VoiceEmbedding
-from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
-from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
-from worker.xtts_vocoder import VocoderPrecision, precision_snr
 
 TEXT = "Hello world, this is a test of the voice model, and it goes on for a while."
 LANGUAGE = "en"
@@ -454,7 +455,7 @@ def profile(
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from worker.batch_gpt import BatchDecoder
+    from worker.batching.decoder import BatchDecoder
 
     cuda = torch.device(engine.device).type == "cuda"
     steps = {"n": 0}
@@ -491,10 +492,10 @@ def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens:
     pipelined, the device runs the next step meanwhile)."""
     from collections import defaultdict
 
-    import worker.xtts_vocoder
-    from worker.batch import BatchSynthesis
-    from worker.batch_gpt import BatchDecoder, PendingStep
-    from worker.xtts_vocoder import StreamingVocoder
+    import worker.tts.vocoder
+    from worker.batching.decoder import BatchDecoder, PendingStep
+    from worker.batching.synthesis import BatchSynthesis
+    from worker.tts.vocoder import StreamingVocoder
 
     spent: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
@@ -505,7 +506,7 @@ def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens:
         (BatchDecoder, "prefill", "prefill"),
         (StreamingVocoder, "window", "vocoder window planning"),
         (BatchSynthesis, "_launch", "vocoder launch"),  # includes building the windows' input (next)
-        (worker.xtts_vocoder, "stack_windows", "of which batched windows built"),
+        (worker.tts.vocoder, "stack_windows", "of which batched windows built"),
         (BatchSynthesis, "_hand_out", "hand out audio"),
     ]
     originals: list[tuple[Any, str, Any]] = [(cls, name, getattr(cls, name)) for cls, name, _ in parts]
@@ -829,7 +830,7 @@ def main() -> None:
     model_dir = args.model_dir or make_test_model(Path(tempfile.mkdtemp()), size=args.size)
     engine = XttsEngine.load(model_dir, args.device)
     if args.watermark:
-        from worker.watermark import Watermarker
+        from worker.analysis.watermark import Watermarker
 
         engine.watermark = Watermarker(device=args.device)
     print(f"checkpoint ready and loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -944,7 +945,7 @@ def main() -> None:
             name = "vox-staggered-eager-vocoder"
             variant(name, engine, staggered_levels, same, stagger_s=args.stagger_s, changes=launched)
     if watermarked_levels:  # as the worker serves: every chunk watermarked (perth, on the CPU)
-        from worker.watermark import Watermarker
+        from worker.analysis.watermark import Watermarker
 
         marker = stage("watermarker", Watermarker)
         if marker is not None:

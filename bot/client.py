@@ -12,7 +12,7 @@ from discord.ext import commands
 
 from bot.policy import Policy
 from bot.replies import VoxcloneTree
-from bot.settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from bot.enrollment import EnrollmentService
@@ -114,7 +114,7 @@ class VoxcloneBot(commands.Bot):
         if self.commands_only:
             await self.load_cogs()
             return
-        from bot.intake import sweep_stale_intake_dirs
+        from core.intake import sweep_stale_intake_dirs
         from storage import Database, Repositories, upgrade
         from worker.factory import create_speech_service
 

@@ -23,15 +23,15 @@ from typing import Final, Literal
 import numpy as np
 
 from bot.errors import PhraseMismatch, ReferenceMismatch
-from bot.intake import DecodedAudio, decode_audio_async
 from bot.policy import Actor, Policy
+from core.intake import DecodedAudio, decode_audio_async
 from storage import Challenge, ConsentRecord, ReferenceClip, Repositories, VoiceProfile
 from storage.errors import ChallengeMissing
 from storage.repos.profiles import MAX_RECORDING_BYTES
+from worker.analysis.verify import make_consent_phrase
 from worker.errors import QualityRejected, SpeechError
 from worker.service import SpeechService
 from worker.types import PhraseMatch, QualityReport, SpeakerCheck, SpeechRequest
-from worker.verify import make_consent_phrase
 
 log = logging.getLogger("voxclone.enrollment")
 
@@ -252,7 +252,7 @@ def _short(text: str, limit: int = 120) -> str:
 
 def _spectrogram(audio: DecodedAudio, quality: QualityReport) -> bytes | None:
     try:
-        from worker.plot import render_spectrogram
+        from worker.analysis.plot import render_spectrogram
     except ImportError:  # a bot-only install without matplotlib
         return None
     return render_spectrogram(audio.pcm, audio.sample_rate, list(quality.kept))

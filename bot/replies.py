@@ -14,8 +14,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.errors import VoxcloneError
-from worker.errors import QualityRejected, SpeechError
+from core.errors import VoxcloneError
+from worker.errors import QualityRejected
 
 log = logging.getLogger("voxclone.replies")
 
@@ -98,7 +98,7 @@ def user_message(error: BaseException) -> str:
         reasons = [r for r in getattr(report, "reasons", None) or [] if r != error.message]
         bullet = "".join(f"\n• {r}" for r in reasons)
         return f"{error.message}{bullet}"
-    if isinstance(error, VoxcloneError | SpeechError):
+    if isinstance(error, VoxcloneError):
         return error.message
     if isinstance(error, app_commands.NoPrivateMessage):
         return "This command only works inside a server."
@@ -138,7 +138,7 @@ class VoxcloneTree(app_commands.CommandTree):
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        known = isinstance(original, VoxcloneError | SpeechError | app_commands.AppCommandError)
+        known = isinstance(original, VoxcloneError | app_commands.AppCommandError)
         command = interaction.command.qualified_name if interaction.command else "?"
         if known and not isinstance(original, app_commands.CommandInvokeError):
             log.info(

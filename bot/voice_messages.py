@@ -26,18 +26,14 @@ from bot.errors import (
     AssistantBadResponse,
     AssistantError,
     AssistantNotConfigured,
-    AudioTooLarge,
-    AudioTooLong,
-    EmptyAudio,
-    NotAudio,
     NotInVoiceChannel,
     NoVoiceProfile,
-    VoxcloneError,
 )
-from bot.intake import _fmt_duration, decode_audio_async
 from bot.player import Utterance
 from bot.seen import SeenMessages
 from bot.speaking import AssistantVoice, Queued, SpeakingService
+from core.errors import AudioTooLarge, AudioTooLong, EmptyAudio, NotAudio, VoxcloneError
+from core.intake import _fmt_duration, decode_audio_async
 from storage import GuildSettings, Repositories
 from worker.service import SpeechService
 

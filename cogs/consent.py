@@ -13,10 +13,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import AssistantVoiceNotOptedIn, PolicyError, VoxcloneError
+from bot.errors import AssistantVoiceNotOptedIn, PolicyError
 from bot.policy import Actor
 from bot.read_aloud import NO_INTENT as READ_ALOUD_NO_INTENT
 from bot.replies import Refused, guild_member, respond, size_text
+from core.errors import VoxcloneError
 from storage import AuditEntry, GuildSettings, StoredSize
 
 if TYPE_CHECKING:

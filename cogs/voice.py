@@ -15,9 +15,10 @@ from discord.ext import commands
 from discord.utils import format_dt
 
 from bot.enrollment import PREVIEW_TEXT
-from bot.errors import NoVoiceProfile, VoxcloneError
+from bot.errors import NoVoiceProfile
 from bot.policy import Actor, VoiceFacts
 from bot.replies import guild_member, respond, size_text, user_message
+from core.errors import VoxcloneError
 from storage import (
     Challenge,
     DeletionReport,

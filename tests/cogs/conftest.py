@@ -19,11 +19,11 @@ import discord
 import pytest
 import pytest_asyncio
 
-import worker.xtts
+import worker.serving.engine
 from bot.client import VoxcloneBot, build_bot
 from bot.player import Utterance
-from bot.settings import load_settings
 from cogs.enroll import NO_PREVIEW
+from core.settings import load_settings
 from tests.support.audio import espeak_wav, to_voice_message
 from tests.support.discord_harness import (
     MANAGE_GUILD,
@@ -45,7 +45,7 @@ SPEECH_SEED = 7  # every request's sampling seed in these tests (see open_world)
 @pytest.fixture(scope="session")
 def short_xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight XTTS-v2 whose sentences end after at most ~2 s of audio."""
-    from worker.testmodel import make_test_model
+    from worker.tts.testmodel import make_test_model
 
     return make_test_model(
         tmp_path_factory.mktemp("xtts-short"), size="tiny", seed=0, max_audio_tokens=MAX_AUDIO_TOKENS
@@ -166,7 +166,7 @@ async def open_world(speech: LocalSpeechService, tmp: Path, **env: str) -> Async
     # pick the stop token after a few tokens, and a test would then see ~0.2 s of audio some runs.
     seeds = SimpleNamespace(randbits=lambda bits: SPEECH_SEED)
     try:
-        with mock.patch.object(worker.xtts, "secrets", seeds):
+        with mock.patch.object(worker.serving.engine, "secrets", seeds):
             yield World(bot, harness, fx, tmp)
     finally:
         await bot.close()

@@ -24,6 +24,7 @@ from bot.enrollment import PREVIEW_MAX_SECONDS, PREVIEW_TEXT
 from bot.player import Utterance
 from bot.replies import size_text
 from cogs.voice import CANCEL_ID, CONFIRM_ID, EXPORT_FILENAME
+from core.audio import AUDIO_TOKEN_SECONDS
 from storage import ConsentRecord, ReferenceClip, StoredSize, VoiceProfile
 from storage.schema import (
     assistant_opt_ins,
@@ -36,7 +37,6 @@ from storage.schema import (
 from tests.cogs.conftest import TEST_PHRASE, World, dump, wait_for
 from tests.support.audio import espeak_wav, read_wav, to_voice_message
 from tests.support.discord_harness import Recorded
-from worker.audio import AUDIO_TOKEN_SECONDS
 from worker.local import LocalSpeechService
 from worker.types import EmbeddingResult, SpeechRequest
 

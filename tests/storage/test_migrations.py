@@ -15,8 +15,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 
-from bot.errors import MigrationError
 from storage import Database, check, current_revision, head_revision, upgrade
+from storage.errors import MigrationError
 from storage.migrate import PAUSE_ENV, alembic_config
 from storage.schema import TABLE_NAMES, consent_records, metadata, voice_profiles
 from tests.storage.conftest import start_child

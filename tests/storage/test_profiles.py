@@ -260,7 +260,7 @@ async def test_export_contains_everything_about_the_member(repos: Repositories) 
 
 
 async def test_damaged_blob_is_a_clear_storage_error(repos: Repositories, database: Database) -> None:
-    from bot.errors import StorageError
+    from storage.errors import StorageError
 
     await enroll(repos, GUILD, ALICE)
     async with database.write() as conn:

@@ -6,7 +6,7 @@ import pytest
 
 from bot.languages import XTTS_LANGUAGES, TextLanguage, choose_language, language_choices, resolve
 from worker.errors import UnsupportedLanguage
-from worker.testmodel import XTTS_V2_LANGUAGES
+from worker.tts.testmodel import XTTS_V2_LANGUAGES
 
 DETECTOR = TextLanguage()
 

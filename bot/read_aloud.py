@@ -17,12 +17,12 @@ from typing import Final
 
 import discord
 
-from bot.errors import NoVoiceProfile, QueueFull, TextRejected, VoxcloneError
+from bot.errors import NoVoiceProfile, QueueFull, TextRejected
 from bot.player import Utterance
 from bot.seen import SeenMessages
 from bot.speaking import Players, SpeakingService
+from core.errors import VoxcloneError
 from storage import GuildSettings, Repositories
-from worker.errors import SpeechError
 
 log = logging.getLogger("voxclone.read_aloud")
 
@@ -126,7 +126,7 @@ class ReadAloudService:
                 )
             except TextRejected as exc:  # about this very message: always worth saying
                 return exc.message
-            except (VoxcloneError, SpeechError) as exc:
+            except VoxcloneError as exc:  # speech-worker errors included
                 log.info("read-aloud refused", extra={"guild_id": guild.id, "code": exc.code})
                 return self._once(session, author.id, exc.code, exc.message)
         return None

@@ -30,6 +30,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.voice",
     "cogs.lifecycle",
     "cogs.voice_messages",
+    "cogs.read_aloud",
 )
 
 

@@ -94,6 +94,7 @@ class GuildPlayer:
         self.queue: deque[Utterance] = deque()
         self.current: Utterance | None = None
         self.channel_id: int | None = None
+        self.stay = False  # joined with /join: stay through quiet spells until /leave or an empty channel
         self._wakeup = asyncio.Event()
         self._turn: _Turn | None = None  # the playback of ``current``
         self._task: asyncio.Task[None] | None = None
@@ -137,6 +138,22 @@ class GuildPlayer:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"player-{self.guild.id}")
         return len(self.queue) - 1 + (1 if self.current else 0)
+
+    async def join(self, channel: discord.VoiceChannel) -> None:
+        """Connect to ``channel`` now and stay there when the queue is quiet (``/join``)."""
+        self.check_can_join(channel)
+        self.channel_id = channel.id
+        self.stay = True
+        await self._connect()
+
+    def discard(self, utterance: Utterance) -> bool:
+        """Take one waiting utterance out of the queue; False if it is not waiting (playing or done)."""
+        if not any(item is utterance for item in self.queue):  # identity: utterances hold arrays
+            return False
+        self.queue = deque(item for item in self.queue if item is not utterance)
+        utterance.error = "withdrawn"
+        utterance.finished.set()
+        return True
 
     def skip(self) -> Utterance:
         """Stop the current utterance now (its synthesis is cancelled upstream)."""
@@ -184,6 +201,7 @@ class GuildPlayer:
     async def leave(self) -> None:
         """Stop everything and disconnect; the player can be used again afterwards."""
         self.stop()
+        self.stay = False
         voice = self.voice
         if voice is not None:
             await voice.disconnect(force=True)
@@ -208,7 +226,7 @@ class GuildPlayer:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self.idle_timeout_s)
                 except TimeoutError:
-                    if not self.queue and self.current is None:
+                    if not self.queue and self.current is None and not self.stay:
                         log.info("leaving voice after idle timeout", extra={"guild_id": self.guild.id})
                         await self.leave()
                         return

@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot.errors import AssistantVoiceNotOptedIn, PolicyError
 from bot.policy import Actor
+from bot.read_aloud import NO_INTENT as READ_ALOUD_NO_INTENT
 from bot.replies import Refused, guild_member, respond, size_text
 from core.errors import VoxcloneError
 from storage import AuditEntry, GuildSettings, StoredSize
@@ -64,6 +65,8 @@ def settings_embed(
         name="Voice message limits",
         value=f"{s.voice_message_max_seconds / 60:g} min, {s.voice_message_max_mb} MB",
     )
+    read_aloud = _ids(s.read_aloud_channel_ids, "<#{}>") if s.read_aloud_channel_ids else "none"
+    embed.add_field(name="Read aloud", value=f"messages in {read_aloud}, in their authors' voices")
     assistant_voice = f"<@{s.assistant_voice_user_id}>" if s.assistant_voice_user_id else "the asker's own"
     prompt = "custom" if s.llm_system_prompt else "default"
     embed.add_field(name="Assistant", value=f"voice: {assistant_voice}; system prompt: {prompt}")
@@ -85,6 +88,8 @@ def settings_embed(
             ),
             inline=False,
         )
+    if s.read_aloud_channel_ids and not message_content_intent:
+        embed.add_field(name="⚠ Read-aloud channels are not active", value=READ_ALOUD_NO_INTENT, inline=False)
     if s.updated_at is not None:
         who = f" by <@{s.updated_by}>" if s.updated_by else ""
         embed.set_footer(text=f"Last changed {s.updated_at:%Y-%m-%d %H:%M} UTC{who}")
@@ -207,6 +212,23 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
                 current.voice_message_channel_ids, channel, action, "channel"
             )
         await self._update(interaction, changes)
+
+    @app_commands.command(name="read-aloud")
+    @app_commands.describe(
+        channel="A text channel whose messages are read aloud in their authors' own voices",
+        action="add (default), remove, or clear the channel list",
+    )
+    async def read_aloud(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | None = None,
+        action: Literal["add", "remove", "clear"] = "add",
+    ) -> None:
+        """Choose text channels read aloud in members' own voices while I'm in voice."""
+        guild, _ = guild_member(interaction)
+        current = await self.bot.repos.settings.get(guild.id)
+        ids = _edit_ids(current.read_aloud_channel_ids, channel, action, "channel")
+        await self._update(interaction, {"read_aloud_channel_ids": ids})
 
     @app_commands.command(name="assistant")
     @app_commands.describe(

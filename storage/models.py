@@ -28,6 +28,7 @@ class GuildSettings:
     allow_sharing: bool = False
     voice_message_mode: VoiceMessageMode = "off"
     voice_message_channel_ids: tuple[int, ...] = ()
+    read_aloud_channel_ids: tuple[int, ...] = ()  # text channels read aloud where the bot is in voice
     announce: bool = True
     max_text_length: int = 300  # characters per /speak
     cooldown_s: float = 5.0  # per member, between two utterances

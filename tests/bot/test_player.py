@@ -209,6 +209,35 @@ async def test_leaves_after_idle_timeout(setup) -> None:
     await player.close()
 
 
+async def test_joined_with_join_it_stays_through_quiet_spells_until_it_leaves(setup) -> None:
+    _, fx, notify, _ = setup
+    player = GuildPlayer(fx.guild, ToneService(0.2), notify, voice_cls=HarnessVoiceClient, idle_timeout_s=0.3)
+    await player.join(fx.voice_channel)
+    voice = HarnessVoiceClient.instances[-1]
+    assert voice.is_connected() and player.channel_id == fx.voice_channel.id
+    item = _utterance(fx)
+    await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(item.finished.wait(), 5)
+    await asyncio.sleep(0.7)  # two idle timeouts
+    assert voice.disconnects == 0 and player.channel_id == fx.voice_channel.id
+    await player.leave()
+    assert voice.disconnects == 1 and player.channel_id is None and not player.stay
+    await player.close()
+
+
+async def test_discard_takes_out_one_waiting_utterance(setup) -> None:
+    _, fx, notify, _ = setup
+    player = GuildPlayer(fx.guild, ToneService(1.0), notify, voice_cls=HarnessVoiceClient, idle_timeout_s=30)
+    first, second, third = _utterance(fx, "same"), _utterance(fx, "same"), _utterance(fx, "other")
+    for item in (first, second, third):
+        await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(first.started.wait(), 5)
+    assert not player.discard(first)  # playing, not waiting
+    assert player.discard(second) and second.finished.is_set() and second.error == "withdrawn"
+    assert list(player.queue) == [third] and not player.discard(second)
+    await player.close()
+
+
 # ---- the controls against the real AudioPlayer thread, whose `after` callback arrives late ---------
 # discord.py's player thread notices a stop on its next 20 ms tick, sends its trailing silence and only
 # then calls `after`, on its own thread; by then the player has moved on to the next utterance.

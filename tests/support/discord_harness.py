@@ -631,6 +631,7 @@ class Harness:
         users: dict[str, discord.Member] | None = None,
         permissions: int | None = None,
         roles: dict[str, int] | None = None,
+        channels: dict[str, discord.abc.GuildChannel] | None = None,
     ) -> discord.Interaction:
         """Dispatch ``/command [sub] option:value``; ``command`` may be "group sub"."""
         opts: list[dict[str, Any]] = []
@@ -659,6 +660,14 @@ class Harness:
                 "managed": False,
                 "mentionable": False,
             }
+        for name, channel in (channels or {}).items():
+            opts.append({"name": name, "type": 7, "value": str(channel.id)})
+            resolved.setdefault("channels", {})[str(channel.id)] = {
+                "id": str(channel.id),
+                "type": channel.type.value,
+                "name": channel.name,
+                "permissions": str(channel.permissions_for(member).value),
+            }
         parts = command.split()
         for sub in reversed(parts[1:]):
             opts = [{"name": sub, "type": 1, "options": opts}]
@@ -671,6 +680,32 @@ class Harness:
             "guild_id": str(fx.guild.id),
         }
         return await self._dispatch(self._base(fx, member, 2, data, permissions))
+
+    async def autocomplete(
+        self,
+        fx: GuildFixture,
+        member: discord.Member,
+        command: str,
+        focused: str,
+        typed: str,
+        options: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Type ``typed`` into option ``focused`` of ``/command``; returns the choices the bot offered."""
+        opts: list[dict[str, Any]] = [
+            {"name": name, "type": _option_type(value), "value": value}
+            for name, value in (options or {}).items()
+        ]
+        opts.append({"name": focused, "type": 3, "value": typed, "focused": True})
+        data = {
+            "id": str(snowflake()),
+            "name": command,
+            "type": 1,
+            "options": opts,
+            "guild_id": str(fx.guild.id),
+        }
+        await self._dispatch(self._base(fx, member, 4, data))
+        answer = next(c for c in reversed(self.calls) if c.path.endswith("/callback"))
+        return list(((answer.payload or {}).get("data") or {}).get("choices") or [])
 
     async def message_command(
         self, fx: GuildFixture, member: discord.Member, name: str, message: dict[str, Any]

@@ -19,6 +19,8 @@ from storage.migrate import PAUSE_ENV
 from storage.schema import TABLE_NAMES, metadata
 from tests.storage.conftest import start_child
 
+HEAD = "0003"
+
 
 async def _tables(url: str) -> set[str]:
     async with Database(url) as db, db.read() as conn:
@@ -26,12 +28,12 @@ async def _tables(url: str) -> set[str]:
 
 
 async def test_upgrade_to_head_then_check_is_healthy(database_url: str) -> None:
-    assert await upgrade(database_url) == head_revision() == "0001"
-    assert await upgrade(database_url) == "0001"  # a second run is a no-op
+    assert await upgrade(database_url) == head_revision() == HEAD
+    assert await upgrade(database_url) == HEAD  # a second run is a no-op
     report = await check(database_url)
     assert report.healthy, report.problems
     assert report.problems == []
-    assert report.current_revision == report.head_revision == "0001"
+    assert report.current_revision == report.head_revision == HEAD
     assert "healthy" in report.summary()
     assert set(TABLE_NAMES) <= await _tables(database_url)
 
@@ -67,7 +69,7 @@ async def test_migration_killed_half_way_is_completed_by_the_next_upgrade(
     report = await check(database_url)
     assert not report.healthy
     assert any("voxclone db upgrade" in p for p in report.problems)
-    assert await upgrade(database_url) == "0001"
+    assert await upgrade(database_url) == HEAD
     report = await check(database_url)
     assert report.healthy, report.problems
 
@@ -87,7 +89,7 @@ async def test_database_newer_than_the_code_is_refused_clearly(database_url: str
 
 async def test_two_upgraders_at_once_both_succeed(database_url: str) -> None:
     results = await asyncio.gather(upgrade(database_url), upgrade(database_url))
-    assert results == ["0001", "0001"]
+    assert results == [HEAD, HEAD]
     assert (await check(database_url)).healthy
 
 

@@ -21,6 +21,7 @@ from worker.api import create_app
 from worker.errors import SpeechError
 from worker.factory import DeferredSpeechService, load_local_service, resolve_local_models
 from worker.service import SpeechService
+from worker.voices import VoiceLibrary
 
 log = logging.getLogger("voxclone.worker.serve")
 
@@ -55,7 +56,8 @@ def serve_worker(
         return await load_local_service(settings, models)
 
     service = DeferredSpeechService(load)
-    app = create_app(service, token=token, max_body_bytes=max_body_bytes)
+    voices = VoiceLibrary(settings.database_url)  # the consented voices of /v1/audio/speech
+    app = create_app(service, token=token, max_body_bytes=max_body_bytes, voices=voices)
     config = uvicorn.Config(
         app,
         host=host,
@@ -66,11 +68,14 @@ def serve_worker(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    return asyncio.run(_serve(uvicorn.Server(config), service, f"{host}:{port}"))
+    return asyncio.run(_serve(uvicorn.Server(config), service, f"{host}:{port}", voices))
 
 
-async def _serve(server: uvicorn.Server, service: DeferredSpeechService, where: str) -> int:
+async def _serve(
+    server: uvicorn.Server, service: DeferredSpeechService, where: str, voices: VoiceLibrary
+) -> int:
     failure: list[BaseException] = []
+    await voices.open()  # a database that cannot be opened stops the start with its reason
 
     def loaded(task: asyncio.Task[SpeechService]) -> None:
         if task.cancelled():
@@ -93,6 +98,7 @@ async def _serve(server: uvicorn.Server, service: DeferredSpeechService, where: 
         ) from exc
     finally:
         await service.aclose()
+        await voices.aclose()
     if failure:
         error = failure[0]
         if isinstance(error, SpeechError):

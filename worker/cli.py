@@ -1,9 +1,10 @@
 """The speech subcommands of ``voxclone``: serve the worker API, and try every engine without Discord.
 
 ``register(subparsers)`` adds ``worker``, ``say``, ``transcribe``, ``check-voice``, ``verify``,
-``watermark detect`` and ``dev make-test-model``; each handler returns the exit code. CLIP is any file
-ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded by ``bot.intake``. The tools run the
-engines in this process, or on a worker with ``--worker-url``. Errors print one line, never a traceback.
+``watermark detect``, ``voices`` (``worker.cli_voices``) and ``dev make-test-model``; each handler
+returns the exit code. CLIP is any file ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded
+by ``bot.intake``. The tools run the engines in this process, or on a worker with ``--worker-url``.
+Errors print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -378,6 +379,10 @@ def register(subparsers: Any) -> None:
     d.add_argument("file", metavar="FILE")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     _engine_options(d)
+
+    from worker.cli_voices import register as register_voices
+
+    register_voices(subparsers)
 
     p = _add(subparsers, "dev", cmd_make_test_model, "developer tools")
     dev = p.add_subparsers(dest="dev_command", metavar="TOOL", required=True)

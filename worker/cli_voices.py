@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import json
 import mimetypes
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from bot.errors import ConfigError
 from bot.settings import Settings
-from storage.repos.api_voices import MAX_CONSENT_RECORDING_BYTES
+from storage.repos.api_voices import MAX_CONSENT_RECORDING_BYTES, ApiVoiceInfo
 from worker.service import SpeechService
 from worker.voices import CLIP_SAMPLE_RATE, Clip, VoiceLibrary, add_voice, check_name, consent_statement
 
@@ -68,34 +66,28 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import _with_engines
+
     name = check_name(args.name)
     consent = _read_clip(args.consent, MAX_CONSENT_RECORDING_BYTES)
     reference = _read_clip(args.reference, MAX_REFERENCE_BYTES)
+    # Before the engines load (tens of seconds): the database opens and the name is free.
+    if _with_library(settings, lambda library: library.repo.get(name)) is not None:
+        raise ConfigError(f"a voice called {name!r} exists already: `voxclone voices remove` it first")
 
-    async def main() -> Any:
-        from worker.factory import create_http_service, load_local_service, resolve_local_models
-
+    async def add(service: SpeechService) -> ApiVoiceInfo:
         async with VoiceLibrary(settings.database_url) as library:
-            if args.worker_url:
-                service: SpeechService = create_http_service(settings, [args.worker_url])
-            else:
-                models = await asyncio.to_thread(resolve_local_models, settings, model_dir=args.model_dir)
-                service = await load_local_service(settings, models)
-            try:
-                return await add_voice(
-                    service,
-                    library.repo,
-                    name,
-                    consent=consent,
-                    reference=reference,
-                    added_by=_operator(),
-                    language=args.language,
-                )
-            finally:
-                await service.aclose()
+            return await add_voice(
+                service,
+                library.repo,
+                name,
+                consent=consent,
+                reference=reference,
+                added_by=_operator(),
+                language=args.language,
+            )
 
-    with contextlib.redirect_stdout(sys.stderr):  # model loaders print banners; stdout is for results
-        info = asyncio.run(main())
+    info = _with_engines(args, settings, add)
     print(
         f"added voice {info.name!r} ({info.language}, {info.speech_seconds:.1f} s of reference speech) with "
         f"its consent recording; the worker serves it as voice={info.name!r}"

@@ -11,7 +11,7 @@ ENV PYTHONUNBUFFERED=1 \
     WORKER_HOST=0.0.0.0
 
 # ffmpeg: audio intake; libopus0: voice playback; gcc: builds webrtcvad and openai-whisper, and at run
-# time the launchers of the worker's Triton kernels on CUDA (worker/triton_kernels.py; cached in ~/.triton).
+# time the launchers of the worker's Triton kernels on CUDA (worker/kernels/triton_kernels.py; cached in ~/.triton).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ffmpeg libopus0 gcc \
  && rm -rf /var/lib/apt/lists/*
@@ -21,11 +21,12 @@ WORKDIR /app
 
 # Dependencies first so code changes don't reinstall torch.
 COPY pyproject.toml README.md ./
-RUN mkdir -p bot cogs storage worker \
- && touch bot/__init__.py cogs/__init__.py storage/__init__.py worker/__init__.py \
+RUN mkdir -p core bot cogs storage worker \
+ && touch core/__init__.py bot/__init__.py cogs/__init__.py storage/__init__.py worker/__init__.py \
  && pip install '.[worker]' \
  && pip uninstall -y voxclone
 
+COPY core ./core
 COPY bot ./bot
 COPY cogs ./cogs
 COPY storage ./storage

@@ -11,10 +11,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bot.errors import ConfigError, StorageError, VoxcloneError
-from bot.logs import configure_logging
-from bot.settings import Settings, load_settings
-from worker.errors import SpeechError
+from core.errors import VoxcloneError
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
 
 log = logging.getLogger("voxclone.cli")
 
@@ -103,11 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     try:
+        from bot.cli_voices import register as register_voices
+        from storage.repos.api_voices import ApiVoiceLibrary
         from worker.cli import register
     except ImportError as exc:  # the speech commands are optional on a bot-only install
         log.debug("speech commands unavailable: %s", exc)
     else:
-        register(sub)
+        register(sub, voice_library=ApiVoiceLibrary)
+        register_voices(sub)
     return parser
 
 
@@ -120,13 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("DEBUG" if args.verbose else "CRITICAL", "text")
     try:
         return func(args)
-    except ConfigError as exc:
-        return _fail(exc.message)
-    except StorageError as exc:
-        return _fail(exc.message)
-    except VoxcloneError as exc:
-        return _fail(exc.message)
-    except SpeechError as exc:
+    except VoxcloneError as exc:  # the one root: configuration, storage, speech, policy alike
         return _fail(exc.message)
     except KeyboardInterrupt:
         return 130

@@ -8,9 +8,9 @@ import ctypes.util
 import importlib.util
 import logging
 
-from bot.errors import ConfigError
-from bot.logs import configure_logging
-from bot.settings import Settings
+from core.errors import ConfigError
+from core.logs import configure_logging
+from core.settings import Settings
 
 log = logging.getLogger("voxclone.runtime")
 

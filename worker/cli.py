@@ -1,10 +1,9 @@
 """The speech subcommands of ``voxclone``: serve the worker API, and try every engine without Discord.
 
 ``register(subparsers)`` adds ``worker``, ``say``, ``transcribe``, ``check-voice``, ``verify``,
-``watermark detect``, ``voices`` (``worker.cli_voices``) and ``dev make-test-model``; each handler
-returns the exit code. CLIP is any file ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded
-by ``bot.intake``. The tools run the engines in this process, or on a worker with ``--worker-url``.
-Errors print one line, never a traceback.
+``watermark detect`` and ``dev make-test-model``; each handler returns the exit code. CLIP is any file
+ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded by ``core.intake``. The tools run the
+engines in this process, or on a worker with ``--worker-url``. Errors print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,18 +23,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from bot.errors import ConfigError, VoxcloneError
-from bot.logs import configure_logging
-from bot.settings import Settings, load_settings
-from worker.audio import (
+from core.audio import (
     ANALYSIS_SAMPLE_RATE,
     CONDITIONING_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_WIDTH,
 )
-from worker.errors import SpeechError
+from core.errors import ConfigError, VoxcloneError
+from core.logs import configure_logging
+from core.settings import Settings, load_settings, worker_url_list
 from worker.service import SpeechService
 from worker.types import FloatArray, QualityReport, SpeechRequest
+from worker.voices import VoiceLibrary
 
 if TYPE_CHECKING:
     from worker.service import SpeechTools
@@ -58,7 +57,7 @@ def _command(func: Callable[[argparse.Namespace], int]) -> Handler:
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (SpeechError, VoxcloneError) as exc:
+        except VoxcloneError as exc:
             return _fail(exc.message)
         except OSError as exc:
             return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
@@ -85,7 +84,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _clip(path: str, sample_rate: int) -> tuple[FloatArray, int]:
-    from bot.intake import decode_audio
+    from core.intake import decode_audio
 
     file = Path(path)
     if not file.is_file():
@@ -100,6 +99,16 @@ def _clip(path: str, sample_rate: int) -> tuple[FloatArray, int]:
     return audio.pcm, audio.sample_rate
 
 
+def _worker_urls(args: argparse.Namespace) -> list[str] | None:
+    """``--worker-url``'s comma-separated list, None without it."""
+    if not args.worker_url:
+        return None
+    try:
+        return worker_url_list(args.worker_url) or None
+    except ValueError as exc:
+        raise ConfigError(f"--worker-url: {exc}") from None
+
+
 def _with_engines(
     args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
 ) -> _T:
@@ -108,8 +117,8 @@ def _with_engines(
     async def main() -> _T:
         from worker.factory import create_http_service, load_local_service, resolve_local_models
 
-        if args.worker_url:
-            service: SpeechService = create_http_service(settings, [args.worker_url])
+        if urls := _worker_urls(args):
+            service: SpeechService = create_http_service(settings, urls)
         else:
             models = await asyncio.to_thread(resolve_local_models, settings, model_dir=args.model_dir)
             service = await load_local_service(settings, models)
@@ -132,9 +141,8 @@ def _with_tools(
 
         overrides = {k: getattr(args, k) for k in ("asr_model", "asr_backend") if getattr(args, k, None)}
         local = settings.model_copy(update=overrides)
-        tools: SpeechTools = (
-            create_http_service(local, [args.worker_url]) if args.worker_url else LocalTools(local)
-        )
+        urls = _worker_urls(args)
+        tools: SpeechTools = create_http_service(local, urls) if urls else LocalTools(local)
         try:
             return await op(tools)
         finally:
@@ -237,7 +245,7 @@ def cmd_check_voice(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     if args.plot:
-        from worker.plot import render_spectrogram
+        from worker.analysis.plot import render_spectrogram
 
         Path(args.plot).write_bytes(render_spectrogram(pcm, rate, report.kept))
         print(f"spectrogram with the kept speech highlighted: {args.plot}", file=sys.stderr)
@@ -274,7 +282,7 @@ def cmd_watermark_detect(args: argparse.Namespace) -> int:
 
 @_command
 def cmd_make_test_model(args: argparse.Namespace) -> int:
-    from worker.testmodel import make_test_model
+    from worker.tts.testmodel import make_test_model
 
     _settings(args)
     started = time.perf_counter()
@@ -287,7 +295,7 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
 
 @_command
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.api_serve import serve_worker
+    from worker.api.serve import serve_worker
 
     settings = load_settings()
     return serve_worker(
@@ -296,6 +304,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         host=args.host or settings.worker_host,
         port=args.port or settings.worker_port,
         max_body_bytes=args.max_body_mb * _MIB,
+        voices=args.voice_library(settings.database_url) if args.voice_library else None,
     )
 
 
@@ -312,7 +321,10 @@ def _add(sub: Any, name: str, func: Handler, summary: str, details: str = "") ->
 
 def _engine_options(parser: argparse.ArgumentParser, *, xtts: bool = False, asr: bool = False) -> None:
     parser.add_argument(
-        "--worker-url", metavar="URL", help="use this worker instead of the engines in this process"
+        "--worker-url",
+        metavar="URL[,URL...]",
+        help="use these workers (comma-separated, as in WORKER_URLS: when one fails or hangs, the next "
+        "takes over, with a warning) instead of the engines in this process",
     )
     if xtts:
         parser.add_argument(
@@ -329,8 +341,12 @@ def _engine_options(parser: argparse.ArgumentParser, *, xtts: bool = False, asr:
         )
 
 
-def register(subparsers: Any) -> None:
-    """Add the speech subcommands to ``voxclone``'s subparsers."""
+def register(subparsers: Any, voice_library: Callable[[str], VoiceLibrary] | None = None) -> None:
+    """Add the speech subcommands to ``voxclone``'s subparsers.
+
+    ``voice_library``: makes the consented voices' library from DATABASE_URL for ``voxclone worker``
+    (the bot's side passes the database's; the worker's layer does not import storage).
+    """
     p = _add(subparsers, "worker", cmd_worker, "serve the speech API (Worker API v1) over HTTP",
              "Host, port and token come from WORKER_HOST, WORKER_PORT and WORKER_TOKEN. On first start the "
              "models are downloaded into MODEL_CACHE_DIR (XTTS-v2 needs COQUI_TOS_AGREED=1).")  # fmt: skip
@@ -338,6 +354,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", help="listen address (WORKER_HOST)")
     p.add_argument("--port", type=int, help="listen port (WORKER_PORT)")
     p.add_argument("--max-body-mb", type=int, default=48, help="largest request body in MiB (default 48)")
+    p.set_defaults(voice_library=voice_library)
 
     p = _add(subparsers, "say", cmd_say, "speak TEXT in the voice of CLIP into a WAV file",
              "CLIP is a recording of the voice to clone (6-30 s of clear speech works best).")  # fmt: skip
@@ -379,10 +396,6 @@ def register(subparsers: Any) -> None:
     d.add_argument("file", metavar="FILE")
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     _engine_options(d)
-
-    from worker.cli_voices import register as register_voices
-
-    register_voices(subparsers)
 
     p = _add(subparsers, "dev", cmd_make_test_model, "developer tools")
     dev = p.add_subparsers(dest="dev_command", metavar="TOOL", required=True)

@@ -4,7 +4,8 @@ A voice is added only from a recording of its speaker reading :func:`consent_sta
 them and voxclone, like Azure Personal Voice's) that passes the checks ``/enroll`` makes, with the same
 service calls: the quality gate, Whisper's transcript matched against the statement
 (``match_phrase``), and the same speaker as the reference clip (``compare_speakers``). Only then is the
-reference cloned and stored with its consent record. :class:`VoiceLibrary` is what the HTTP API reads.
+reference cloned and stored with its consent record. :class:`VoiceLibrary` keeps them (in the database:
+``storage.repos.api_voices``); the HTTP API reads it at each request.
 """
 
 from __future__ import annotations
@@ -13,27 +14,42 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 
-from storage.db import Database
-from storage.repos.api_voices import (
+from worker.errors import InvalidRequest, QualityRejected, SpeechError
+from worker.service import SpeechService
+from worker.types import (
     ApiVoice,
     ApiVoiceConsent,
     ApiVoiceInfo,
-    ApiVoiceRepo,
+    FloatArray,
     NewApiVoice,
-    VoiceNameTaken,
+    PhraseMatch,
+    SpeakerCheck,
 )
-from worker.errors import InvalidRequest, QualityRejected, SpeechError
-from worker.service import SpeechService
-from worker.types import FloatArray, PhraseMatch, SpeakerCheck
 
 STATEMENT_VERSION: Final = "api-2026-12-05.1"
 STATEMENT_LANGUAGE: Final = "en"  # the statement is English, whatever language the voice will speak
 CLIP_SAMPLE_RATE: Final = 24_000  # Hz: both clips are decoded to this rate, as /enroll's uploads are
 _NAME = re.compile(r"[^\W_][\w .'-]{0,62}[^\W_]|[^\W_]")  # letters/digits, inner spaces . ' - _
+
+
+class VoiceLibrary(Protocol):
+    """Where the consented voices are kept: ``open`` before use, ``aclose`` after."""
+
+    async def open(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def list(self) -> list[ApiVoiceInfo]: ...
+
+    async def get(self, name: str) -> ApiVoice | None: ...
+
+    async def add(self, voice: NewApiVoice) -> ApiVoiceInfo | None:
+        """Store the voice with its consent record; None (and nothing stored) if the name is taken."""
+        ...
 
 
 class VoiceNotFound(SpeechError):
@@ -123,7 +139,7 @@ async def check_consent(service: SpeechService, name: str, consent: Clip, refere
 
 async def add_voice(
     service: SpeechService,
-    repo: ApiVoiceRepo,
+    library: VoiceLibrary,
     name: str,
     *,
     consent: Clip,
@@ -133,7 +149,7 @@ async def add_voice(
 ) -> ApiVoiceInfo:
     """Check the consent recording, clone the reference and store both; nothing is stored on a refusal."""
     name = check_name(name)
-    if await repo.get(name) is not None:
+    if await library.get(name) is not None:
         raise InvalidRequest(f"A voice called {name!r} exists already: remove it first to replace it.")
     checks = await check_consent(service, name, consent, reference)
     cloned = await service.embed(reference.pcm, reference.sample_rate)
@@ -159,67 +175,23 @@ async def add_voice(
         quality=cloned.quality,
         consent=record,
     )
-    try:
-        return await repo.add(voice)
-    except VoiceNameTaken:
-        raise InvalidRequest(
-            f"A voice called {name!r} was added meanwhile: remove it first to replace it."
-        ) from None
+    info = await library.add(voice)
+    if info is None:
+        raise InvalidRequest(f"A voice called {name!r} was added meanwhile: remove it first to replace it.")
+    return info
 
 
-class VoiceLibrary:
-    """The voices the HTTP API serves, read from the database at each request (a removal counts at once).
-
-    ``async with VoiceLibrary(url)`` brings the database to the latest migration and opens it.
-    """
-
-    def __init__(self, database_url: str) -> None:
-        self._url = database_url
-        self._db: Database | None = None
-        self._repo: ApiVoiceRepo | None = None
-
-    async def open(self) -> None:
-        from storage.migrate import upgrade
-
-        if self._db is not None:
-            return
-        await upgrade(self._url)
-        db = Database(self._url)
-        await db.open()
-        self._db, self._repo = db, ApiVoiceRepo(db)
-
-    async def aclose(self) -> None:
-        db, self._db, self._repo = self._db, None, None
-        if db is not None:
-            await db.close()
-
-    async def __aenter__(self) -> VoiceLibrary:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    @property
-    def repo(self) -> ApiVoiceRepo:
-        if self._repo is None:
-            raise RuntimeError("VoiceLibrary is not open: use `async with VoiceLibrary(url)`")
-        return self._repo
-
-    async def list(self) -> list[ApiVoiceInfo]:
-        return await self.repo.list()
-
-    async def get(self, name: str) -> ApiVoice:
-        """The voice called ``name``; ``VoiceNotFound`` naming it (and the voices there are) otherwise."""
-        voice = await self.repo.get(name)
-        if voice is not None:
-            return voice
-        names = [v.name for v in await self.repo.list()]
-        there = f"the voices here are: {', '.join(names)}" if names else "no voice has been added yet"
-        raise VoiceNotFound(
-            f"There is no voice called {name!r}: {there}. A voice is added with its speaker's recorded "
-            "consent (`voxclone voices add`); GET /v1/audio/voices lists them."
-        )
+async def find_voice(library: VoiceLibrary, name: str) -> ApiVoice:
+    """The voice called ``name``; ``VoiceNotFound`` naming it (and the voices there are) otherwise."""
+    voice = await library.get(name)
+    if voice is not None:
+        return voice
+    names = [v.name for v in await library.list()]
+    there = f"the voices here are: {', '.join(names)}" if names else "no voice has been added yet"
+    raise VoiceNotFound(
+        f"There is no voice called {name!r}: {there}. A voice is added with its speaker's recorded "
+        "consent (`voxclone voices add`); GET /v1/audio/voices lists them."
+    )
 
 
 __all__ = [
@@ -234,4 +206,5 @@ __all__ = [
     "check_consent",
     "check_name",
     "consent_statement",
+    "find_voice",
 ]

@@ -7,8 +7,6 @@ CASCADE``). The worker reads a voice at every request, so a removal takes effect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 from sqlalchemy import RowMapping, delete, select
@@ -19,67 +17,10 @@ from storage.models import quality_to_json
 from storage.repos._common import STORED_DTYPE, decode_array, encode_array
 from storage.schema import api_voice_consents, api_voices
 from storage.types import utcnow
-from worker.types import QualityReport, VoiceEmbedding
+from worker.types import ApiVoice, ApiVoiceConsent, ApiVoiceInfo, NewApiVoice, VoiceEmbedding
 
 MAX_NAME_CHARS: Final = 64
 MAX_CONSENT_RECORDING_BYTES: Final = 8 * 1024 * 1024  # a statement takes ~10 s to read; this is generous
-
-
-class VoiceNameTaken(ValueError):
-    """A voice of that name exists already."""
-
-
-@dataclass(frozen=True)
-class ApiVoiceConsent:
-    """What allowed a voice: the recording of its speaker reading the statement, and the checks' figures."""
-
-    speaker_name: str
-    statement_version: str
-    statement: str
-    transcript: str
-    word_error_rate: float
-    speaker_similarity: float
-    added_by: str
-    recorded_at: datetime
-    clip_hash: str
-    recording: bytes
-    recording_mime: str
-
-
-@dataclass(frozen=True)
-class ApiVoiceInfo:
-    """A voice as listed: no conditioning arrays, no recording."""
-
-    name: str
-    language: str
-    model_id: str
-    speech_seconds: float
-    created_at: datetime
-    added_by: str
-    consent_recorded_at: datetime
-
-
-@dataclass(frozen=True)
-class ApiVoice:
-    """A voice ready to speak with."""
-
-    name: str
-    language: str
-    embedding: VoiceEmbedding
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class NewApiVoice:
-    """Everything ``add`` stores: the voice, the reference it was cloned from, and its consent."""
-
-    name: str
-    language: str
-    embedding: VoiceEmbedding
-    reference_hash: str
-    speech_seconds: float
-    quality: QualityReport | None
-    consent: ApiVoiceConsent
 
 
 class ApiVoiceRepo:
@@ -88,8 +29,8 @@ class ApiVoiceRepo:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, voice: NewApiVoice) -> ApiVoiceInfo:
-        """Store the voice and its consent record in one transaction; ``VoiceNameTaken`` if the name is used.
+    async def add(self, voice: NewApiVoice) -> ApiVoiceInfo | None:
+        """Store the voice and its consent record in one transaction; None if the name is taken.
 
         Raises ``ValueError`` for arrays that are not finite float32 or a consent recording that is
         empty, too large or without a MIME type.
@@ -136,8 +77,8 @@ class ApiVoiceRepo:
                         recording_mime=consent.recording_mime,
                     )
                 )
-        except IntegrityError as exc:
-            raise VoiceNameTaken(voice.name) from exc
+        except IntegrityError:
+            return None  # the name's unique constraint: the transaction rolled back, nothing is stored
         return ApiVoiceInfo(
             name=voice.name,
             language=voice.language,
@@ -215,6 +156,61 @@ class ApiVoiceRepo:
         return bool(result.rowcount)
 
 
+class ApiVoiceLibrary:
+    """An :class:`ApiVoiceRepo` over its own database: ``worker.voices.VoiceLibrary`` for the worker and CLI.
+
+    ``open`` brings the database to the latest migration and opens it; ``async with`` does both ends.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._db: Database | None = None
+        self._repo: ApiVoiceRepo | None = None
+
+    @property
+    def repo(self) -> ApiVoiceRepo:
+        if self._repo is None:
+            raise RuntimeError("ApiVoiceLibrary is not open: use `async with ApiVoiceLibrary(url)`")
+        return self._repo
+
+    async def open(self) -> None:
+        from storage.migrate import upgrade
+
+        if self._db is not None:
+            return
+        await upgrade(self._url)
+        db = Database(self._url)
+        await db.open()
+        self._db, self._repo = db, ApiVoiceRepo(db)
+
+    async def aclose(self) -> None:
+        db, self._db, self._repo = self._db, None, None
+        if db is not None:
+            await db.close()
+
+    async def __aenter__(self) -> ApiVoiceLibrary:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def list(self) -> list[ApiVoiceInfo]:
+        return await self.repo.list()
+
+    async def get(self, name: str) -> ApiVoice | None:
+        return await self.repo.get(name)
+
+    async def add(self, voice: NewApiVoice) -> ApiVoiceInfo | None:
+        return await self.repo.add(voice)
+
+    async def remove(self, name: str) -> bool:
+        return await self.repo.remove(name)
+
+    async def consent(self, name: str) -> ApiVoiceConsent | None:
+        return await self.repo.consent(name)
+
+
 def _check(voice: NewApiVoice) -> None:
     if not 0 < len(voice.name) <= MAX_NAME_CHARS:
         raise ValueError(f"name must be 1-{MAX_NAME_CHARS} characters, got {voice.name!r}")
@@ -241,11 +237,4 @@ def _info(m: RowMapping) -> ApiVoiceInfo:
     )
 
 
-__all__ = [
-    "ApiVoice",
-    "ApiVoiceConsent",
-    "ApiVoiceInfo",
-    "ApiVoiceRepo",
-    "NewApiVoice",
-    "VoiceNameTaken",
-]
+__all__ = ["MAX_CONSENT_RECORDING_BYTES", "ApiVoiceLibrary", "ApiVoiceRepo"]

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SPEECH_TEXT
 from tests.support.audio import speech_message
-from tests.worker.conftest import SAME_SPEAKER_TEXT, SPEECH_TEXT
+from tests.worker.conftest import SAME_SPEAKER_TEXT
 from tests.worker.test_cli import Run, clean_env, one_clear_line
 from worker.voices import consent_statement
 

@@ -102,11 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     try:
+        from bot.cli_voices import register as register_voices
+        from storage.repos.api_voices import ApiVoiceLibrary
         from worker.cli import register
     except ImportError as exc:  # the speech commands are optional on a bot-only install
         log.debug("speech commands unavailable: %s", exc)
     else:
-        register(sub)
+        register(sub, voice_library=ApiVoiceLibrary)
+        register_voices(sub)
     return parser
 
 

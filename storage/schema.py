@@ -199,4 +199,46 @@ audit_log = Table(
     sqlite_autoincrement=True,
 )
 
+# The voices the worker's OpenAI-shaped API serves (`voxclone voices add`): people whose recorded
+# consent an operator added, not members of a server. Removing a voice deletes its consent record.
+api_voices = Table(
+    "api_voices",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("language", String(16), nullable=False),  # what the voice speaks when a request names none
+    Column("model_id", String(200), nullable=False),
+    # The XTTS conditioning: little-endian float32 bytes with their shapes (storage.repos._common).
+    Column("gpt_cond_latent", LargeBinary, nullable=False),
+    Column("gpt_cond_shape", JSON, nullable=False),
+    Column("speaker_embedding", LargeBinary, nullable=False),
+    Column("speaker_shape", JSON, nullable=False),
+    Column("reference_hash", String(64), nullable=False),  # sha256 hex of the reference PCM
+    Column("speech_seconds", Float, nullable=False),
+    Column("quality", JSON, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("name"),
+    sqlite_autoincrement=True,
+)
+
+api_voice_consents = Table(
+    "api_voice_consents",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("voice_id", SurrogateKey, ForeignKey("api_voices.id", ondelete="CASCADE"), nullable=False),
+    Column("speaker_name", String(64), nullable=False),
+    Column("statement_version", String(32), nullable=False),
+    Column("statement", Text, nullable=False),  # what the speaker was asked to read
+    Column("transcript", Text, nullable=False),  # what Whisper heard
+    Column("word_error_rate", Float, nullable=False),
+    Column("speaker_similarity", Float, nullable=False),  # consent recording against the reference clip
+    Column("added_by", String(200), nullable=False),  # the operator who ran `voxclone voices add`
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("clip_hash", String(64), nullable=False),
+    Column("recording", LargeBinary, nullable=False),  # the consent clip as given, the record's evidence
+    Column("recording_mime", String(MIME_CHARS), nullable=False),
+    UniqueConstraint("voice_id"),
+    sqlite_autoincrement=True,
+)
+
 TABLE_NAMES: Final = tuple(sorted(metadata.tables))

@@ -34,6 +34,7 @@ from core.logs import configure_logging
 from core.settings import Settings, load_settings, worker_url_list
 from worker.service import SpeechService
 from worker.types import FloatArray, QualityReport, SpeechRequest
+from worker.voices import VoiceLibrary
 
 if TYPE_CHECKING:
     from worker.service import SpeechTools
@@ -303,6 +304,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         host=args.host or settings.worker_host,
         port=args.port or settings.worker_port,
         max_body_bytes=args.max_body_mb * _MIB,
+        voices=args.voice_library(settings.database_url) if args.voice_library else None,
     )
 
 
@@ -339,8 +341,12 @@ def _engine_options(parser: argparse.ArgumentParser, *, xtts: bool = False, asr:
         )
 
 
-def register(subparsers: Any) -> None:
-    """Add the speech subcommands to ``voxclone``'s subparsers."""
+def register(subparsers: Any, voice_library: Callable[[str], VoiceLibrary] | None = None) -> None:
+    """Add the speech subcommands to ``voxclone``'s subparsers.
+
+    ``voice_library``: makes the consented voices' library from DATABASE_URL for ``voxclone worker``
+    (the bot's side passes the database's; the worker's layer does not import storage).
+    """
     p = _add(subparsers, "worker", cmd_worker, "serve the speech API (Worker API v1) over HTTP",
              "Host, port and token come from WORKER_HOST, WORKER_PORT and WORKER_TOKEN. On first start the "
              "models are downloaded into MODEL_CACHE_DIR (XTTS-v2 needs COQUI_TOS_AGREED=1).")  # fmt: skip
@@ -348,6 +354,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", help="listen address (WORKER_HOST)")
     p.add_argument("--port", type=int, help="listen port (WORKER_PORT)")
     p.add_argument("--max-body-mb", type=int, default=48, help="largest request body in MiB (default 48)")
+    p.set_defaults(voice_library=voice_library)
 
     p = _add(subparsers, "say", cmd_say, "speak TEXT in the voice of CLIP into a WAV file",
              "CLIP is a recording of the voice to clone (6-30 s of clear speech works best).")  # fmt: skip

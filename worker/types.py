@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -144,3 +145,59 @@ class SpeechRequest:
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
     seed: int | None = None
+
+
+# ---- the worker API's consented voices (worker.voices; stored by storage.repos.api_voices) ----
+
+
+@dataclass(frozen=True)
+class ApiVoiceConsent:
+    """What allowed a voice: the recording of its speaker reading the statement, and the checks' figures."""
+
+    speaker_name: str
+    statement_version: str
+    statement: str
+    transcript: str
+    word_error_rate: float
+    speaker_similarity: float
+    added_by: str
+    recorded_at: datetime
+    clip_hash: str
+    recording: bytes
+    recording_mime: str
+
+
+@dataclass(frozen=True)
+class ApiVoiceInfo:
+    """A voice as listed: no conditioning arrays, no recording."""
+
+    name: str
+    language: str
+    model_id: str
+    speech_seconds: float
+    created_at: datetime
+    added_by: str
+    consent_recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiVoice:
+    """A voice ready to speak with."""
+
+    name: str
+    language: str
+    embedding: VoiceEmbedding
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewApiVoice:
+    """Everything the API's voice library stores for a new voice: the voice, its reference and its consent."""
+
+    name: str
+    language: str
+    embedding: VoiceEmbedding
+    reference_hash: str
+    speech_seconds: float
+    quality: QualityReport | None
+    consent: ApiVoiceConsent

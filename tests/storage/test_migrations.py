@@ -21,7 +21,7 @@ from storage.migrate import PAUSE_ENV, alembic_config
 from storage.schema import TABLE_NAMES, consent_records, metadata, voice_profiles
 from tests.storage.conftest import start_child
 
-HEAD = "0003_read_aloud"
+HEAD = "0004_api_voices"
 
 
 async def _tables(url: str) -> set[str]:

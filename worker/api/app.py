@@ -3,7 +3,9 @@
 Endpoints (wire format in ``worker.wire``): ``POST /v1/embeddings``, ``/v1/speech`` (framed stream of
 24 kHz mono s16le PCM), ``/v1/transcriptions``, ``/v1/verify``, ``/v1/quality``, ``/v1/watermark/detect``;
 ``GET /healthz`` (process alive, no auth), ``/readyz`` (models loaded, no auth, for load balancers) and
-``/metrics`` (Prometheus). Everything else needs ``Authorization: Bearer <token>`` when a token is set.
+``/metrics`` (Prometheus). OpenAI's audio routes (``worker.api.openai``) and the OpenAPI schema and docs
+(``worker.api.docs``) are served too. Everything else needs ``Authorization: Bearer <token>`` when a token
+is set.
 Bodies are read with a running size check and refused with 413 as soon as they pass the limit. Errors
 are ``{"error": {"code", "message"}}`` with the stable codes of ``worker.errors``. Neither tokens nor
 audio nor text are ever logged: a log line names the endpoint, the status and the time taken.
@@ -24,7 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker.api.docs import docs_router
 from worker.api.metrics import CONTENT_TYPE, WorkerMetrics
+from worker.api.openai import OPENAI_ENDPOINTS, openai_router
 from worker.api.stream import stream_speech
 from worker.errors import (
     InternalWorkerError,
@@ -37,6 +41,7 @@ from worker.errors import (
 )
 from worker.service import SpeechService
 from worker.types import PhraseMatch, QualityReport, SpeakerCheck, Transcription, WatermarkResult
+from worker.voices import VoiceLibrary
 from worker.wire import (
     AudioBody,
     SpeechBody,
@@ -60,6 +65,7 @@ _ENDPOINTS: Final = frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        *OPENAI_ENDPOINTS,
     }
 )
 _M = TypeVar("_M", bound=BaseModel)
@@ -165,8 +171,12 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     metrics: WorkerMetrics | None = None,
     queue_depth: Callable[[], float] | None = None,
+    voices: VoiceLibrary | None = None,
 ) -> FastAPI:
-    """The Worker API v1 over ``service``. ``token=None`` turns auth off (local development only)."""
+    """The Worker API v1 over ``service``. ``token=None`` turns auth off (local development only).
+
+    ``voices``: the consented voices that ``POST /v1/audio/speech`` serves (none without it).
+    """
     metrics = metrics if metrics is not None else WorkerMetrics()
     if queue_depth is None:
         queue_depth = _queue_depth_reader(service)
@@ -257,6 +267,10 @@ def create_app(
         return to_json_obj(_WATERMARK, result)
 
     app.include_router(secured)
+    app.include_router(
+        openai_router(service, voices, metrics, max_body_bytes), dependencies=[Depends(authorize)]
+    )
+    app.include_router(docs_router(app, token))
     return app
 
 

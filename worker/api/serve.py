@@ -21,6 +21,7 @@ from worker.api.app import create_app
 from worker.errors import SpeechError
 from worker.factory import DeferredSpeechService, load_local_service, resolve_local_models
 from worker.service import SpeechService
+from worker.voices import VoiceLibrary
 
 log = logging.getLogger("voxclone.worker.serve")
 
@@ -37,9 +38,18 @@ def is_loopback(host: str) -> bool:
 
 
 def serve_worker(
-    settings: Settings, *, model_dir: Path | None, host: str, port: int, max_body_bytes: int
+    settings: Settings,
+    *,
+    model_dir: Path | None,
+    host: str,
+    port: int,
+    max_body_bytes: int,
+    voices: VoiceLibrary | None = None,
 ) -> int:
-    """Run the worker until SIGINT/SIGTERM; returns the exit code. Blocking."""
+    """Run the worker until SIGINT/SIGTERM; returns the exit code. Blocking.
+
+    ``voices``: the consented voices of ``/v1/audio/speech``, opened here (none without it).
+    """
     token = settings.worker_token.get_secret_value() if settings.worker_token else None
     if not token and not is_loopback(host):
         raise ConfigError(
@@ -55,7 +65,7 @@ def serve_worker(
         return await load_local_service(settings, models)
 
     service = DeferredSpeechService(load)
-    app = create_app(service, token=token, max_body_bytes=max_body_bytes)
+    app = create_app(service, token=token, max_body_bytes=max_body_bytes, voices=voices)
     config = uvicorn.Config(
         app,
         host=host,
@@ -66,11 +76,15 @@ def serve_worker(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    return asyncio.run(_serve(uvicorn.Server(config), service, f"{host}:{port}"))
+    return asyncio.run(_serve(uvicorn.Server(config), service, f"{host}:{port}", voices))
 
 
-async def _serve(server: uvicorn.Server, service: DeferredSpeechService, where: str) -> int:
+async def _serve(
+    server: uvicorn.Server, service: DeferredSpeechService, where: str, voices: VoiceLibrary | None
+) -> int:
     failure: list[BaseException] = []
+    if voices is not None:
+        await voices.open()  # a database that cannot be opened stops the start with its reason
 
     def loaded(task: asyncio.Task[SpeechService]) -> None:
         if task.cancelled():
@@ -93,6 +107,8 @@ async def _serve(server: uvicorn.Server, service: DeferredSpeechService, where: 
         ) from exc
     finally:
         await service.aclose()
+        if voices is not None:
+            await voices.aclose()
     if failure:
         error = failure[0]
         if isinstance(error, SpeechError):

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bot.errors import ConfigError, StorageError, VoxcloneError
+from bot.errors import VoxcloneError
 from bot.logs import configure_logging
 from bot.settings import Settings, load_settings
 from worker.errors import SpeechError
@@ -120,13 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("DEBUG" if args.verbose else "CRITICAL", "text")
     try:
         return func(args)
-    except ConfigError as exc:
-        return _fail(exc.message)
-    except StorageError as exc:
-        return _fail(exc.message)
-    except VoxcloneError as exc:
-        return _fail(exc.message)
-    except SpeechError as exc:
+    except (VoxcloneError, SpeechError) as exc:  # ConfigError, StartupError, StorageError, ...
+        log.debug("%s failed", args.command, exc_info=True)  # the traceback, with LOG_LEVEL=DEBUG only
         return _fail(exc.message)
     except KeyboardInterrupt:
         return 130

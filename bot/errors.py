@@ -2,6 +2,7 @@
 
     VoxcloneError                    code
     ├── ConfigError                  config            a setting is missing or wrong (start-up only)
+    ├── StartupError                 startup           a service the bot needs cannot be reached at start-up
     ├── StorageError                 storage           the database cannot be opened or written
     │   └── MigrationError           migration
     ├── IntakeError                  (per subclass)    an uploaded file could not become PCM
@@ -59,6 +60,10 @@ class VoxcloneError(Exception):
 
 class ConfigError(VoxcloneError):
     code = "config"
+
+
+class StartupError(VoxcloneError):
+    code = "startup"
 
 
 class StorageError(VoxcloneError):

@@ -1,4 +1,4 @@
-"""Start-up of the bot process: logging, voice dependencies, migrations, then the gateway connection."""
+"""The bot process: logging, voice and speech dependencies, then ``bot.startup``."""
 
 from __future__ import annotations
 
@@ -39,8 +39,29 @@ def check_voice_dependencies() -> None:
         )
 
 
+def check_speech_engines(settings: Settings) -> None:
+    """Without WORKER_URLS the engines run in the bot: fail at once if this install lacks them.
+
+    A bot-only install (``pip install voxclone``, the ``bot`` Docker image) has no torch or coqui-tts.
+    """
+    if settings.worker_urls:
+        return
+    missing = [name for name in ("torch", "TTS") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            "WORKER_URLS is empty, so the speech engines would run inside the bot, but they are not "
+            "installed here (a bot-only install, such as the `bot` Docker image): set WORKER_URLS (and "
+            "WORKER_TOKEN) to your speech workers, or install the engines with "
+            "`pip install 'voxclone[worker]'` (`make run` does)."
+        )
+
+
 def run_bot(settings: Settings) -> int:
-    """Run until interrupted; returns the process exit code."""
+    """Run until interrupted; returns the process exit code.
+
+    Start-up failures raise a ConfigError, StartupError, StorageError or SpeechError whose message is the
+    one line ``voxclone bot`` prints.
+    """
     token = settings.require_discord_token().get_secret_value()
     configure_logging(
         settings.log_level,
@@ -48,16 +69,20 @@ def run_bot(settings: Settings) -> int:
         secrets=[token, *(s.get_secret_value() for s in (settings.worker_token, settings.llm_api_key) if s)],
     )
     check_voice_dependencies()
-    from bot.client import build_bot
-
-    async def _main() -> None:
-        async with build_bot(settings) as bot:
-            await bot.start(token)
-
+    check_speech_engines(settings)
     try:
-        asyncio.run(_main())
+        return asyncio.run(_run(settings, token))
     except KeyboardInterrupt:
         log.info("shutdown requested")
+    return 0
+
+
+async def _run(settings: Settings, token: str) -> int:
+    from bot.client import build_bot
+    from bot.startup import start
+
+    async with build_bot(settings) as bot:
+        await start(bot, token)
     return 0
 
 
@@ -68,10 +93,11 @@ def sync_commands(settings: Settings, guild_id: int | None) -> int:
     import discord
 
     from bot.client import VoxcloneBot
+    from bot.startup import login
 
     async def _main() -> int:
         async with VoxcloneBot(settings, commands_only=True) as bot:
-            await bot.login(token)
+            await login(bot, token)
             if guild_id is not None:
                 guild = discord.Object(id=guild_id)
                 bot.tree.copy_global_to(guild=guild)
@@ -83,9 +109,4 @@ def sync_commands(settings: Settings, guild_id: int | None) -> int:
             print(f"registered {len(synced)} commands in {where}")
         return 0
 
-    try:
-        return asyncio.run(_main())
-    except discord.LoginFailure:
-        raise ConfigError(
-            "Discord refused DISCORD_TOKEN: copy a fresh token from the developer portal (Bot > Reset Token)."
-        ) from None
+    return asyncio.run(_main())

@@ -69,6 +69,9 @@ class VoxcloneBot(commands.Bot):
         self._players: Players | None = None
         self._enrollment: EnrollmentService | None = None
         self._speaking: SpeakingService | None = None
+        # Set by bot.shutdown: new interactions are answered "restarting" and messages are ignored.
+        self.shutting_down = False
+        self._resources_closed = False
 
     @property
     def database(self) -> Database:
@@ -140,6 +143,11 @@ class VoxcloneBot(commands.Bot):
         self._enrollment = EnrollmentService(self.repos, self.speech, self.policy)
         self._speaking = SpeakingService(self.repos, self.policy, self.players)
 
+    def dispatch(self, event_name: str, /, *args: object, **kwargs: object) -> None:
+        if self.shutting_down and event_name == "message":
+            return  # no new voice-message work while shutting down
+        super().dispatch(event_name, *args, **kwargs)
+
     async def post(self, channel_id: int, text: str) -> None:
         """Post a line in a text channel (announcements, late errors)."""
         channel = self.get_channel(channel_id)
@@ -154,6 +162,9 @@ class VoxcloneBot(commands.Bot):
             log.info("commands synced to the development guild", extra={"count": len(synced)})
 
     async def close(self) -> None:
+        if self._resources_closed:  # shut_down closes first; `async with bot` closes again on the way out
+            return await super().close()
+        self._resources_closed = True
         try:
             if self._players is not None:
                 await self._players.close()

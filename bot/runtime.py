@@ -1,4 +1,4 @@
-"""The bot process: logging, voice and speech dependencies, then ``bot.startup``."""
+"""The bot process: checks, then ``bot.startup`` until SIGTERM/SIGINT (then ``bot.shutdown``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import logging
 
 from bot.errors import ConfigError
 from bot.logs import configure_logging
+from bot.process import StopRequest, drain_threads, exit_now
 from bot.settings import Settings
 
 log = logging.getLogger("voxclone.runtime")
+
+THREADS_GRACE_S = 2.0  # s that threads still busy after shutdown (a model loading) get before we leave
 
 
 def check_voice_dependencies() -> None:
@@ -57,7 +60,7 @@ def check_speech_engines(settings: Settings) -> None:
 
 
 def run_bot(settings: Settings) -> int:
-    """Run until interrupted; returns the process exit code.
+    """Run until SIGTERM/SIGINT (then shut down gracefully); returns the process exit code.
 
     Start-up failures raise a ConfigError, StartupError, StorageError or SpeechError whose message is the
     one line ``voxclone bot`` prints.
@@ -70,19 +73,34 @@ def run_bot(settings: Settings) -> int:
     )
     check_voice_dependencies()
     check_speech_engines(settings)
-    try:
-        return asyncio.run(_run(settings, token))
-    except KeyboardInterrupt:
-        log.info("shutdown requested")
-    return 0
+    return asyncio.run(_run(settings, token))
 
 
 async def _run(settings: Settings, token: str) -> int:
     from bot.client import build_bot
+    from bot.shutdown import SHUTDOWN_DEADLINE_S, shut_down
     from bot.startup import start
 
+    stop = StopRequest()
+    stop.install()
     async with build_bot(settings) as bot:
-        await start(bot, token)
+        running = asyncio.create_task(start(bot, token), name="voxclone-bot")
+        stopping = asyncio.create_task(stop.wait(), name="voxclone-stop")
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():  # start-up failed (raises here), or the bot was closed from inside
+            stopping.cancel()
+            running.result()
+            return 0
+        log.info("%s received: shutting down", stop.signal_name)
+        took = await shut_down(bot)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    # A model still loading in a thread would keep asyncio.run (and the process) waiting until it is
+    # loaded, for nothing: give threads a moment, then leave; storage and the gateway are closed already.
+    if not await drain_threads(min(THREADS_GRACE_S, max(0.1, SHUTDOWN_DEADLINE_S - took))):
+        log.warning("leaving a model load unfinished")
+        exit_now(0)
     return 0
 
 

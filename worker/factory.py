@@ -9,6 +9,7 @@ answer health checks (and ``not_ready``) while the engines load in the backgroun
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -82,6 +83,8 @@ def resolve_local_models(
 
 async def load_local_service(settings: Settings, models: LocalModels) -> SpeechService:
     """Load every engine in this process (torch is imported here, not before)."""
+    # Importing torch takes seconds: off the event loop, which meanwhile answers health checks and signals.
+    await asyncio.to_thread(importlib.import_module, "worker.local")
     from worker.local import LocalSpeechService
 
     return await LocalSpeechService.load(

@@ -1,6 +1,6 @@
 """``voxclone bot`` as a child process against a fake Discord on loopback: each start-up failure is one
 line on stderr saying what to do, with a non-zero exit and no traceback (unless LOG_LEVEL=DEBUG), and
-never the token.
+never the token; a running bot stops cleanly on SIGTERM and SIGINT.
 
 WORKER_URLS points at a closed port so the bot needs no models (it contacts workers only when asked to
 speak); the tests that need the engines set them up themselves.
@@ -8,12 +8,14 @@ speak); the tests that need the engines set them up themselves.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from bot.shutdown import SHUTDOWN_DEADLINE_S
 from bot.startup import LOGIN_BACKOFF_S, LOGIN_TRIES
 from tests.support.fake_discord import FakeDiscord, Mode, bot_command, free_port
 
@@ -126,3 +128,31 @@ def test_local_setup_failures_are_one_line(tmp_path: Path, env: dict[str, str], 
     assert code != 0
     assert lines[-1].startswith("voxclone: ") and expected in lines[-1], lines
     assert_clean(lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_running_bot_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    with FakeDiscord("accept") as discord:
+        proc = subprocess.Popen(
+            bot_command(discord.api, discord.gateway, "bot"),
+            cwd=tmp_path,
+            env=child_env(tmp_path, LOG_FORMAT="text"),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert discord.identified.wait(60), "the bot never reached the gateway"
+            time.sleep(0.5)  # READY handled
+            sent = time.monotonic()
+            proc.send_signal(sig)
+            _, stderr = proc.communicate(timeout=15)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert discord.gateway_closed.wait(5)
+    assert proc.returncode == 0, stderr
+    assert took < SHUTDOWN_DEADLINE_S + 2, f"took {took:.1f} s"
+    assert f"{sig.name} received: shutting down" in stderr
+    assert "Traceback" not in stderr and TOKEN not in stderr

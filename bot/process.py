@@ -1,18 +1,23 @@
-"""The life of the ``voxclone bot`` and ``voxclone worker`` processes: stop signals, and leaving promptly
-once everything we own is closed.
+"""The life of the ``voxclone bot`` and ``voxclone worker`` processes: stop signals, the listening socket,
+and leaving promptly once everything we own is closed.
 
-Imports nothing of ours, so the bot and the worker can both use it (a ``core`` module).
+Imports nothing of ours but the error root, so the bot and the worker can both use it (a ``core`` module).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
+from collections.abc import Iterator
 from typing import Final, NoReturn
+
+from bot.errors import ConfigError
 
 log = logging.getLogger("voxclone.process")
 
@@ -47,6 +52,59 @@ class StopRequest:
     async def wait(self) -> str:
         await self.event.wait()
         return self.signal_name or "signal"
+
+
+@contextlib.contextmanager
+def signals_end_quietly() -> Iterator[None]:
+    """Around ``uvicorn.Server.serve``: it re-raises the stop signal it caught once it has shut down
+    gracefully, which with the default SIGTERM action kills the process before our own clean-up (and
+    exits 143). Handlers that ignore that second delivery let ``serve`` return normally instead."""
+
+    def already_handled(signum: int, frame: object) -> None:
+        log.debug("signal %s: the server has already shut down", signum)
+
+    previous = {sig: signal.signal(sig, already_handled) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def listening_socket(host: str, port: int, *, what: str = "the worker") -> socket.socket:
+    """A socket bound to ``host:port`` and listening, or a ConfigError saying why not and what to do.
+
+    Bound before anything slow (model download, loading) so a port in use fails at once, in one line.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"WORKER_HOST {host!r} is not an address of this machine ({exc.strerror}): "
+            "use 127.0.0.1, 0.0.0.0 or one of its addresses."
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts reuse TIME_WAIT ports
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"Port {port} on {host} is already in use, so {what} cannot listen there: stop the "
+                f"program using it (`ss -ltnp 'sport = :{port}'` shows which), or choose another "
+                "WORKER_PORT (--port)."
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                f"Not allowed to listen on port {port}: ports below 1024 need root; choose a WORKER_PORT "
+                "above 1024 (the default is 8765)."
+            ) from None
+        raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror}): check WORKER_HOST.") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 async def drain_threads(timeout_s: float) -> bool:

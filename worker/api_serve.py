@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from pathlib import Path
 from typing import Final
 
@@ -16,6 +17,7 @@ import uvicorn
 
 from bot.errors import ConfigError
 from bot.logs import configure_logging
+from bot.process import drain_threads, exit_now, listening_socket, signals_end_quietly
 from bot.settings import Settings
 from worker.api import create_app
 from worker.errors import SpeechError
@@ -25,6 +27,7 @@ from worker.service import SpeechService
 log = logging.getLogger("voxclone.worker.serve")
 
 GRACEFUL_SHUTDOWN_S: Final = 10  # s that streams in flight get to finish on SIGTERM
+THREADS_GRACE_S: Final = 2.0  # s after that for threads still busy (a model loading) before we leave
 
 
 def is_loopback(host: str) -> bool:
@@ -47,9 +50,14 @@ def serve_worker(
             "random value (the same on the bot), or listen on 127.0.0.1 only (WORKER_HOST)."
         )
     configure_logging(settings.log_level, settings.log_format, secrets=[token])
+    sock = listening_socket(host, port)  # a port in use fails now, not after a model download
     if not token:
         log.warning("WORKER_TOKEN is not set: any program on this machine can use the worker")
-    models = resolve_local_models(settings, model_dir=model_dir)
+    try:
+        models = resolve_local_models(settings, model_dir=model_dir)
+    except BaseException:
+        sock.close()
+        raise
 
     async def load() -> SpeechService:
         return await load_local_service(settings, models)
@@ -66,10 +74,10 @@ def serve_worker(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    return asyncio.run(_serve(uvicorn.Server(config), service, f"{host}:{port}"))
+    return asyncio.run(_serve(uvicorn.Server(config), service, sock))
 
 
-async def _serve(server: uvicorn.Server, service: DeferredSpeechService, where: str) -> int:
+async def _serve(server: uvicorn.Server, service: DeferredSpeechService, sock: socket.socket) -> int:
     failure: list[BaseException] = []
 
     def loaded(task: asyncio.Task[SpeechService]) -> None:
@@ -85,14 +93,16 @@ async def _serve(server: uvicorn.Server, service: DeferredSpeechService, where: 
 
     service.start().add_done_callback(loaded)
     try:
-        await server.serve()
-    except SystemExit as exc:  # uvicorn exits when it cannot bind
-        raise ConfigError(
-            f"cannot listen on {where} (see the error above): is another worker running there? "
-            "Choose another WORKER_PORT or WORKER_HOST."
-        ) from exc
+        # On SIGTERM/SIGINT uvicorn stops accepting, lets streams in flight finish (up to
+        # GRACEFUL_SHUTDOWN_S), then returns; a load still running in a thread is not waited for.
+        with signals_end_quietly():
+            await server.serve(sockets=[sock])
     finally:
+        sock.close()
         await service.aclose()
+    if not await drain_threads(THREADS_GRACE_S):
+        log.warning("leaving a model load unfinished")
+        exit_now(1 if failure else 0)
     if failure:
         error = failure[0]
         if isinstance(error, SpeechError):

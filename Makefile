@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test worker lint bench clean-venv
+.PHONY: run test worker lint imports bench clean-venv
 
 run: $(STAMP_RUN)
 	@scripts/system-deps.sh run
@@ -20,10 +20,14 @@ test: $(STAMP_TEST)
 	@scripts/system-deps.sh test
 	scripts/with-postgres.sh $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP_TEST)
-	$(VENV)/bin/ruff check bot cogs storage worker tests bench
-	$(VENV)/bin/ruff format --check bot cogs storage worker tests bench
+lint: imports
+	$(VENV)/bin/ruff check core bot cogs storage worker tests bench
+	$(VENV)/bin/ruff format --check core bot cogs storage worker tests bench
 	$(VENV)/bin/mypy
+
+# The import contract in pyproject.toml: every import points down the layers, no circles.
+imports: $(STAMP_TEST)
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP_TEST)
 	$(PY) bench/synthesis.py --size tiny

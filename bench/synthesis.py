@@ -1,10 +1,10 @@
 """Synthesis benchmark: this worker against stock coqui-tts ``inference_stream``, side by side, one run.
 
-All engines serve one random-weight XTTS-v2 checkpoint through ``worker.scheduler.SynthesisScheduler``
+All engines serve one random-weight XTTS-v2 checkpoint through ``worker.serving.scheduler.SynthesisScheduler``
 (one engine thread, as ``voxclone worker`` runs it), N requests submitted at once: ``voxclone``
 (continuous batching; CUDA graphs + float16 on a GPU), ``vox-serial`` (same code, ``max_batch=1``),
-``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA comparisons ``vox-overlap``,
-``vox-eager-prefill`` and ``vox-fp32-vocoder``, and ``stock`` (it cannot batch). Reported:
+``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA comparisons (``vox-eager-prefill``,
+``vox-fp32-vocoder`` and others: bench/README.md), and ``stock`` (it cannot batch). Reported:
 time to first chunk (queue wait included), per-stream real-time factor, aggregate throughput (audio s
 per wall s), peak GPU memory and memory per extra stream; the GPT decode step alone per batch size; how
 closely the batched path reproduces the one-request reference (greedy). Lengths are pinned (--tokens).
@@ -35,20 +35,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.batch_graphs import FastDecode
-from worker.fused_attention import BLOCKS as ATTENTION_BLOCKS
-from worker.fused_attention import FUSED_ATTENTION_ENV
-from worker.fused_attention import works_for as fused_attention_works
-from worker.fused_norm import FUSED_NORM_ENV
-from worker.fused_norm import works_for as fused_norm_works
-from worker.fused_sampling import FUSED_SAMPLING_ENV
-from worker.fused_sampling import works_for as fused_sampling_works
-from worker.scheduler import SynthesisScheduler
-from worker.testmodel import make_test_model
+from worker.batching.graphs import FastDecode
+from worker.kernels.attention import BLOCKS as ATTENTION_BLOCKS
+from worker.kernels.attention import FUSED_ATTENTION_ENV
+from worker.kernels.attention import works_for as fused_attention_works
+from worker.kernels.norm import FUSED_NORM_ENV
+from worker.kernels.norm import works_for as fused_norm_works
+from worker.kernels.sampling import FUSED_SAMPLING_ENV
+from worker.kernels.sampling import works_for as fused_sampling_works
+from worker.serving.engine import XttsEngine
+from worker.serving.scheduler import SynthesisScheduler
+from worker.tts.gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
+from worker.tts.speech import Int16Array, PreparedSpeech, StreamStats
+from worker.tts.testmodel import make_test_model
+from worker.tts.vocoder import VocoderPrecision, precision_snr
 from worker.types import SpeechRequest, VoiceEmbedding
-from worker.xtts import Int16Array, PreparedSpeech, StreamStats, XttsEngine
-from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence, text_prefix
-from worker.xtts_vocoder import VocoderPrecision, precision_snr
 
 TEXT = "Hello world, this is a test of the voice model, and it goes on for a while."
 LANGUAGE = "en"
@@ -454,7 +455,7 @@ def profile(
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from worker.batch_gpt import BatchDecoder
+    from worker.batching.decoder import BatchDecoder
 
     cuda = torch.device(engine.device).type == "cuda"
     steps = {"n": 0}
@@ -491,10 +492,10 @@ def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens:
     pipelined, the device runs the next step meanwhile)."""
     from collections import defaultdict
 
-    import worker.xtts_vocoder
-    from worker.batch import BatchSynthesis
-    from worker.batch_gpt import BatchDecoder, PendingStep
-    from worker.xtts_vocoder import StreamingVocoder
+    import worker.tts.vocoder
+    from worker.batching.decoder import BatchDecoder, PendingStep
+    from worker.batching.synthesis import BatchSynthesis
+    from worker.tts.vocoder import StreamingVocoder
 
     spent: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
@@ -505,7 +506,7 @@ def phases(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], tokens:
         (BatchDecoder, "prefill", "prefill"),
         (StreamingVocoder, "window", "vocoder window planning"),
         (BatchSynthesis, "_launch", "vocoder launch"),  # includes building the windows' input (next)
-        (worker.xtts_vocoder, "stack_windows", "of which batched windows built"),
+        (worker.tts.vocoder, "stack_windows", "of which batched windows built"),
         (BatchSynthesis, "_hand_out", "hand out audio"),
     ]
     originals: list[tuple[Any, str, Any]] = [(cls, name, getattr(cls, name)) for cls, name, _ in parts]
@@ -569,15 +570,14 @@ RATIO_PAIRS = (
         for other in (
             "stock",
             "vox-serial",
+            "vox-small-session",
             "vox-eager",
             "vox-eager-prefill",
-            "vox-overlap",
             "vox-fp32-vocoder",
             "vox-eager-vocoder",
             "vox-watermarked",
             "vox-unpipelined",
             "vox-pipelined",
-            "vox-one-row-step",
         )
     ),
     ("vox-staggered", "vox-staggered-eager-vocoder"),
@@ -625,9 +625,9 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
     for r in rows:
         mem = f"{r.peak_gpu_mem_gb:7.2f}" if r.peak_gpu_mem_gb is not None else f"{'-':>7s}"
         print(
-            f"{r.engine:16s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_p95:6.0f} {r.ttfc_ms_max:6.0f} "
-            f"{r.rtf_p50:8.3f} "
-            f"{r.rtf_max:8.3f} {r.throughput_x:14.2f} {r.wall_s:7.1f} {mem}"
+            f"{r.engine:16s} {r.concurrency:4d} {r.ttfc_ms_p50:11.0f} {r.ttfc_ms_p95:6.0f} "
+            f"{r.ttfc_ms_max:6.0f} {r.rtf_p50:8.3f} {r.rtf_max:8.3f} {r.throughput_x:14.2f} "
+            f"{r.wall_s:7.1f} {mem}"
         )
     for q in result["ratios"]:
         print(
@@ -636,10 +636,8 @@ def print_table(meta: dict[str, Any], rows: list[Row], result: dict[str, Any]) -
         )
     reference = result.get("reference_ms_per_token")
     loop = f"{reference:.2f} ms/token" if reference is not None else "not measured"
-    padded = f", a lone stream padded to {meta['min_batch']} rows" if meta.get("min_batch", 1) > 1 else ""
     for key, label in (
-        ("decode", meta["decode"] + padded),
-        ("decode_one_row", f"{meta['decode']}, a lone stream at one row, not two"),
+        ("decode", meta["decode"]),
         ("decode_unfused_norm", f"{meta['decode']}, each residual add and LayerNorm two kernels"),
         ("decode_unfused_sampling", f"{meta['decode']}, the token choice and bookkeeping in PyTorch's ops"),
         ("decode_unfused_attention", f"{meta['decode']}, attention and cache write in PyTorch's ops"),
@@ -724,7 +722,6 @@ def level_list(text: str) -> list[int]:
 LEVEL_OPTIONS = (
     ("--serial-at", "8", "8", "levels to also run one request at a time ('' for none)"),
     ("--eager-at", "1,32", "", "CUDA: levels to also run without graphs"),
-    ("--overlap-at", "", "", "CUDA: levels to also run HiFi-GAN overlapped (measured slower twice)"),
     (
         "--eager-prefill-at",
         "1,32",
@@ -736,17 +733,12 @@ LEVEL_OPTIONS = (
     ("--eager-vocoder-at", "1,32", "", "CUDA: levels to also run HiFi-GAN launched op by op (no graphs)"),
     ("--fp32-vocoder-at", "1,32", "", "CUDA: levels to also run float32 HiFi-GAN (not float16)"),
     (
-        "--one-row-at",
-        "1",
-        "",
-        "CUDA: levels to also run with a lone stream's decode step at one row, not padded to two",
-    ),
-    (
         "--flip-pipeline-at",
         "1,32",
         "",
         "levels to also run with the engine loop's pipelining switched: vox-unpipelined on CUDA",
     ),
+    ("--small-session-at", "1,32", "", "levels to also run in a session of max(these) rows, not max(levels)"),
     ("--profile-at", "1,32", "", "levels to run once under torch.profiler ('' for none)"),
     ("--phases-at", "1,32", "1,4", "levels to time the parts at"),
 )
@@ -814,21 +806,21 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    # The worker's own log lines (probes that fall back, graphs captured, attention timing) go with the figures.
-    logging.basicConfig(level=logging.INFO, format="%(relativeCreated)8.0f ms %(name)s %(levelname)s: %(message)s")
+    # The worker's log lines (probes that fall back, graphs captured, attention timing) go with the figures.
+    logging.basicConfig(
+        level=logging.INFO, format="%(relativeCreated)8.0f ms %(name)s %(levelname)s: %(message)s"
+    )
     torch.set_num_threads(args.threads)
     levels: list[int] = args.concurrency
     serial_levels: list[int] = args.serial_at
     eager_levels: list[int] = args.eager_at
     stock_levels: list[int] = args.stock_at or levels
-    overlap_levels: list[int] = args.overlap_at
     eager_prefill_levels: list[int] = args.eager_prefill_at
     eager_vocoder_levels: list[int] = args.eager_vocoder_at
     staggered_levels: list[int] = args.staggered_at
     watermarked_levels: list[int] = args.watermarked_at
     fp32_vocoder_levels: list[int] = args.fp32_vocoder_at
     flip_pipeline_levels: list[int] = args.flip_pipeline_at
-    one_row_levels: list[int] = args.one_row_at
     profile_levels: list[int] = args.profile_at
     phase_levels: list[int] = args.phases_at
 
@@ -836,7 +828,7 @@ def main() -> None:
     model_dir = args.model_dir or make_test_model(Path(tempfile.mkdtemp()), size=args.size)
     engine = XttsEngine.load(model_dir, args.device)
     if args.watermark:
-        from worker.watermark import Watermarker
+        from worker.analysis.watermark import Watermarker
 
         engine.watermark = Watermarker(device=args.device)
     print(f"checkpoint ready and loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -889,7 +881,6 @@ def main() -> None:
         our_chunk_tokens=[engine.chunks.first_tokens, engine.chunks.tokens],
         watermark=args.watermark,
         pipelined=engine.pipeline,
-        min_batch=engine.fast_decode.min_batch if captured[0] else 1,
     )
 
     def variant(
@@ -926,51 +917,46 @@ def main() -> None:
             setattr(other, key, value)
         return other
 
+    # The comparison rows open sessions as large as voxclone's (max(levels) rows), so that a ratio is
+    # what the one switch buys; vox-small-session shows what the session's size itself costs.
+    same = max(levels)
     variant("voxclone", engine, levels)
+    small_levels = [n for n in args.small_session_at if n < same]
+    if small_levels:
+        variant("vox-small-session", engine, small_levels, max_batch=max(small_levels))
     if serial_levels:  # the same code one request at a time: what batching buys
         variant("vox-serial", engine, serial_levels, max_batch=1)
     if eager_levels:  # the same batching, float32 and no CUDA graphs: what low-overhead decoding buys
         variant("vox-eager", eager, eager_levels)
-    if overlap_levels:  # the same graphs, HiFi-GAN on a second CUDA stream: what overlapping it buys
-        variant("vox-overlap", engine, overlap_levels, changes={"vocoder_overlap": True})
     if eager_prefill_levels and engine.fast_decode.graphs:  # what capturing the prefill buys
         unfused = FastDecode(graphs=True, dtype=engine.fast_decode.dtype, prefill_graphs=False)
-        variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels)
+        variant("vox-eager-prefill", copy_of(fast_decode=unfused), eager_prefill_levels, same)
     # The same, HiFi-GAN launched op by op: what replaying it from graphs buys.
     launched = {"fast_decode": dataclasses.replace(engine.fast_decode, vocoder_graphs=False)}
     if eager_vocoder_levels and captured[2]:
-        variant("vox-eager-vocoder", engine, eager_vocoder_levels, changes=launched)
+        variant("vox-eager-vocoder", engine, eager_vocoder_levels, same, changes=launched)
     if staggered_levels:  # arrivals spread out, as real traffic comes: many small vocoder calls
-        variant("vox-staggered", engine, staggered_levels, stagger_s=args.stagger_s)
+        variant("vox-staggered", engine, staggered_levels, same, stagger_s=args.stagger_s)
         if captured[2]:
             name = "vox-staggered-eager-vocoder"
-            variant(name, engine, staggered_levels, stagger_s=args.stagger_s, changes=launched)
+            variant(name, engine, staggered_levels, same, stagger_s=args.stagger_s, changes=launched)
     if watermarked_levels:  # as the worker serves: every chunk watermarked (perth, on the CPU)
-        from worker.watermark import Watermarker
+        from worker.analysis.watermark import Watermarker
 
         marker = stage("watermarker", Watermarker)
         if marker is not None:
-            variant("vox-watermarked", engine, watermarked_levels, changes={"watermark": marker})
+            variant("vox-watermarked", engine, watermarked_levels, same, changes={"watermark": marker})
     fp16_vocoder = engine.decoders.vocoder_dtype == torch.float16
     if fp32_vocoder_levels and fp16_vocoder:  # batched HiFi-GAN calls in float32: what float16 buys
-        variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels)
-    # A lone stream's step at one row: what padding it to two buys (cuBLASLt's bias epilogue). A session
-    # for one stream has no spare row, so these rows run the same engine one request at a time.
-    one_row = bool(one_row_levels and captured[0] and engine.fast_decode.min_batch > 1)
-    if one_row:
-        variant("vox-one-row-step", engine, one_row_levels, max_batch=1)
+        variant("vox-fp32-vocoder", copy_of(vocoder_precision=VocoderPrecision()), fp32_vocoder_levels, same)
     if flip_pipeline_levels:  # the other engine loop: what launching each step before reading the last buys
         name = "vox-unpipelined" if engine.pipeline else "vox-pipelined"
-        variant(name, engine, flip_pipeline_levels, changes={"pipeline": not engine.pipeline})
+        variant(name, engine, flip_pipeline_levels, same, changes={"pipeline": not engine.pipeline})
     if phase_levels:
         result["phases"] = stage("phases", lambda: phases(engine, voice, phase_levels, args.tokens))
     result["decode"] = (
         stage("decode", lambda: [asdict(d) for d in decode_steps(engine, voice, levels, steps=50)]) or []
     )
-    if one_row:  # a session of one row: the step unpadded
-        result["decode_one_row"] = stage(
-            "decode-one-row", lambda: [asdict(d) for d in decode_steps(engine, voice, [1], steps=50)]
-        )
     if eager_levels:
         result["decode_eager"] = stage(
             "decode-eager", lambda: [asdict(d) for d in decode_steps(eager, voice, eager_levels, steps=30)]
@@ -1049,11 +1035,10 @@ def main() -> None:
         for i, name in enumerate(
             (
                 "voxclone",
+                "vox-small-session",
                 "vox-fp32-vocoder",
                 "vox-unpipelined",
                 "vox-pipelined",
-                "vox-one-row-step",
-                "vox-overlap",
                 "vox-eager-prefill",
                 "vox-eager-vocoder",
                 "vox-staggered",

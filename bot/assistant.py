@@ -24,14 +24,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
-from bot.errors import (
-    AssistantBadResponse,
-    AssistantRefused,
-    AssistantTimeout,
-    AssistantUnavailable,
-    ConfigError,
-)
-from bot.settings import Settings
+from bot.errors import AssistantBadResponse, AssistantRefused, AssistantTimeout, AssistantUnavailable
+from core.errors import ConfigError
+from core.settings import Settings
 
 log = logging.getLogger("voxclone.assistant")
 

@@ -3,7 +3,7 @@
 Shared by enrolment (``cogs.enroll``) and voice messages (``bot.voice_messages``). A Discord voice
 message is recognised by its message flag; any other attachment by its content type or, without one,
 its file extension. The size (and, for voice messages, the declared length) is checked before
-downloading; what the bytes really are is ffprobe's job in ``bot.intake``.
+downloading; what the bytes really are is ffprobe's job in ``core.intake``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import discord
 
 from bot.enrollment import MAX_CONSENT_BYTES, Upload
-from bot.errors import AudioTooLarge, NotAudio
+from core.errors import AudioTooLarge, NotAudio
 
 AUDIO_EXTENSIONS = (
     ".ogg",

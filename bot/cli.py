@@ -11,10 +11,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bot.errors import VoxcloneError
-from bot.logs import configure_logging
-from bot.settings import Settings, load_settings
-from worker.errors import SpeechError
+from core.errors import VoxcloneError
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
 
 log = logging.getLogger("voxclone.cli")
 
@@ -162,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("DEBUG" if args.verbose else "CRITICAL", "text")
     try:
         return func(args)
-    except (VoxcloneError, SpeechError) as exc:  # ConfigError, StartupError, StorageError, ...
+    except VoxcloneError as exc:  # the one root: configuration, start-up, storage, speech, policy alike
         log.debug("%s failed", args.command, exc_info=True)  # the traceback, with LOG_LEVEL=DEBUG only
         return _fail(exc.message)
     except KeyboardInterrupt:

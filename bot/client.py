@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
 
 from bot.policy import Policy
 from bot.replies import VoxcloneTree
-from bot.settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from bot.enrollment import EnrollmentService
@@ -28,6 +30,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.voice",
     "cogs.lifecycle",
     "cogs.voice_messages",
+    "cogs.read_aloud",
 )
 
 
@@ -69,6 +72,7 @@ class VoxcloneBot(commands.Bot):
         self._players: Players | None = None
         self._enrollment: EnrollmentService | None = None
         self._speaking: SpeakingService | None = None
+        self._later: set[asyncio.Task[None]] = set()  # see run_later()
         # Set by bot.shutdown: new interactions are answered "restarting" and messages are ignored.
         self.shutting_down = False
         self._resources_closed = False
@@ -113,9 +117,11 @@ class VoxcloneBot(commands.Bot):
         if self.commands_only:
             await self.load_cogs()
             return
+        from core.intake import sweep_stale_intake_dirs
         from storage import Database, Repositories, upgrade
         from worker.factory import create_speech_service
 
+        await asyncio.to_thread(sweep_stale_intake_dirs)  # member audio older versions left behind
         head = await upgrade(self.settings.database_url)
         log.info("database ready", extra={"revision": head})
         self._database = Database(self.settings.database_url)
@@ -143,6 +149,13 @@ class VoxcloneBot(commands.Bot):
         self._enrollment = EnrollmentService(self.repos, self.speech, self.policy)
         self._speaking = SpeakingService(self.repos, self.policy, self.players)
 
+    def run_later(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        """Run ``work`` after the current answer (e.g. an enrolment preview); cancelled first on close."""
+        task = asyncio.create_task(work, name=name)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+        return task
+
     def dispatch(self, event_name: str, /, *args: object, **kwargs: object) -> None:
         if self.shutting_down and event_name == "message":
             return  # no new voice-message work while shutting down
@@ -166,6 +179,9 @@ class VoxcloneBot(commands.Bot):
             return await super().close()
         self._resources_closed = True
         try:
+            for task in list(self._later):  # before the speech service and storage they may use
+                task.cancel()
+            await asyncio.gather(*self._later, return_exceptions=True)
             if self._players is not None:
                 await self._players.close()
             if self._speech is not None and self._owns_speech:

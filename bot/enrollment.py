@@ -3,12 +3,14 @@
 The flow (each stage reported through ``progress``): decode the upload (ffmpeg intake) → quality gate →
 transcribe → the transcript must match the phrase → an optional reference clip must be the same speaker
 → XTTS conditioning latents → stored with the consent record, consuming the phrase in the same
-transaction → a spectrogram and a short preview in the new voice. Re-enrolling replaces the old voice
-only once the new one has passed every check.
+transaction → a spectrogram. The result is answered at once; the short preview in the new voice
+(:meth:`EnrollmentService.preview`, capped in length and time) is made afterwards and sent when ready.
+Re-enrolling replaces the old voice only once the new one has passed every check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import logging
@@ -21,15 +23,15 @@ from typing import Final, Literal
 import numpy as np
 
 from bot.errors import PhraseMismatch, ReferenceMismatch
-from bot.intake import DecodedAudio, decode_audio_async
 from bot.policy import Actor, Policy
+from core.intake import DecodedAudio, decode_audio_async
 from storage import Challenge, ConsentRecord, ReferenceClip, Repositories, VoiceProfile
 from storage.errors import ChallengeMissing
 from storage.repos.profiles import MAX_RECORDING_BYTES
+from worker.analysis.verify import make_consent_phrase
 from worker.errors import QualityRejected, SpeechError
 from worker.service import SpeechService
 from worker.types import PhraseMatch, QualityReport, SpeakerCheck, SpeechRequest
-from worker.verify import make_consent_phrase
 
 log = logging.getLogger("voxclone.enrollment")
 
@@ -39,15 +41,18 @@ MAX_CLIP_SECONDS: Final = 120.0  # s: a consent reading or a reference clip
 MAX_CLIP_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit (reference clips)
 MAX_CONSENT_BYTES: Final = MAX_RECORDING_BYTES  # bytes: the consent recording is kept, so it is capped lower
 PREVIEW_TEXT: Final = "Hello! This is how my cloned voice sounds on this server."
+PREVIEW_RATE: Final = 24_000  # Hz: the speech service's s16le mono output
+PREVIEW_MAX_SECONDS: Final = 6.0  # s of audio: the sentence above, spoken; synthesis stops there
+PREVIEW_TIMEOUT_S: Final = 30.0  # s of waiting: what is made by then is sent (if PREVIEW_MIN_SECONDS)
+PREVIEW_MIN_SECONDS: Final = 1.0  # s: less than this is no preview worth sending
 CONSENT_LANGUAGE: Final = "en"  # the phrase is English
 
-Stage = Literal["checking", "transcribing", "comparing", "cloning", "preview", "done"]
+Stage = Literal["checking", "transcribing", "comparing", "cloning", "done"]
 STAGE_TEXT: Final[dict[Stage, str]] = {
     "checking": "Checking the audio…",
     "transcribing": "Transcribing what you said…",
     "comparing": "Comparing it with your phrase…",
     "cloning": "Cloning your voice…",
-    "preview": "Making a short preview…",
     "done": "Done.",
 }
 Progress = Callable[[Stage], Awaitable[None]]
@@ -96,7 +101,7 @@ class EnrollmentResult:
     phrase: PhraseMatch
     speaker: SpeakerCheck | None  # when a reference clip was given
     spectrogram_png: bytes | None
-    preview_wav: bytes | None
+    preview_request: SpeechRequest  # the preview to make next, in the new voice (see preview())
 
 
 class EnrollmentService:
@@ -108,11 +113,13 @@ class EnrollmentService:
         speech: SpeechService,
         policy: Policy,
         make_phrase: Callable[[], str] = make_consent_phrase,
+        preview_timeout_s: float = PREVIEW_TIMEOUT_S,
     ) -> None:
         self.repos = repos
         self.speech = speech
         self.policy = policy
         self.make_phrase = make_phrase
+        self.preview_timeout_s = preview_timeout_s
 
     async def begin(self, guild_id: int, actor: Actor) -> Challenge:
         """Check the server allows it, then issue a fresh phrase (replacing any earlier one)."""
@@ -191,22 +198,41 @@ class EnrollmentService:
             challenge_id=challenge.id,
         )
         log.info("voice enrolled", extra={"guild_id": guild_id, "user_id": actor.user_id})
-        await stage("preview")
-        png = _spectrogram(source, cloned.quality)
-        preview = await self.preview(SpeechRequest(PREVIEW_TEXT, CONSENT_LANGUAGE, cloned.embedding))
+        png = await asyncio.to_thread(_spectrogram, source, cloned.quality)
         await stage("done")
-        return EnrollmentResult(profile, previous is not None, cloned.quality, match, speaker, png, preview)
+        request = SpeechRequest(PREVIEW_TEXT, CONSENT_LANGUAGE, cloned.embedding)
+        return EnrollmentResult(profile, previous is not None, cloned.quality, match, speaker, png, request)
 
     async def preview(self, request: SpeechRequest) -> bytes | None:
-        """A short WAV in the voice; None if the engine could not make one (the enrolment still stands)."""
-        chunks: list[bytes] = []
+        """A WAV of at most ``PREVIEW_MAX_SECONDS`` in the voice, made within ``preview_timeout_s``.
+
+        Synthesis stops at the cap (closing the stream cancels it upstream); at the time limit what was
+        made so far is kept. None when the engine failed or made less than ``PREVIEW_MIN_SECONDS`` in
+        time: the voice is stored either way.
+        """
+        cap = int(PREVIEW_MAX_SECONDS * PREVIEW_RATE) * 2  # bytes of s16le
+        pcm = bytearray()
+        stream = self.speech.synthesize(request)
         try:
-            async for chunk in self.speech.synthesize(request):
-                chunks.append(chunk)
+            async with asyncio.timeout(self.preview_timeout_s):
+                async for chunk in stream:
+                    pcm += chunk
+                    if len(pcm) >= cap:
+                        break
+        except TimeoutError:
+            log.warning(
+                "preview: %.1f s of audio after %.0f s", len(pcm) / 2 / PREVIEW_RATE, self.preview_timeout_s
+            )
         except SpeechError as exc:
             log.warning("preview failed: %s", exc.code, extra={"code": exc.code})
             return None
-        return wav_bytes(b"".join(chunks), 24_000)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if len(pcm) < PREVIEW_MIN_SECONDS * PREVIEW_RATE * 2:
+            return None
+        return wav_bytes(bytes(pcm[:cap]), PREVIEW_RATE)
 
 
 async def _decode(upload: Upload) -> DecodedAudio:
@@ -226,7 +252,7 @@ def _short(text: str, limit: int = 120) -> str:
 
 def _spectrogram(audio: DecodedAudio, quality: QualityReport) -> bytes | None:
     try:
-        from worker.plot import render_spectrogram
+        from worker.analysis.plot import render_spectrogram
     except ImportError:  # a bot-only install without matplotlib
         return None
     return render_spectrogram(audio.pcm, audio.sample_rate, list(quality.kept))

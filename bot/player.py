@@ -3,6 +3,10 @@
 Playback starts on the first synthesized chunk. ``skip`` cancels the synthesis upstream (closing the
 service's stream stops the GPU work). When the queue stays empty for ``idle_timeout_s`` the bot leaves.
 Nothing here blocks the event loop: discord.py's player thread reads from a bounded ``FrameBuffer``.
+
+Each utterance plays in its own :class:`_Turn`. discord.py calls a stopped source's ``after`` from its
+player thread on a later tick, often once the next utterance is already playing: the callback only
+touches the turn it was made for, so a late one can never skip or silence a later message.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ DEFAULT_MAX_QUEUE = 20  # utterances waiting per server
 CONNECT_TIMEOUT_S = 15.0
 
 Notify = Callable[[int, str], Awaitable[None]]  # (text channel id, message) -> posted
+
+
+@dataclass
+class _Turn:
+    """The playback of one utterance: what ``skip`` and the player thread's callback may change."""
+
+    skip: asyncio.Event = field(default_factory=asyncio.Event)  # stop the stream and the playback
+    requested: bool = False  # a member asked (skip/stop), as opposed to the connection dropping
 
 
 @dataclass
@@ -82,9 +94,9 @@ class GuildPlayer:
         self.queue: deque[Utterance] = deque()
         self.current: Utterance | None = None
         self.channel_id: int | None = None
+        self.stay = False  # joined with /join: stay through quiet spells until /leave or an empty channel
         self._wakeup = asyncio.Event()
-        self._skip = asyncio.Event()  # set by skip() and when playback ends early: stop the stream
-        self._skip_requested = False  # a member asked (skip/stop), as opposed to the connection dropping
+        self._turn: _Turn | None = None  # the playback of ``current``
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -127,13 +139,31 @@ class GuildPlayer:
             self._task = asyncio.create_task(self._run(), name=f"player-{self.guild.id}")
         return len(self.queue) - 1 + (1 if self.current else 0)
 
+    async def join(self, channel: discord.VoiceChannel) -> None:
+        """Connect to ``channel`` now and stay there when the queue is quiet (``/join``)."""
+        self.check_can_join(channel)
+        self.channel_id = channel.id
+        self.stay = True
+        await self._connect()
+
+    def discard(self, utterance: Utterance) -> bool:
+        """Take one waiting utterance out of the queue; False if it is not waiting (playing or done)."""
+        if not any(item is utterance for item in self.queue):  # identity: utterances hold arrays
+            return False
+        self.queue = deque(item for item in self.queue if item is not utterance)
+        utterance.error = "withdrawn"
+        utterance.finished.set()
+        return True
+
     def skip(self) -> Utterance:
         """Stop the current utterance now (its synthesis is cancelled upstream)."""
         if self.current is None:
             raise NothingPlaying("Nothing is playing right now.")
         current = self.current
-        self._skip_requested = True
-        self._skip.set()
+        turn = self._turn
+        if turn is not None:
+            turn.requested = True
+            turn.skip.set()
         voice = self.voice
         if voice is not None and hasattr(voice, "stop"):
             voice.stop()
@@ -171,6 +201,7 @@ class GuildPlayer:
     async def leave(self) -> None:
         """Stop everything and disconnect; the player can be used again afterwards."""
         self.stop()
+        self.stay = False
         voice = self.voice
         if voice is not None:
             await voice.disconnect(force=True)
@@ -195,15 +226,15 @@ class GuildPlayer:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self.idle_timeout_s)
                 except TimeoutError:
-                    if not self.queue and self.current is None:
+                    if not self.queue and self.current is None and not self.stay:
                         log.info("leaving voice after idle timeout", extra={"guild_id": self.guild.id})
                         await self.leave()
                         return
                 continue
             item = self.queue.popleft()
-            self.current = item
+            self.current, self._turn = item, _Turn()
             try:
-                await self._play(item)
+                await self._play(item, self._turn)
             except SpeechError as exc:
                 item.error = exc.message
                 await self._safe_notify(item.text_channel_id, f"I couldn't finish speaking: {exc.message}")
@@ -218,10 +249,8 @@ class GuildPlayer:
                 )
                 await self.leave()
             finally:
-                self.current = None
+                self.current, self._turn = None, None
                 item.finished.set()
-                self._skip.clear()
-                self._skip_requested = False
 
     async def _connect(self) -> discord.VoiceProtocol:
         channel = self.guild.get_channel(self.channel_id or 0)
@@ -234,7 +263,7 @@ class GuildPlayer:
             await voice.disconnect(force=True)
         return await channel.connect(cls=self.voice_cls, timeout=CONNECT_TIMEOUT_S, self_deaf=True)
 
-    async def _play(self, item: Utterance) -> None:
+    async def _play(self, item: Utterance, turn: _Turn) -> None:
         loop = asyncio.get_running_loop()
         stream = self.speech.synthesize(item.request)
         buffer = FrameBuffer(loop, capacity_bytes=int(DEFAULT_BUFFER_SECONDS * OUTPUT_RATE * 4))
@@ -247,15 +276,16 @@ class GuildPlayer:
             done.set()
             if not stream_ended:  # stopped before synthesis finished: stop synthesizing too
                 buffer.close()
-                self._skip.set()
+                turn.skip.set()  # this turn's, never the next one's: the callback may come late
 
         def after(error: Exception | None) -> None:  # called from discord.py's player thread
             if error is not None:
                 playback_error.append(error)
-            loop.call_soon_threadsafe(ended)
+            with contextlib.suppress(RuntimeError):  # the loop closed first (shutdown): nothing to do
+                loop.call_soon_threadsafe(ended)
 
         try:
-            first = await _next_chunk(stream, self._skip)
+            first = await _next_chunk(stream, turn.skip)
             if first is None:
                 return
             voice = await self._connect()
@@ -265,13 +295,13 @@ class GuildPlayer:
             item.started.set()
             if item.announcement:
                 await self._safe_notify(item.text_channel_id, item.announcement)
-            while (chunk := await _next_chunk(stream, self._skip)) is not None:
+            while (chunk := await _next_chunk(stream, turn.skip)) is not None:
                 item.samples_synthesized += len(chunk) // 2
                 await buffer.write(to_discord_pcm(chunk, upsampler))
-            stream_ended = not self._skip.is_set()
+            stream_ended = not turn.skip.is_set()
             buffer.finish()
             waiter = asyncio.create_task(done.wait())
-            skipper = asyncio.create_task(self._skip.wait())
+            skipper = asyncio.create_task(turn.skip.wait())
             await asyncio.wait({waiter, skipper}, return_when=asyncio.FIRST_COMPLETED)
             for task in (waiter, skipper):
                 task.cancel()
@@ -281,7 +311,7 @@ class GuildPlayer:
             item.frames_played = buffer.frames_read
         if playback_error:
             raise discord.ClientException(f"playback ended with {type(playback_error[0]).__name__}")
-        if done.is_set() and not stream_ended and not self._skip_requested:
+        if done.is_set() and not stream_ended and not turn.requested:
             raise discord.ClientException("the voice connection ended during playback")
 
     async def _safe_notify(self, channel_id: int, text: str) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.errors import VoxcloneError
-from worker.errors import QualityRejected, SpeechError
+from core.errors import VoxcloneError
+from worker.errors import QualityRejected
 
 log = logging.getLogger("voxclone.replies")
 
@@ -99,7 +99,7 @@ def user_message(error: BaseException) -> str:
         reasons = [r for r in getattr(report, "reasons", None) or [] if r != error.message]
         bullet = "".join(f"\n• {r}" for r in reasons)
         return f"{error.message}{bullet}"
-    if isinstance(error, VoxcloneError | SpeechError):
+    if isinstance(error, VoxcloneError):
         return error.message
     if isinstance(error, app_commands.NoPrivateMessage):
         return "This command only works inside a server."
@@ -121,6 +121,15 @@ def user_message(error: BaseException) -> str:
     return GENERIC_FAILURE
 
 
+def size_text(size: int) -> str:
+    """A byte count a member reads at a glance: "512 bytes", "45 kB", "1.2 MB" (decimal units)."""
+    if size < 1000:
+        return f"{size} byte{'' if size == 1 else 's'}"
+    if size < 1_000_000:
+        return f"{size / 1000:.0f} kB"
+    return f"{size / 1_000_000:.1f} MB"
+
+
 def _perm(name: str) -> str:
     return name.replace("_", " ").replace("guild", "server").title()
 
@@ -137,7 +146,7 @@ class VoxcloneTree(app_commands.CommandTree):
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        known = isinstance(original, VoxcloneError | SpeechError | app_commands.AppCommandError)
+        known = isinstance(original, VoxcloneError | app_commands.AppCommandError)
         command = interaction.command.qualified_name if interaction.command else "?"
         if known and not isinstance(original, app_commands.CommandInvokeError):
             log.info(

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.errors import ConfigError
-from bot.logs import configure_logging
-from bot.process import StopRequest, drain_threads, exit_now
-from bot.settings import Settings
+from core.errors import ConfigError
+from core.logs import configure_logging
+from core.process import StopRequest, drain_threads, exit_now
+from core.settings import Settings
 
 if TYPE_CHECKING:
     import discord

@@ -9,6 +9,7 @@ Nothing reaches the player without passing here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import discord
 
 from bot.errors import NotInVoiceChannel
+from bot.languages import TextLanguage, choose_language
 from bot.player import GuildPlayer, Utterance
 from bot.policy import Actor, Policy, ServerRules, VoiceFacts
 from bot.text import NameResolver, normalize_for_speech
@@ -130,10 +132,13 @@ class AssistantVoice:
 
 
 class SpeakingService:
-    def __init__(self, repos: Repositories, policy: Policy, players: Players) -> None:
+    def __init__(
+        self, repos: Repositories, policy: Policy, players: Players, languages: TextLanguage | None = None
+    ) -> None:
         self.repos = repos
         self.policy = policy
         self.players = players
+        self.languages = languages or TextLanguage()
 
     async def forget_voice(self, guild_id: int, owner_id: int) -> int:
         """A voice was deleted: drop its queued utterances and stop it if it is speaking. Returns how many."""
@@ -150,8 +155,15 @@ class SpeakingService:
         *,
         text_channel_id: int,
         channel: discord.VoiceChannel | None = None,
+        language: str | None = None,
+        disclose: bool = True,
     ) -> Queued:
-        """Check everything, then queue ``text`` in ``owner``'s voice where ``requester`` is."""
+        """Check everything, then queue ``text`` in ``owner``'s voice where ``requester`` is.
+
+        ``language`` (an XTTS code or name) wins; without it the text's own language is detected, and
+        the voice's enrolled language is the fallback. ``disclose=False`` leaves out the announcement
+        (the read-aloud channel announces a member once per session, not once per message).
+        """
         guild = requester.guild
         channel = channel or member_voice_channel(requester)
         rules = await self.repos.settings.get(guild.id)
@@ -169,12 +181,19 @@ class SpeakingService:
         player.check_can_join(channel)
         if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
             raise NotInVoiceChannel("That voice is gone.")
+        spoken_in = await asyncio.to_thread(  # the detector's models load on first use
+            choose_language,
+            spoken,
+            requested=language,
+            voice_language=voice.profile.language,
+            detector=self.languages,
+        )
         announcement = None
-        if rules.announce:
+        if rules.announce and disclose:
             whose = "their own" if owner.id == requester.id else f"{owner.display_name}'s"
             announcement = f"🔊 {requester.display_name} is speaking in {whose} cloned voice (AI-generated)."
         utterance = Utterance(
-            request=SpeechRequest(spoken, voice.profile.language, voice.embedding),
+            request=SpeechRequest(spoken, spoken_in, voice.embedding),
             requester_id=requester.id,
             voice_owner_id=owner.id,
             text_channel_id=text_channel_id,

@@ -16,7 +16,7 @@ from typing import Final
 import aiohttp
 import discord
 
-from bot.errors import ConfigError, StartupError
+from core.errors import ConfigError, StartupError
 
 log = logging.getLogger("voxclone.startup")
 

@@ -26,17 +26,14 @@ from bot.errors import (
     AssistantBadResponse,
     AssistantError,
     AssistantNotConfigured,
-    AudioTooLarge,
-    AudioTooLong,
-    EmptyAudio,
-    NotAudio,
     NotInVoiceChannel,
     NoVoiceProfile,
-    VoxcloneError,
 )
-from bot.intake import _fmt_duration, decode_audio_async
 from bot.player import Utterance
+from bot.seen import SeenMessages
 from bot.speaking import AssistantVoice, Queued, SpeakingService
+from core.errors import AudioTooLarge, AudioTooLong, EmptyAudio, NotAudio, VoxcloneError
+from core.intake import _fmt_duration, decode_audio_async
 from storage import GuildSettings, Repositories
 from worker.service import SpeechService
 
@@ -46,7 +43,6 @@ TRANSCRIBE_RATE: Final = 16_000  # Hz: what Whisper works at
 MAX_SECONDS: Final = 300.0  # s: default longest voice message handled (a 20-minute one is refused unread)
 MAX_BYTES: Final = 25 * 1024 * 1024  # bytes: default, Discord's upload limit
 MEGABYTE: Final = 1024 * 1024
-SEEN_MESSAGES: Final = 4096  # message ids remembered to ignore repeated events
 CACHED_TRANSCRIPTS: Final = 256  # transcripts kept for the message commands
 DISCORD_LIMIT: Final = 1900  # characters of a reply, below Discord's 2000 with room for the framing
 NO_WORDS = "I couldn't hear any words in that recording. Record it again a little closer to the microphone."
@@ -118,7 +114,7 @@ class VoiceMessageService:
         self.speaking = speaking
         self.llm = llm
         self.history = history or ChatHistory()
-        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._seen = SeenMessages()
         self._transcripts = _Bounded(CACHED_TRANSCRIPTS)
 
     async def aclose(self) -> None:
@@ -129,12 +125,7 @@ class VoiceMessageService:
 
     def claim(self, message_id: int) -> bool:
         """True the first time a message id is seen; False for a repeated event (bounded memory)."""
-        if message_id in self._seen:
-            return False
-        self._seen[message_id] = None
-        while len(self._seen) > SEEN_MESSAGES:
-            self._seen.popitem(last=False)
-        return True
+        return self._seen.claim(message_id)
 
     @staticmethod
     def handled_here(message: discord.Message, rules: GuildSettings) -> bool:

@@ -13,10 +13,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import AssistantVoiceNotOptedIn, PolicyError, VoxcloneError
+from bot.errors import AssistantVoiceNotOptedIn, PolicyError
 from bot.policy import Actor
-from bot.replies import Refused, guild_member, respond
-from storage import AuditEntry, GuildSettings
+from bot.read_aloud import NO_INTENT as READ_ALOUD_NO_INTENT
+from bot.replies import Refused, guild_member, respond, size_text
+from core.errors import VoxcloneError
+from storage import AuditEntry, GuildSettings, StoredSize
 
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot
@@ -39,7 +41,9 @@ def _ids(ids: tuple[int, ...], fmt: str) -> str:
     return ", ".join(fmt.format(i) for i in ids) if ids else "everyone"
 
 
-def settings_embed(s: GuildSettings, *, message_content_intent: bool) -> discord.Embed:
+def settings_embed(
+    s: GuildSettings, *, message_content_intent: bool, stored: StoredSize | None = None
+) -> discord.Embed:
     embed = discord.Embed(
         title="Voice cloning settings",
         colour=discord.Colour.green() if s.cloning_enabled else discord.Colour.dark_grey(),
@@ -61,9 +65,18 @@ def settings_embed(s: GuildSettings, *, message_content_intent: bool) -> discord
         name="Voice message limits",
         value=f"{s.voice_message_max_seconds / 60:g} min, {s.voice_message_max_mb} MB",
     )
+    read_aloud = _ids(s.read_aloud_channel_ids, "<#{}>") if s.read_aloud_channel_ids else "none"
+    embed.add_field(name="Read aloud", value=f"messages in {read_aloud}, in their authors' voices")
     assistant_voice = f"<@{s.assistant_voice_user_id}>" if s.assistant_voice_user_id else "the asker's own"
     prompt = "custom" if s.llm_system_prompt else "default"
     embed.add_field(name="Assistant", value=f"voice: {assistant_voice}; system prompt: {prompt}")
+    if stored is not None:
+        embed.add_field(
+            name="Stored voice data",
+            value=f"{stored.voices} voice{'' if stored.voices == 1 else 's'}, "
+            f"{stored.consent_records} consent recording{'' if stored.consent_records == 1 else 's'}: "
+            f"{size_text(stored.total_bytes)}",
+        )
     if s.voice_message_mode != "off" and not message_content_intent:
         embed.add_field(
             name="⚠ Automatic voice messages are not active",
@@ -75,6 +88,8 @@ def settings_embed(s: GuildSettings, *, message_content_intent: bool) -> discord
             ),
             inline=False,
         )
+    if s.read_aloud_channel_ids and not message_content_intent:
+        embed.add_field(name="⚠ Read-aloud channels are not active", value=READ_ALOUD_NO_INTENT, inline=False)
     if s.updated_at is not None:
         who = f" by <@{s.updated_by}>" if s.updated_by else ""
         embed.set_footer(text=f"Last changed {s.updated_at:%Y-%m-%d %H:%M} UTC{who}")
@@ -112,10 +127,10 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         """Show this server's voice cloning settings."""
         guild, _ = guild_member(interaction)
         settings = await self.bot.repos.settings.get(guild.id)
+        stored = await self.bot.repos.profiles.stored_size(guild.id)
         intent = self.bot.intents.message_content
-        await respond(
-            interaction, embed=settings_embed(settings, message_content_intent=intent), ephemeral=True
-        )
+        embed = settings_embed(settings, message_content_intent=intent, stored=stored)
+        await respond(interaction, embed=embed, ephemeral=True)
 
     @app_commands.command(name="set")
     @app_commands.describe(
@@ -197,6 +212,23 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
                 current.voice_message_channel_ids, channel, action, "channel"
             )
         await self._update(interaction, changes)
+
+    @app_commands.command(name="read-aloud")
+    @app_commands.describe(
+        channel="A text channel whose messages are read aloud in their authors' own voices",
+        action="add (default), remove, or clear the channel list",
+    )
+    async def read_aloud(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | None = None,
+        action: Literal["add", "remove", "clear"] = "add",
+    ) -> None:
+        """Choose text channels read aloud in members' own voices while I'm in voice."""
+        guild, _ = guild_member(interaction)
+        current = await self.bot.repos.settings.get(guild.id)
+        ids = _edit_ids(current.read_aloud_channel_ids, channel, action, "channel")
+        await self._update(interaction, {"read_aloud_channel_ids": ids})
 
     @app_commands.command(name="assistant")
     @app_commands.describe(

@@ -13,6 +13,7 @@ from discord.ext import commands
 from bot.attachments import read_upload, voice_attachment
 from bot.enrollment import (
     MAX_CLIP_BYTES,
+    PREVIEW_TEXT,
     STAGE_TEXT,
     EnrollmentResult,
     Stage,
@@ -22,13 +23,18 @@ from bot.enrollment import (
 from bot.errors import NotOwnRecording
 from bot.policy import Actor
 from bot.replies import guild_member, respond
+from worker.types import SpeechRequest
 
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot
 
 log = logging.getLogger("voxclone.cogs.enroll")
 
-STAGES: tuple[Stage, ...] = ("checking", "transcribing", "comparing", "cloning", "preview")
+STAGES: tuple[Stage, ...] = ("checking", "transcribing", "comparing", "cloning")
+NO_PREVIEW = (
+    "I couldn't make a preview of your new voice right now: the speech engine failed or was too slow. "
+    "Your voice is stored all the same; `/voice preview` tries again."
+)
 
 
 def result_embed(result: EnrollmentResult) -> discord.Embed:
@@ -37,7 +43,7 @@ def result_embed(result: EnrollmentResult) -> discord.Embed:
     embed = discord.Embed(title=title, colour=discord.Colour.green())
     embed.description = (
         "Try it with `/speak` in a voice channel. `/voice status` shows what is stored, "
-        "`/voice delete` removes it at any time."
+        "`/voice delete` removes it at any time. A short preview in your new voice follows in a moment."
     )
     embed.add_field(name="Speech used", value=f"{q.speech_s:.1f} s of {q.duration_s:.1f} s")
     embed.add_field(name="Level", value=f"{q.level_dbfs:.0f} dBFS")
@@ -120,9 +126,22 @@ class Enroll(commands.Cog):
         files = []
         if result.spectrogram_png:
             files.append(discord.File(io.BytesIO(result.spectrogram_png), filename="spectrogram.png"))
-        if result.preview_wav:
-            files.append(discord.File(io.BytesIO(result.preview_wav), filename="preview.wav"))
         await respond(interaction, None, embed=result_embed(result), files=files, ephemeral=True)
+        # The voice is stored: answer now, and send the preview as a follow-up when it is made.
+        self.bot.run_later(self._send_preview(interaction, result.preview_request), name="enrolment-preview")
+
+    async def _send_preview(self, interaction: discord.Interaction, request: SpeechRequest) -> None:
+        try:
+            wav = await self.bot.enrollment.preview(request)
+            if wav is None:
+                await respond(interaction, NO_PREVIEW, ephemeral=True)
+                return
+            file = discord.File(io.BytesIO(wav), filename="preview.wav")
+            await respond(interaction, f"Your new voice: “{PREVIEW_TEXT}”", files=[file], ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("could not send the enrolment preview: HTTP %s", exc.status)
+        except Exception:
+            log.exception("enrolment preview failed", extra={"guild_id": interaction.guild_id})
 
 
 async def setup(bot: VoxcloneBot) -> None:

@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import NothingPlaying, NotInVoiceChannel
+from bot.languages import language_choices
 from bot.player import GuildPlayer
 from bot.replies import guild_member, respond
 
@@ -43,24 +44,32 @@ class Speak(commands.Cog):
     @app_commands.describe(
         text="What to say (mentions, links and emoji are read sensibly)",
         voice="Whose cloned voice to use (default: yours); they must have shared it with you",
+        language="The language to speak in (default: detected from the text, else the voice's own)",
     )
     async def speak(
         self,
         interaction: discord.Interaction,
         text: app_commands.Range[str, 1, 2000],
         voice: discord.Member | None = None,
+        language: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
         """Say something in a cloned voice in your voice channel."""
         _, member = guild_member(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         queued = await self.bot.speaking.say(
-            member, voice or member, text, text_channel_id=interaction.channel_id or 0
+            member, voice or member, text, text_channel_id=interaction.channel_id or 0, language=language
         )
         where = queued.channel.mention
         if queued.position == 0:
             await respond(interaction, f"Speaking in {where}.", ephemeral=True)
         else:
             await respond(interaction, f"Queued in {where} (position {queued.position}).", ephemeral=True)
+
+    @speak.autocomplete("language")
+    async def _language_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return language_choices(current)
 
     @app_commands.command(name="skip")
     @app_commands.guild_only()

@@ -15,10 +15,19 @@ from discord.ext import commands
 from discord.utils import format_dt
 
 from bot.enrollment import PREVIEW_TEXT
-from bot.errors import NoVoiceProfile, VoxcloneError
+from bot.errors import NoVoiceProfile
 from bot.policy import Actor, VoiceFacts
-from bot.replies import guild_member, respond, user_message
-from storage import Challenge, DeletionReport, GuildSettings, MemberExport, StoredVoice, VoiceProfile
+from bot.replies import guild_member, respond, size_text, user_message
+from core.errors import VoxcloneError
+from storage import (
+    Challenge,
+    DeletionReport,
+    GuildSettings,
+    MemberExport,
+    StoredSize,
+    StoredVoice,
+    VoiceProfile,
+)
 from worker.types import SpeechRequest
 
 if TYPE_CHECKING:
@@ -51,6 +60,7 @@ class Holdings:
 
     profile: VoiceProfile | None
     consent_records: int
+    stored: StoredSize  # the bytes behind the voice and its consent recording
     shared_with: list[int]  # members who may use this member's voice
     shared_by: list[int]  # members whose voices this member may use
     assistant_opt_in: bool
@@ -81,6 +91,12 @@ def status_embed(
             keep = f"until {format_dt(due, 'D')} unless used ({_n(rules.retention_days, 'day')} unused)"
         embed.add_field(name="Kept", value=keep)
         embed.add_field(name="Consent records", value=str(held.consent_records))
+        stored = held.stored
+        embed.add_field(
+            name="Stored",
+            value=f"{size_text(stored.total_bytes)}: consent recording {size_text(stored.recording_bytes)}, "
+            f"voice {size_text(stored.voice_bytes)}",
+        )
     if voice is not None:
         embed.add_field(name="Model", value=f"`{voice.embedding.model_id}`")
         embed.add_field(name="Speech used", value=f"{voice.clip.speech_seconds:.1f} s")
@@ -237,6 +253,7 @@ class Voice(
         return Holdings(
             profile=profile,
             consent_records=len(records),
+            stored=await repos.profiles.stored_size(guild_id, user_id),
             shared_with=[s.grantee_user_id for s in await repos.shares.granted(guild_id, user_id)],
             shared_by=[s.owner_user_id for s in await repos.shares.received(guild_id, user_id)],
             assistant_opt_in=await repos.assistant.is_opted_in(guild_id, user_id),
@@ -280,7 +297,7 @@ class Voice(
         if wav is None:
             await respond(
                 interaction,
-                "I couldn't make a preview right now: the speech engine didn't answer. "
+                "I couldn't make a preview right now: the speech engine failed or was too slow. "
                 "Your voice is still stored; try again in a minute.",
                 ephemeral=True,
             )

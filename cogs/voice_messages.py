@@ -14,7 +14,6 @@ from discord.ext import commands
 
 from bot.assistant import AssistantClient, LLMConfig
 from bot.attachments import audio_attachment
-from bot.errors import VoxcloneError
 from bot.replies import guild_member, respond, user_message
 from bot.voice_messages import (
     Heard,
@@ -24,8 +23,8 @@ from bot.voice_messages import (
     relay_reply,
     transcript_reply,
 )
+from core.errors import VoxcloneError
 from storage import GuildSettings
-from worker.errors import SpeechError
 
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot
@@ -114,7 +113,7 @@ class VoiceMessages(commands.Cog):
             return  # the same message again (a resumed gateway session replays events)
         try:
             text = await self._handle(message, message.author, rules)
-        except (VoxcloneError, SpeechError) as exc:
+        except VoxcloneError as exc:
             log.info(
                 "voice message refused",
                 extra={"guild_id": message.guild.id, "code": exc.code, "mode": rules.voice_message_mode},

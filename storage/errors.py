@@ -1,23 +1,29 @@
-"""Errors the repositories raise for expected situations, each a sentence a member can act on.
+"""Errors of the database and the repositories, under the one root (``core.errors.VoxcloneError``).
 
-They extend the bot's hierarchy (``bot.errors``), so the one error handler shows them:
-
-    PolicyError
-    ├── ProfileNotFound       no_profile          the member has no cloned voice in this server
-    └── ChallengeError        challenge
-        ├── ChallengeMissing  challenge_missing   no phrase was issued (or it was replaced)
-        ├── ChallengeUsed     challenge_used      the phrase was already used once
-        └── ChallengeExpired  challenge_expired   the phrase is older than its time limit
-
-Database failures themselves are ``bot.errors.StorageError`` (raised by ``storage.db``).
+VoxcloneError (core.errors)
+├── StorageError          storage             the database cannot be opened or written (storage.db)
+│   └── MigrationError    migration           the schema cannot be brought to the latest revision
+├── ProfileNotFound       no_profile          the member has no cloned voice in this server
+└── ChallengeError        challenge
+    ├── ChallengeMissing  challenge_missing   no phrase was issued (or it was replaced)
+    ├── ChallengeUsed     challenge_used      the phrase was already used once
+    └── ChallengeExpired  challenge_expired   the phrase is older than its time limit
 """
 
 from __future__ import annotations
 
-from bot.errors import PolicyError
+from core.errors import VoxcloneError
 
 
-class ProfileNotFound(PolicyError):
+class StorageError(VoxcloneError):
+    code = "storage"
+
+
+class MigrationError(StorageError):
+    code = "migration"
+
+
+class ProfileNotFound(VoxcloneError):
     code = "no_profile"
 
     def __init__(
@@ -26,7 +32,7 @@ class ProfileNotFound(PolicyError):
         super().__init__(message)
 
 
-class ChallengeError(PolicyError):
+class ChallengeError(VoxcloneError):
     code = "challenge"
 
 

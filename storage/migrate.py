@@ -31,9 +31,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from bot.errors import MigrationError
 from storage.checks import CheckReport, inspect_database
 from storage.db import Database
+from storage.errors import MigrationError
 from storage.urls import parse_database_url
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ class GuildSettings:
     allow_sharing: bool = False
     voice_message_mode: VoiceMessageMode = "off"
     voice_message_channel_ids: tuple[int, ...] = ()
+    read_aloud_channel_ids: tuple[int, ...] = ()  # text channels read aloud where the bot is in voice
     announce: bool = True
     max_text_length: int = 300  # characters per /speak
     cooldown_s: float = 5.0  # per member, between two utterances
@@ -139,6 +140,20 @@ class AuditEntry:
     subject_id: int | None
     details: dict[str, Any]
     at: datetime
+
+
+@dataclass(frozen=True)
+class StoredSize:
+    """Voice data kept for one member or a whole server (``/voice status``, ``/consent show``)."""
+
+    voices: int
+    consent_records: int
+    recording_bytes: int  # the consent recordings, as uploaded
+    voice_bytes: int  # the conditioning arrays
+
+    @property
+    def total_bytes(self) -> int:
+        return self.recording_bytes + self.voice_bytes
 
 
 @dataclass(frozen=True)

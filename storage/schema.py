@@ -63,6 +63,7 @@ guild_settings = Table(
     Column("allow_sharing", Boolean, nullable=False, server_default=false()),
     Column("voice_message_mode", String(16), nullable=False, server_default="off"),
     Column("voice_message_channel_ids", JSON, nullable=False, server_default=text("'[]'")),
+    Column("read_aloud_channel_ids", JSON, nullable=False, server_default=text("'[]'")),
     Column("announce", Boolean, nullable=False, server_default=true()),
     Column("max_text_length", Integer, nullable=False, server_default=text("300")),
     Column("cooldown_s", Float, nullable=False, server_default=text("5.0")),

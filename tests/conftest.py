@@ -1,4 +1,7 @@
-"""Fixtures shared by the whole suite. Keep it small: package-specific fixtures live beside their tests."""
+"""Fixtures shared by the whole suite: the tiny XTTS checkpoint and the espeak-ng speech clip.
+
+Keep it small: package-specific fixtures live beside their tests.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,45 @@ from pathlib import Path
 
 import pytest
 
-# The worker's Triton kernels (worker.triton_kernels, a CUDA path) run in Triton's interpreter in this suite,
-# which has no GPU. Triton decides that when it is first imported, hence here. Nothing else here launches
-# Triton kernels, and the worker never uses them on the CPU unless a test asks for them.
+from tests.support.audio import espeak_wav, to_voice_message
+
+# The worker's Triton kernels (worker.kernels.triton_kernels, a CUDA path) run in Triton's interpreter
+# in this suite, which has no GPU. Triton decides that when it is first imported, hence here. Nothing
+# else here launches Triton kernels, and the worker never uses them on the CPU unless a test asks for them.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SPEECH_TEXT = (
+    "Please remember to bring your umbrella tomorrow, because the weather will change. "
+    "I would like a cup of hot tea with my breakfast."
+)  # about 8 s in espeak-ng's en-us voice
 
 
 @pytest.fixture(scope="session")
 def tiny_xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight tiny XTTS-v2 checkpoint (config.json, model.pth, vocab.json), made once per session."""
-    from worker.testmodel import make_test_model
+    from worker.tts.testmodel import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("xtts-tiny"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@pytest.fixture(scope="session")
+def speech_text() -> str:
+    """What ``speech_ogg`` says."""
+    return SPEECH_TEXT
+
+
+@pytest.fixture(scope="session")
+def speech_wav(speech_dir: Path) -> Path:
+    """espeak-ng en-us speaking ``speech_text``: 22.05 kHz mono 16-bit WAV, about 8 s."""
+    return espeak_wav(speech_dir / "speech.wav", SPEECH_TEXT)
+
+
+@pytest.fixture(scope="session")
+def speech_ogg(speech_wav: Path, speech_dir: Path) -> Path:
+    """``speech_wav`` as a Discord voice message (OGG/Opus, mono, 48 kHz, 32 kb/s)."""
+    return to_voice_message(speech_wav, speech_dir / "speech.ogg")

@@ -2,7 +2,7 @@
 
 ``register(subparsers)`` adds ``worker``, ``say``, ``transcribe``, ``check-voice``, ``verify``,
 ``watermark detect`` and ``dev make-test-model``; each handler returns the exit code. CLIP is any file
-ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded by ``bot.intake``. The tools run the
+ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded by ``core.intake``. The tools run the
 engines in this process, each loading only what it uses (``say``: XTTS-v2, the quality gate and the
 watermark; ``transcribe``: Whisper) and saying what and how long on stderr, or on a worker with
 ``--worker-url``. Errors print one line, never a traceback.
@@ -25,16 +25,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from bot.errors import ConfigError, VoxcloneError
-from bot.logs import configure_logging
-from bot.settings import Settings, load_settings
-from worker.audio import (
+from core.audio import (
     ANALYSIS_SAMPLE_RATE,
     CONDITIONING_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_WIDTH,
 )
-from worker.errors import SpeechError
+from core.errors import ConfigError, VoxcloneError
+from core.logs import configure_logging
+from core.settings import Settings, load_settings, worker_url_list
 from worker.service import SpeechService
 from worker.types import FloatArray, QualityReport, SpeechRequest
 
@@ -59,7 +58,7 @@ def _command(func: Callable[[argparse.Namespace], int]) -> Handler:
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (SpeechError, VoxcloneError) as exc:
+        except VoxcloneError as exc:
             return _fail(exc.message)
         except OSError as exc:
             return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
@@ -86,7 +85,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _clip(path: str, sample_rate: int) -> tuple[FloatArray, int]:
-    from bot.intake import decode_audio
+    from core.intake import decode_audio
 
     file = Path(path)
     if not file.is_file():
@@ -106,6 +105,16 @@ def _note(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _worker_urls(args: argparse.Namespace) -> list[str] | None:
+    """``--worker-url``'s comma-separated list, None without it."""
+    if not args.worker_url:
+        return None
+    try:
+        return worker_url_list(args.worker_url) or None
+    except ValueError as exc:
+        raise ConfigError(f"--worker-url: {exc}") from None
+
+
 def _with_synthesis(
     args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
 ) -> _T:
@@ -115,8 +124,8 @@ def _with_synthesis(
     async def main() -> _T:
         from worker.factory import create_http_service, load_synthesis_service, resolve_xtts
 
-        if args.worker_url:
-            service: SpeechService = create_http_service(settings, [args.worker_url])
+        if urls := _worker_urls(args):
+            service: SpeechService = create_http_service(settings, urls)
         else:
             xtts_dir = await asyncio.to_thread(resolve_xtts, settings, model_dir=args.model_dir)
             _note(f"loading XTTS-v2 from {xtts_dir}, the quality gate and the watermark ...")
@@ -142,11 +151,8 @@ def _with_tools(
 
         overrides = {k: getattr(args, k) for k in ("asr_model", "asr_backend") if getattr(args, k, None)}
         local = settings.model_copy(update=overrides)
-        tools: SpeechTools = (
-            create_http_service(local, [args.worker_url])
-            if args.worker_url
-            else LocalTools(local, announce=_note)
-        )
+        urls = _worker_urls(args)
+        tools: SpeechTools = create_http_service(local, urls) if urls else LocalTools(local, announce=_note)
         try:
             return await op(tools)
         finally:
@@ -249,7 +255,7 @@ def cmd_check_voice(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     if args.plot:
-        from worker.plot import render_spectrogram
+        from worker.analysis.plot import render_spectrogram
 
         Path(args.plot).write_bytes(render_spectrogram(pcm, rate, report.kept))
         print(f"spectrogram with the kept speech highlighted: {args.plot}", file=sys.stderr)
@@ -286,7 +292,7 @@ def cmd_watermark_detect(args: argparse.Namespace) -> int:
 
 @_command
 def cmd_make_test_model(args: argparse.Namespace) -> int:
-    from worker.testmodel import make_test_model
+    from worker.tts.testmodel import make_test_model
 
     _settings(args)
     started = time.perf_counter()
@@ -299,7 +305,7 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
 
 @_command
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.api_serve import serve_worker
+    from worker.api.serve import serve_worker
 
     settings = load_settings()
     return serve_worker(
@@ -324,7 +330,10 @@ def _add(sub: Any, name: str, func: Handler, summary: str, details: str = "") ->
 
 def _engine_options(parser: argparse.ArgumentParser, *, xtts: bool = False, asr: bool = False) -> None:
     parser.add_argument(
-        "--worker-url", metavar="URL", help="use this worker instead of the engines in this process"
+        "--worker-url",
+        metavar="URL[,URL...]",
+        help="use these workers (comma-separated, as in WORKER_URLS: when one fails or hangs, the next "
+        "takes over, with a warning) instead of the engines in this process",
     )
     if xtts:
         parser.add_argument(

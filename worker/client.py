@@ -1,16 +1,22 @@
 """The async client of ``voxclone worker``: a ``SpeechService`` over HTTP, with failover between workers.
 
-URLs are tried in order. A worker that cannot be reached, times out, is still loading (``not_ready``)
-or answers through a proxy with 502/504 is skipped and remembered for a short back-off, so the next
-requests go straight to another one; a worker that is ``busy`` is skipped for this request only. Other
-errors (bad audio, wrong token...) come back as the ``worker.errors`` the worker named. A synthesis stream
-that breaks after it started raises :class:`StreamInterrupted` instead of ending quietly with half a
-sentence; closing the stream early closes the HTTP response, which stops the worker's GPU work.
+URLs are tried in order. Four limits bound a request (``WORKER_*TIMEOUT_S``): connecting; the first
+answer (for speech, the first audio chunk), after which the worker must still answer ``/readyz`` or lose
+the request to the next one; the silence between two chunks of a stream in flight; and the worker's time
+for the whole request. A worker that misses them, cannot be reached, is still loading (``not_ready``) or
+answers through a proxy with 502/504 is marked unhealthy: requests go to the others while its ``/readyz``
+is asked every few seconds, and the first 200 brings it back. A worker that is ``busy`` is skipped for
+this request only. Other errors (bad audio, wrong token...) come back as the ``worker.errors`` the worker
+named. A synthesis stream that breaks or stalls after it started raises :class:`StreamInterrupted`
+instead of ending quietly with half a sentence; closing the stream early closes the HTTP response, which
+stops the worker's GPU work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,19 +25,7 @@ from typing import Any, Final, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from worker.api_wire import (
-    FRAME_DATA,
-    FRAME_END,
-    FRAMING_VERSION,
-    AudioBody,
-    FrameDecoder,
-    FrameError,
-    SpeechBody,
-    TranscriptionBody,
-    VerifyBody,
-    WirePcm,
-)
-from worker.audio import OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
+from core.audio import OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
 from worker.errors import (
     InternalWorkerError,
     ModelNotReady,
@@ -52,14 +46,31 @@ from worker.types import (
     VoiceEmbedding,
     WatermarkResult,
 )
+from worker.wire import (
+    FRAME_DATA,
+    FRAME_END,
+    FRAMING_VERSION,
+    AudioBody,
+    FrameDecoder,
+    FrameError,
+    SpeechBody,
+    TranscriptionBody,
+    VerifyBody,
+    WirePcm,
+)
 
 log = logging.getLogger("voxclone.worker.client")
 
 UNREACHABLE_MESSAGE: Final = (
     "The speech worker is not reachable right now. An admin should check that `voxclone worker` is running."
 )
-DEFAULT_BACKOFF_S: Final = 15.0  # seconds a failed worker is passed over before it is tried first again
-_CONNECT_TIMEOUT_S: Final = 5.0
+# The defaults of the WORKER_*_S settings (bot/settings.py documents each one).
+DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0  # s to open a TCP (and TLS) connection to a worker
+DEFAULT_FIRST_CHUNK_TIMEOUT_S: Final = 1.0  # s without an answer before the worker must answer /readyz
+DEFAULT_CHUNK_TIMEOUT_S: Final = 10.0  # s of silence allowed between two chunks of a stream in flight
+DEFAULT_TOTAL_TIMEOUT_S: Final = 30.0  # s of the worker's time for a whole request
+DEFAULT_PROBE_INTERVAL_S: Final = 5.0  # s between two /readyz probes of an unhealthy worker
+PROBE_TIMEOUT_S: Final = 1.0  # s: a live worker answers /readyz in milliseconds, even under load
 _PROXY_DOWN: Final = frozenset({502, 504})  # a load balancer answering for a worker that is gone
 _BYTES_PER_SECOND: Final = OUTPUT_SAMPLE_RATE * OUTPUT_SAMPLE_WIDTH
 
@@ -72,37 +83,74 @@ _WATERMARK = TypeAdapter(WatermarkResult)
 
 
 class StreamInterrupted(WorkerUnavailable):
-    """The worker went away in the middle of a synthesis stream (code ``worker_unavailable``)."""
+    """The worker went away or went silent in the middle of a synthesis stream (``worker_unavailable``)."""
 
 
 @dataclass
 class _Worker:
     url: str
-    down_until: float = 0.0  # time.monotonic() before which the worker is tried last
+    healthy: bool = True  # an unhealthy worker is tried only after the others, until its /readyz answers
+    prober: asyncio.Task[None] | None = None  # asks /readyz until the worker is back
+
+    @property
+    def shown(self) -> str:
+        """The URL for logs and messages: a password in it is masked."""
+        return re.sub(r"://([^:/@]*):[^/]*@", r"://\1:***@", self.url)
+
+
+@dataclass
+class _Budget:
+    """The worker's time a request may use: waiting to connect, for answers and for chunks, not for the
+    caller (a player that reads a stream at the pace it plays it is not the worker being slow)."""
+
+    total_s: float
+    spent_s: float = 0.0
+
+    def left(self) -> float:
+        return max(self.total_s - self.spent_s, 0.0)
+
+    def spend_since(self, started: float) -> None:
+        self.spent_s += time.monotonic() - started
 
 
 class HttpSpeechService:
-    """``SpeechService`` backed by one or more ``voxclone worker`` servers."""
+    """``SpeechService`` backed by one or more ``voxclone worker`` servers.
+
+    ``timeout_s`` is the worker's time for a whole request (``WORKER_TIMEOUT_S``); the keyword
+    arguments are the other limits, named after their settings.
+    """
 
     def __init__(
         self,
         urls: Sequence[str],
         token: str | None,
-        timeout_s: float = 30.0,
+        timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
-        backoff_s: float = DEFAULT_BACKOFF_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        first_chunk_timeout_s: float = DEFAULT_FIRST_CHUNK_TIMEOUT_S,
+        chunk_timeout_s: float = DEFAULT_CHUNK_TIMEOUT_S,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
     ) -> None:
         if not urls:
             raise ValueError("HttpSpeechService needs at least one worker URL")
+        limits = (timeout_s, connect_timeout_s, first_chunk_timeout_s, chunk_timeout_s, probe_interval_s)
+        if min(limits) <= 0:
+            raise ValueError("HttpSpeechService timeouts and probe interval must be positive")
         self._workers = [_Worker(url.rstrip("/")) for url in urls]
-        self._backoff_s = backoff_s
-        self._timeout_s = timeout_s
+        self._total_s = timeout_s
+        self._first_chunk_s = first_chunk_timeout_s
+        self._chunk_s = chunk_timeout_s
+        self._probe_interval_s = probe_interval_s
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             transport=transport,
             headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=min(_CONNECT_TIMEOUT_S, timeout_s)),
+            # Connecting is httpx's to time; waiting for answers and chunks is timed here, against the
+            # budget, so read and write only get a backstop. No pool limit: the workers' own queues
+            # answer "busy", and a request waiting for a free connection would look like a hung worker.
+            timeout=httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
             follow_redirects=False,
         )
 
@@ -114,9 +162,8 @@ class HttpSpeechService:
 
     @property
     def urls_in_backoff(self) -> list[str]:
-        """Workers that failed recently and are tried only after the others."""
-        now = time.monotonic()
-        return [w.url for w in self._workers if w.down_until > now]
+        """Workers marked unhealthy: tried only after the others until their ``/readyz`` answers 200."""
+        return [w.url for w in self._workers if not w.healthy]
 
     # ---- SpeechService -------------------------------------------------------------------------
 
@@ -159,55 +206,74 @@ class HttpSpeechService:
         return _parse(_WATERMARK, data)
 
     async def ready(self) -> bool:
-        """True when at least one worker has its models loaded."""
-        for worker in self._workers:
-            try:
-                response = await self._http.get(f"{worker.url}/readyz")
-            except httpx.TransportError:
-                continue
-            if response.status_code == 200:
-                return True
-        return False
+        """True when at least one worker has its models loaded (asked of them all at once)."""
+        return any(await asyncio.gather(*(self._probe(worker) for worker in self._workers)))
 
     async def aclose(self) -> None:
+        probers = [w.prober for w in self._workers if w.prober is not None]
+        for prober in probers:
+            prober.cancel()
+        await asyncio.gather(*probers, return_exceptions=True)
         await self._http.aclose()
+
+    # ---- health --------------------------------------------------------------------------------
+
+    def _candidates(self) -> list[_Worker]:
+        """Healthy workers in the configured order, then the unhealthy ones: a last resort."""
+        return [w for w in self._workers if w.healthy] + [w for w in self._workers if not w.healthy]
+
+    def _mark_down(self, worker: _Worker, why: str) -> None:
+        """Send requests elsewhere until the worker's ``/readyz`` answers 200 again."""
+        worker.healthy = False
+        log.warning(
+            "speech worker %s is unhealthy (%s); requests go to the other workers, and its /readyz is "
+            "asked every %g s",
+            worker.shown,
+            why,
+            self._probe_interval_s,
+        )
+        if worker.prober is None or worker.prober.done():
+            worker.prober = asyncio.get_running_loop().create_task(self._probe_back(worker))
+
+    def _mark_up(self, worker: _Worker) -> None:
+        """A worker that answered a request is healthy, whatever its probe thought."""
+        worker.healthy = True
+        if worker.prober is not None:
+            worker.prober.cancel()
+            worker.prober = None
+
+    async def _probe_back(self, worker: _Worker) -> None:
+        while True:
+            await asyncio.sleep(self._probe_interval_s)
+            if await self._probe(worker):
+                worker.healthy = True
+                log.warning("speech worker %s answers /readyz again; it gets requests again", worker.shown)
+                return
+
+    async def _probe(self, worker: _Worker) -> bool:
+        """Whether the worker answers ``/readyz`` with 200 within ``PROBE_TIMEOUT_S``."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                response = await self._http.get(f"{worker.url}/readyz", timeout=PROBE_TIMEOUT_S)
+        except (TimeoutError, httpx.HTTPError):
+            return False
+        return response.status_code == 200
 
     # ---- failover ------------------------------------------------------------------------------
 
-    def _candidates(self) -> list[_Worker]:
-        """Healthy workers in the configured order, then the ones in back-off (soonest back first)."""
-        now = time.monotonic()
-        healthy = [w for w in self._workers if w.down_until <= now]
-        resting = sorted((w for w in self._workers if w.down_until > now), key=lambda w: w.down_until)
-        return healthy + resting
-
-    def _mark_down(self, worker: _Worker, why: str) -> None:
-        worker.down_until = time.monotonic() + self._backoff_s
-        log.warning(
-            "speech worker %s is unavailable (%s); passing it over for %g s", worker.url, why, self._backoff_s
-        )
-
-    async def _send(self, worker: _Worker, path: str, content: bytes, stream: bool) -> httpx.Response | None:
-        """One attempt; None when the worker should be skipped (it is then marked down)."""
-        request = self._http.build_request(
-            "POST", worker.url + path, content=content, headers={"Content-Type": "application/json"}
-        )
-        try:
-            return await self._http.send(request, stream=stream)
-        except httpx.TimeoutException as exc:
-            self._mark_down(worker, f"no answer within {self._timeout_s:g} s: {type(exc).__name__}")
-        except httpx.TransportError as exc:
-            self._mark_down(worker, type(exc).__name__)
-        return None
-
-    async def _attempts(self, path: str, content: bytes, stream: bool) -> tuple[httpx.Response, _Worker]:
+    async def _attempts(
+        self, path: str, content: bytes, stream: bool, budget: _Budget
+    ) -> tuple[httpx.Response, _Worker]:
         """The first 200 response from any worker, or the error that explains why there was none."""
         busy = not_ready = None
         for worker in self._candidates():
-            response = await self._send(worker, path, content, stream)
+            if budget.left() <= 0:
+                break
+            response = await self._exchange(worker, path, content, stream, budget)
             if response is None:
                 continue
             if response.status_code == 200:
+                self._mark_up(worker)
                 return response, worker
             if stream:
                 await response.aread()
@@ -215,7 +281,7 @@ class HttpSpeechService:
             error = _rebuild(error_from_json(response.status_code, _json_or_none(response)))
             if isinstance(error, WorkerBusy):
                 busy = error
-                log.info("speech worker %s is busy; trying the next one", worker.url)
+                log.info("speech worker %s is busy; trying the next one", worker.shown)
             elif isinstance(error, ModelNotReady):
                 not_ready = error
                 self._mark_down(worker, "models not loaded yet")
@@ -227,33 +293,103 @@ class HttpSpeechService:
             raise WorkerBusy("Every speech worker is busy right now; try again in a few seconds.")
         if not_ready is not None:
             raise not_ready
+        if budget.left() <= 0:
+            raise WorkerUnavailable(self._too_slow_message())
         raise WorkerUnavailable(UNREACHABLE_MESSAGE)
 
+    async def _exchange(
+        self, worker: _Worker, path: str, content: bytes, stream: bool, budget: _Budget
+    ) -> httpx.Response | None:
+        """One attempt; None when the worker should be skipped (it is then marked down)."""
+        request = self._http.build_request(
+            "POST", worker.url + path, content=content, headers={"Content-Type": "application/json"}
+        )
+        sending = asyncio.ensure_future(self._http.send(request, stream=stream))
+        answered = False
+        try:
+            if await self._answered_while_alive(worker, sending, budget):
+                answered = True
+                return sending.result()
+        except httpx.TimeoutException as exc:
+            self._mark_down(worker, f"no connection within the timeout: {type(exc).__name__}")
+        except httpx.TransportError as exc:
+            self._mark_down(worker, type(exc).__name__)
+        finally:
+            if not answered:
+                await _abandon(sending)
+        return None
+
+    async def _answered_while_alive(
+        self, worker: _Worker, sending: asyncio.Future[httpx.Response], budget: _Budget
+    ) -> bool:
+        """Wait for ``sending`` while the worker answers ``/readyz`` after every ``first_chunk_timeout_s``
+        of silence: True once it is done (well or not); False when the worker is hung (marked down)."""
+        began = time.monotonic()
+        while True:
+            started = time.monotonic()
+            await asyncio.wait({sending}, timeout=min(self._first_chunk_s, budget.left()))
+            budget.spend_since(started)
+            if sending.done():
+                return True
+            if budget.left() <= 0:
+                self._mark_down(worker, f"no answer within WORKER_TIMEOUT_S ({self._total_s:g} s)")
+                raise WorkerUnavailable(self._too_slow_message())
+            started = time.monotonic()
+            probe = asyncio.ensure_future(self._probe(worker))
+            either: set[asyncio.Future[Any]] = {sending, probe}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                budget.spend_since(started)
+                await _abandon(probe)
+            if sending.done():
+                return True
+            if not probe.result():
+                silent = time.monotonic() - began
+                self._mark_down(
+                    worker, f"no answer in {silent:.1f} s, nor from /readyz in {PROBE_TIMEOUT_S:g} s"
+                )
+                return False
+            log.debug("speech worker %s is slow but alive; still waiting", worker.shown)
+
+    def _too_slow_message(self) -> str:
+        return (
+            f"The speech workers are too slow right now (no answer within {self._total_s:g} s). "
+            "Try again in a moment; if it keeps happening an admin should check the workers."
+        )
+
     async def _post(self, path: str, body: BaseModel) -> Any:
-        response, _ = await self._attempts(path, body.model_dump_json().encode(), stream=False)
+        budget = _Budget(self._total_s)
+        response, _ = await self._attempts(path, body.model_dump_json().encode(), stream=False, budget=budget)
         data = _json_or_none(response)
         if not isinstance(data, dict):
             raise InternalWorkerError("The speech worker answered with something that is not a JSON object.")
         return data
 
+    # ---- streams -------------------------------------------------------------------------------
+
     async def _synthesize(self, content: bytes) -> AsyncGenerator[bytes, None]:
-        response, worker = await self._attempts("/v1/speech", content, stream=True)
+        budget = _Budget(self._total_s)
+        response, worker = await self._attempts("/v1/speech", content, stream=True, budget=budget)
         try:
             if response.headers.get("x-framing") != FRAMING_VERSION:
                 raise InternalWorkerError(
-                    f"The speech worker at {worker.url} speaks another protocol version; "
+                    f"The speech worker at {worker.shown} speaks another protocol version; "
                     "an admin should run the same voxclone version on the bot and the workers."
                 )
-            async for chunk in self._read_stream(response, worker):
+            async for chunk in self._read_stream(response, worker, budget):
                 yield chunk
         finally:
             await response.aclose()
 
-    async def _read_stream(self, response: httpx.Response, worker: _Worker) -> AsyncGenerator[bytes, None]:
+    async def _read_stream(
+        self, response: httpx.Response, worker: _Worker, budget: _Budget
+    ) -> AsyncGenerator[bytes, None]:
         decoder = FrameDecoder()
         received = 0
+        raw_chunks = response.aiter_raw()
         try:
-            async for raw in response.aiter_raw():
+            while (raw := await self._next_raw(raw_chunks, worker, received, budget)) is not None:
                 for frame in decoder.feed(raw):
                     if frame.kind == FRAME_DATA:
                         received += len(frame.payload)
@@ -269,15 +405,59 @@ class HttpSpeechService:
             raise self._interrupted(worker, received, type(exc).__name__) from exc
         except (FrameError, ValueError) as exc:
             raise InternalWorkerError("The speech worker sent a garbled audio stream.") from exc
+        finally:
+            await _aclose(raw_chunks)
         raise self._interrupted(worker, received, "connection closed before the end")
 
-    def _interrupted(self, worker: _Worker, received: int, why: str) -> StreamInterrupted:
+    async def _next_raw(
+        self, raw_chunks: AsyncIterator[bytes], worker: _Worker, received: int, budget: _Budget
+    ) -> bytes | None:
+        """The next bytes of the stream, None at its end. A worker silent for ``chunk_timeout_s`` (or
+        past the budget) has stalled: the stream fails at once rather than hang the player."""
+        wait = min(self._chunk_s, budget.left())
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(wait):
+                return await anext(raw_chunks)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            stall = (
+                f"no audio for {wait:g} s" if wait >= self._chunk_s else f"over {self._total_s:g} s in all"
+            )
+            raise self._interrupted(worker, received, stall, tell=True) from None
+        finally:
+            budget.spend_since(started)
+
+    def _interrupted(
+        self, worker: _Worker, received: int, why: str, *, tell: bool = False
+    ) -> StreamInterrupted:
+        """Mark the worker down; the error a member sees (``why`` in it when ``tell``)."""
         self._mark_down(worker, f"stream cut: {why}")
+        said = f"{why}, " if tell else ""
         return StreamInterrupted(
             f"The speech worker stopped in the middle of this sentence "
-            f"(after {received / _BYTES_PER_SECOND:.1f} s of audio). Please try again; "
+            f"({said}after {received / _BYTES_PER_SECOND:.1f} s of audio). Please try again; "
             "if it keeps happening an admin should check that `voxclone worker` is running."
         )
+
+
+async def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` if it still runs and wait for it; close a response it made that nobody will read."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if task.cancelled() or task.exception() is not None:
+        return
+    result = task.result()
+    if isinstance(result, httpx.Response):
+        await result.aclose()
+
+
+async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -1,19 +1,20 @@
-"""Errors of the speech worker, each with a stable code and a sentence a member can act on.
+"""Errors of the speech worker, under the one root (``core.errors.VoxcloneError``).
 
-    SpeechError                      code             HTTP
-    ├── InvalidAudio                 invalid_audio    400   PCM malformed, empty or at a rate we don't take
-    ├── QualityRejected              quality_rejected 422   the clip failed the quality gate (has .report)
-    ├── UnsupportedLanguage          unsupported_language 422
-    ├── InvalidRequest               invalid_request  400   any other malformed field
-    ├── PayloadTooLarge              payload_too_large 413
-    ├── Unauthorized                 unauthorized     401
-    ├── IncompatibleVoice            incompatible_voice 409 latents made by another checkpoint
-    ├── WorkerBusy                   busy             503   the bounded queue is full: try again shortly
-    ├── ModelNotReady                not_ready        503   models are still loading or failed to load
-    ├── ModelUnavailable             model_unavailable 500  no weights on disk and none downloadable
-    ├── WorkerUnavailable            worker_unavailable 502 no worker answered (client side)
-    ├── SynthesisCancelled           cancelled        499
-    └── InternalWorkerError          internal         500
+    VoxcloneError (core.errors)
+    └── SpeechError                  code             HTTP
+        ├── InvalidAudio             invalid_audio    400   PCM malformed, empty or at a rate we don't take
+        ├── QualityRejected          quality_rejected 422   the clip failed the quality gate (has .report)
+        ├── UnsupportedLanguage      unsupported_language 422
+        ├── InvalidRequest           invalid_request  400   any other malformed field
+        ├── PayloadTooLarge          payload_too_large 413
+        ├── Unauthorized             unauthorized     401
+        ├── IncompatibleVoice        incompatible_voice 409 latents made by another checkpoint
+        ├── WorkerBusy               busy             503   the bounded queue is full: try again shortly
+        ├── ModelNotReady            not_ready        503   models are still loading or failed to load
+        ├── ModelUnavailable         model_unavailable 500  no weights on disk and none downloadable
+        ├── WorkerUnavailable        worker_unavailable 502 no worker answered (client side)
+        ├── SynthesisCancelled       cancelled        499
+        └── InternalWorkerError      internal         500
 
 The ``code`` strings are the API's contract: clients map on them, never on messages.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from core.errors import VoxcloneError
 
-class SpeechError(Exception):
+
+class SpeechError(VoxcloneError):
     """Base of every worker error. ``message`` is safe to show to a member."""
 
     code: ClassVar[str] = "internal"
@@ -31,7 +34,6 @@ class SpeechError(Exception):
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
-        self.message = message
         self.details = details
 
     def to_json(self) -> dict[str, Any]:

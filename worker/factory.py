@@ -34,7 +34,7 @@ from worker.types import (
 )
 
 if TYPE_CHECKING:
-    from bot.settings import Settings
+    from core.settings import Settings
 
 log = logging.getLogger("voxclone.worker.factory")
 
@@ -170,21 +170,21 @@ class LocalTools:
         from worker.local import resolve_device
 
         if name == "asr":
-            from worker.asr import load_transcriber
+            from worker.analysis.asr import load_transcriber
 
             s = self._settings
             endpoint = self._environ.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT)
             model = resolve_asr_model(s.asr_backend, s.asr_model, s.model_cache_dir, endpoint=endpoint)
             return load_transcriber(s.asr_backend, model, resolve_device(s.device), s.model_cache_dir)
         if name == "gate":
-            from worker.quality import QualityGate
+            from worker.analysis.quality import QualityGate
 
             return QualityGate()
         if name == "verifier":
-            from worker.verify import SpeakerVerifier
+            from worker.analysis.verify import SpeakerVerifier
 
             return SpeakerVerifier()
-        from worker.watermark import Watermarker
+        from worker.analysis.watermark import Watermarker
 
         return Watermarker()
 
@@ -200,8 +200,8 @@ class LocalTools:
     async def transcribe(
         self, pcm: FloatArray, sample_rate: int, language: str | None = None
     ) -> Transcription:
+        from worker.analysis.quality import to_analysis_rate
         from worker.local import check_input
-        from worker.quality import to_analysis_rate
 
         transcriber = await self._engine("asr")
         pcm16k = await asyncio.to_thread(to_analysis_rate, check_input(pcm, sample_rate), sample_rate)
@@ -229,8 +229,17 @@ class LocalTools:
 
 
 def create_http_service(settings: Settings, urls: list[str] | None = None) -> HttpSpeechService:
+    """The HTTP client of ``urls`` (default ``WORKER_URLS``), with the settings' timeouts."""
     token = settings.worker_token.get_secret_value() if settings.worker_token else None
-    return HttpSpeechService(urls or settings.worker_urls, token, settings.worker_timeout_s)
+    return HttpSpeechService(
+        urls or settings.worker_urls,
+        token,
+        settings.worker_timeout_s,
+        connect_timeout_s=settings.worker_connect_timeout_s,
+        first_chunk_timeout_s=settings.worker_first_chunk_timeout_s,
+        chunk_timeout_s=settings.worker_chunk_timeout_s,
+        probe_interval_s=settings.worker_probe_interval_s,
+    )
 
 
 async def create_speech_service(settings: Settings, *, model_dir: Path | None = None) -> SpeechService:

@@ -1,9 +1,9 @@
 """The speech engines in this process: the :class:`~worker.service.SpeechService` the bot uses by default.
 
-:class:`LocalSpeechService` wires the XTTS engine (behind :class:`~worker.scheduler.SynthesisScheduler`),
-the quality gate, Whisper, speaker verification and the watermark together. Every blocking call leaves
-the event loop (``asyncio.to_thread``); synthesis streams chunks as they are made. ``voxclone worker``
-serves the same object over HTTP.
+:class:`LocalSpeechService` wires the XTTS engine (behind
+:class:`~worker.serving.scheduler.SynthesisScheduler`), the quality gate, Whisper, speaker verification and
+the watermark together. Every blocking call leaves the event loop (``asyncio.to_thread``); synthesis streams
+chunks as they are made. ``voxclone worker`` serves the same object over HTTP.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from worker.audio import ACCEPTED_INPUT_RATES
+from core.audio import ACCEPTED_INPUT_RATES
 from worker.errors import InvalidAudio, ModelUnavailable, QualityRejected
-from worker.scheduler import DEFAULT_BUFFER_CHUNKS, SynthesisScheduler
+from worker.serving.engine import XttsEngine, validate_pcm
+from worker.serving.scheduler import DEFAULT_BUFFER_CHUNKS, SynthesisScheduler
 from worker.types import (
     EmbeddingResult,
     FloatArray,
@@ -29,13 +30,12 @@ from worker.types import (
     Transcription,
     WatermarkResult,
 )
-from worker.xtts import XttsEngine, validate_pcm
 
 if TYPE_CHECKING:
-    from worker.asr import Transcriber
-    from worker.quality import QualityGate
-    from worker.verify import SpeakerVerifier
-    from worker.watermark import Watermarker
+    from worker.analysis.asr import Transcriber
+    from worker.analysis.quality import QualityGate
+    from worker.analysis.verify import SpeakerVerifier
+    from worker.analysis.watermark import Watermarker
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,11 @@ class LocalSpeechService:
         (``voxclone say``), so no Whisper model is needed; ``transcribe`` and ``compare_speakers`` then
         raise ModelUnavailable.
         """
-        from worker.asr import load_transcriber
-        from worker.batch_graphs import resolve_fast_decode
-        from worker.quality import QualityGate
-        from worker.verify import SpeakerVerifier
-        from worker.watermark import Watermarker
+        from worker.analysis.asr import load_transcriber
+        from worker.analysis.quality import QualityGate
+        from worker.analysis.verify import SpeakerVerifier
+        from worker.analysis.watermark import Watermarker
+        from worker.batching.graphs import resolve_fast_decode
 
         resolved = resolve_device(device)
         log.info("loading speech engines on %s", resolved)
@@ -153,7 +153,7 @@ class LocalSpeechService:
 
     async def embed(self, pcm: FloatArray, sample_rate: int) -> EmbeddingResult:
         """Quality gate, then XTTS latents from the best ≤ 30 s of speech it kept."""
-        from worker.quality import extract_kept
+        from worker.analysis.quality import extract_kept
 
         audio = check_input(pcm, sample_rate)
         report = await asyncio.to_thread(self.quality_gate.analyze, audio, sample_rate)
@@ -176,7 +176,7 @@ class LocalSpeechService:
     async def transcribe(
         self, pcm: FloatArray, sample_rate: int, language: str | None = None
     ) -> Transcription:
-        from worker.quality import to_analysis_rate
+        from worker.analysis.quality import to_analysis_rate
 
         audio = check_input(pcm, sample_rate)
         transcriber = self._loaded(self.transcriber, "Whisper")
@@ -190,7 +190,7 @@ class LocalSpeechService:
         return await asyncio.to_thread(verifier.compare, a, b, sample_rate)
 
     async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
-        from worker.verify import match_phrase
+        from worker.analysis.verify import match_phrase
 
         return match_phrase(expected, heard)
 

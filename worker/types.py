@@ -1,7 +1,7 @@
 """Typed results of the speech engines, the same in-process and over HTTP (no torch needed).
 
 PCM in these types is always mono. Inputs are float32 in [-1, 1] at a stated sample rate;
-synthesized output is 24 kHz s16le bytes (see ``worker.audio``).
+synthesized output is 24 kHz s16le bytes (see ``core.audio``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from bot.errors import MigrationError
+from storage.errors import MigrationError
 from storage.schema import metadata
 
 

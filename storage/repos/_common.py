@@ -14,7 +14,7 @@ from sqlalchemy import Row, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.errors import StorageError
+from storage.errors import StorageError
 from storage.models import AuditEntry, Challenge, ConsentRecord, VoiceProfile, VoiceShare
 from storage.schema import consent_records, voice_profiles
 from worker.types import FloatArray

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.errors import StorageError
+from storage.errors import StorageError
 from storage.models import EmbeddingInfo, ReferenceClip, StoredVoice, quality_from_json
 from storage.repos._common import decode_array, find_profile
 from storage.schema import embeddings

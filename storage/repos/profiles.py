@@ -3,8 +3,9 @@
 Re-enrolling replaces the old voice only once the new one passed: ``save_enrollment`` is called
 after every check succeeded and swaps the arrays in one transaction, so a failed or interrupted
 enrollment leaves the previous voice untouched, and the consent phrase it consumes stays unused.
-Consent records (with the consent recording as uploaded) accumulate, one per enrollment, and
-are deleted with the profile.
+A profile keeps one consent record (with the consent recording as uploaded): the one that allowed
+the voice in use. The records of a replaced voice are deleted with it, in that same transaction,
+and the last one goes with the profile.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Select, bindparam, func, select, union, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import Database
 from storage.models import (
@@ -22,6 +24,7 @@ from storage.models import (
     GuildDeletionReport,
     MemberExport,
     ReferenceClip,
+    StoredSize,
     StoredVoice,
     VoiceProfile,
     quality_to_json,
@@ -173,8 +176,9 @@ class ProfileRepo:
                     for kind, (data, shape, dtype) in arrays.items()
                 ],
             )
-            await conn.execute(
-                consent_records.insert().values(
+            consent_id = await conn.scalar(
+                consent_records.insert()
+                .values(
                     profile_id=profile.id,
                     statement_version=consent.statement_version,
                     phrase=consent.phrase,
@@ -186,6 +190,13 @@ class ProfileRepo:
                     recording=consent.recording,
                     recording_mime=consent.recording_mime,
                 )
+                .returning(consent_records.c.id)
+            )
+            # The replaced voice's arrays went above; its consent records (recordings) go with them.
+            superseded = await conn.execute(
+                consent_records.delete().where(
+                    consent_records.c.profile_id == profile.id, consent_records.c.id != consent_id
+                )
             )
             await append_audit(
                 conn,
@@ -193,13 +204,17 @@ class ProfileRepo:
                 VOICE_ENROLLED,
                 actor_id=user_id,
                 subject_id=user_id,
-                details={"model_id": embedding.model_id, "statement_version": consent.statement_version},
+                details={
+                    "model_id": embedding.model_id,
+                    "statement_version": consent.statement_version,
+                    "replaced_consent_records": superseded.rowcount,
+                },
                 at=now,
             )
         return profile
 
     async def consent_records(self, guild_id: int, user_id: int) -> list[ConsentRecord]:
-        """The member's consent records, oldest first, for display: the recordings are not loaded."""
+        """The member's consent records (one: the current voice's), for display; recordings not loaded."""
         async with self._db.read() as conn:
             rows = await conn.execute(
                 _member_consents(consent_query(with_recording=False), guild_id, user_id)
@@ -218,6 +233,14 @@ class ProfileRepo:
         if row is None or row.recording is None:
             return None
         return bytes(row.recording), str(row.recording_mime)
+
+    async def stored_size(self, guild_id: int, user_id: int | None = None) -> StoredSize:
+        """What is kept for one member in this server, or (``user_id`` None) for the whole server."""
+        where = [voice_profiles.c.guild_id == guild_id]
+        if user_id is not None:
+            where.append(voice_profiles.c.user_id == user_id)
+        async with self._db.read() as conn:
+            return await _stored_size(conn, where)
 
     async def touch_last_used(self, guild_id: int, user_id: int, now: datetime | None = None) -> bool:
         """Note that the voice spoke (retention counts from here). False if there is no profile."""
@@ -306,6 +329,30 @@ def _check_recording(consent: ConsentRecord) -> None:
         )
     if mime is None or not _MIME.fullmatch(mime) or len(mime) > MIME_CHARS:
         raise ValueError(f"consent.recording_mime must be a MIME type like 'audio/ogg', got {mime!r}")
+
+
+async def _stored_size(conn: AsyncConnection, where: list[Any]) -> StoredSize:
+    """Counts and byte sizes (``length`` of the BLOBs: bytes on SQLite and PostgreSQL alike)."""
+    profiles = select(voice_profiles.c.id).where(*where).scalar_subquery()
+    recordings = (
+        await conn.execute(
+            select(func.count(), func.coalesce(func.sum(func.length(consent_records.c.recording)), 0)).where(
+                consent_records.c.profile_id.in_(profiles)
+            )
+        )
+    ).one()
+    arrays = await conn.scalar(
+        select(func.coalesce(func.sum(func.length(embeddings.c.data)), 0)).where(
+            embeddings.c.profile_id.in_(profiles)
+        )
+    )
+    voices = await conn.scalar(select(func.count()).select_from(voice_profiles).where(*where))
+    return StoredSize(
+        voices=int(voices or 0),
+        consent_records=int(recordings[0]),
+        recording_bytes=int(recordings[1]),
+        voice_bytes=int(arrays or 0),
+    )
 
 
 def _member_consents(query: Select[Any], guild_id: int, user_id: int) -> Select[Any]:

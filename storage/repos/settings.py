@@ -27,7 +27,9 @@ _EDITABLE: Final = frozenset(
     for f in dataclasses.fields(GuildSettings)
     if f.name not in ("guild_id", "updated_at", "updated_by")
 )
-_ID_LISTS: Final = frozenset({"enroll_role_ids", "speak_role_ids", "voice_message_channel_ids"})
+_ID_LISTS: Final = frozenset(
+    {"enroll_role_ids", "speak_role_ids", "voice_message_channel_ids", "read_aloud_channel_ids"}
+)
 _BOOLS: Final = frozenset({"cloning_enabled", "allow_sharing", "announce"})
 _LIMITS: Final = {  # name: (lowest, highest, unit)
     "voice_message_max_seconds": (5, 1800, "seconds"),
@@ -87,6 +89,7 @@ def _from_row(row: Row[Any]) -> GuildSettings:
         allow_sharing=bool(m["allow_sharing"]),
         voice_message_mode=m["voice_message_mode"],
         voice_message_channel_ids=_ids(m["voice_message_channel_ids"]),
+        read_aloud_channel_ids=_ids(m["read_aloud_channel_ids"]),
         announce=bool(m["announce"]),
         max_text_length=int(m["max_text_length"]),
         cooldown_s=float(m["cooldown_s"]),

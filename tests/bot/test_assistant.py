@@ -29,11 +29,11 @@ from bot.errors import (
     AssistantUnavailable,
     AssistantVoiceNotOptedIn,
     CloningDisabled,
-    ConfigError,
     NoVoiceProfile,
     RoleNotAllowed,
 )
 from bot.policy import Actor, Policy, VoiceFacts
+from core.errors import ConfigError
 from storage import GuildSettings
 from tests.support.fake_llm import CHAT_PATH, FakeLLM, Reply, closed_port_url
 
@@ -105,7 +105,7 @@ def test_endpoint_from_base_urls() -> None:
 
 
 def test_timeouts_come_from_the_settings() -> None:
-    from bot.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings(
         {"LLM_BASE_URL": "http://localhost:11434", "LLM_CHUNK_TIMEOUT_S": "120", "LLM_TOTAL_TIMEOUT_S": "600"}

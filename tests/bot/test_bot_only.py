@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ConfigError
 from bot.runtime import check_speech_engines
-from bot.settings import load_settings
+from core.errors import ConfigError
+from core.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchaudio", "TTS", "whisper", "faster_whisper", "ctranslate2", "transformers", "perth")
@@ -24,7 +24,7 @@ import asyncio, sys
 from bot.cli import build_parser
 build_parser()
 from bot.client import build_bot
-from bot.settings import load_settings
+from core.settings import load_settings
 settings = load_settings({{"WORKER_URLS": "http://127.0.0.1:9", "DATABASE_URL": sys.argv[1]}})
 async def main():
     async with build_bot(settings) as bot:

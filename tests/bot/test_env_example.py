@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 from tests.support.fake_discord import FakeDiscord, bot_command
 from worker.errors import ModelUnavailable
 from worker.factory import resolve_local_models

@@ -207,3 +207,115 @@ async def test_leaves_after_idle_timeout(setup) -> None:
     await asyncio.sleep(0.6)
     assert voice.disconnects == 1 and player.channel_id is None
     await player.close()
+
+
+async def test_joined_with_join_it_stays_through_quiet_spells_until_it_leaves(setup) -> None:
+    _, fx, notify, _ = setup
+    player = GuildPlayer(fx.guild, ToneService(0.2), notify, voice_cls=HarnessVoiceClient, idle_timeout_s=0.3)
+    await player.join(fx.voice_channel)
+    voice = HarnessVoiceClient.instances[-1]
+    assert voice.is_connected() and player.channel_id == fx.voice_channel.id
+    item = _utterance(fx)
+    await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(item.finished.wait(), 5)
+    await asyncio.sleep(0.7)  # two idle timeouts
+    assert voice.disconnects == 0 and player.channel_id == fx.voice_channel.id
+    await player.leave()
+    assert voice.disconnects == 1 and player.channel_id is None and not player.stay
+    await player.close()
+
+
+async def test_discard_takes_out_one_waiting_utterance(setup) -> None:
+    _, fx, notify, _ = setup
+    player = GuildPlayer(fx.guild, ToneService(1.0), notify, voice_cls=HarnessVoiceClient, idle_timeout_s=30)
+    first, second, third = _utterance(fx, "same"), _utterance(fx, "same"), _utterance(fx, "other")
+    for item in (first, second, third):
+        await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(first.started.wait(), 5)
+    assert not player.discard(first)  # playing, not waiting
+    assert player.discard(second) and second.finished.is_set() and second.error == "withdrawn"
+    assert list(player.queue) == [third] and not player.discard(second)
+    await player.close()
+
+
+# ---- the controls against the real AudioPlayer thread, whose `after` callback arrives late ---------
+# discord.py's player thread notices a stop on its next 20 ms tick, sends its trailing silence and only
+# then calls `after`, on its own thread; by then the player has moved on to the next utterance.
+# ``HarnessVoiceClient.after_delay_s`` makes that lateness larger and certain (a slow UDP socket).
+
+
+@pytest.fixture(params=[0.0, 0.3], ids=["player-thread", "after-0.3s-late"])
+def late_after(request: pytest.FixtureRequest):
+    HarnessVoiceClient.after_delay_s = request.param
+    yield request.param
+    HarnessVoiceClient.after_delay_s = 0.0
+
+
+def _frames(seconds: float) -> int:
+    return round(seconds / 0.020)
+
+
+async def test_skip_drops_only_the_message_playing(setup, late_after: float) -> None:
+    """Three queued, /skip during the first: the second and the third both play in full, announced."""
+    _, fx, notify, posted = setup
+    service = ToneService(seconds=0.6, delay_s=0.01)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient)
+    items = [_utterance(fx, text) for text in ("one", "two", "three")]
+    for item in items:
+        await player.enqueue(fx.voice_channel, item)
+    await asyncio.wait_for(items[0].started.wait(), 5)
+    assert player.skip() is items[0]
+    await asyncio.wait_for(items[0].finished.wait(), 5)
+    assert player.current is not items[0]
+    assert [item.preview for item in player.queue] == ["three"]  # /queue: the third still waits
+    for item in items[1:]:
+        await asyncio.wait_for(item.finished.wait(), 10)
+        assert item.error is None
+        assert item.frames_played == _frames(0.6), item.preview
+    assert len(posted) == 3  # one announcement per message that played
+    await player.close()
+
+
+async def test_speak_after_stop_plays(setup, late_after: float) -> None:
+    """/stop, then a new /speak: it plays in full and is announced."""
+    _, fx, notify, posted = setup
+    service = ToneService(seconds=0.6, delay_s=0.01)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient)
+    first, queued = _utterance(fx, "first"), _utterance(fx, "queued")
+    await player.enqueue(fx.voice_channel, first)
+    await player.enqueue(fx.voice_channel, queued)
+    await asyncio.wait_for(first.started.wait(), 5)
+    assert player.stop() == 2
+    await asyncio.wait_for(first.finished.wait(), 5)
+    assert queued.error == "stopped" and not queued.started.is_set()
+    await asyncio.sleep(late_after + 0.1)  # the member types the next /speak; the late callback lands
+    after = _utterance(fx, "after the stop")
+    assert await player.enqueue(fx.voice_channel, after) == 0
+    await asyncio.wait_for(after.finished.wait(), 10)
+    assert after.started.is_set() and after.error is None
+    assert after.frames_played == _frames(0.6)
+    assert len(posted) == 2  # "first" and "after the stop"
+    await player.close()
+
+
+async def test_skip_after_skip_and_stop_twice_keep_the_queue_going(setup, late_after: float) -> None:
+    """Each control acts on the message playing when it is pressed, never on a later one."""
+    _, fx, notify, _ = setup
+    service = ToneService(seconds=0.6, delay_s=0.01)
+    player = GuildPlayer(fx.guild, service, notify, voice_cls=HarnessVoiceClient)
+    items = [_utterance(fx, str(i)) for i in range(4)]
+    for item in items:
+        await player.enqueue(fx.voice_channel, item)
+    for skipped in items[:2]:
+        await asyncio.wait_for(skipped.started.wait(), 5)
+        assert player.skip() is skipped
+        await asyncio.wait_for(skipped.finished.wait(), 5)
+    for item in items[2:]:
+        await asyncio.wait_for(item.finished.wait(), 10)
+        assert item.error is None and item.frames_played == _frames(0.6)
+    assert player.stop() == 0 and player.stop() == 0  # nothing playing: nothing to stop, twice
+    again = _utterance(fx, "again")
+    await player.enqueue(fx.voice_channel, again)
+    await asyncio.wait_for(again.finished.wait(), 10)
+    assert again.error is None and again.frames_played == _frames(0.6)
+    await player.close()

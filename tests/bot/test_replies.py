@@ -9,9 +9,10 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import CloningDisabled, NotAudio
+from bot.errors import CloningDisabled
 from bot.replies import GENERIC_FAILURE, VoxcloneTree, respond, token_expired, user_message
 from bot.runtime import check_voice_dependencies
+from core.errors import NotAudio
 from tests.support.discord_harness import Harness, snowflake
 from worker.errors import QualityRejected, WorkerUnavailable
 from worker.types import QualityReport
@@ -103,7 +104,7 @@ def test_voice_dependencies_are_present_here() -> None:
 def test_missing_voice_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from bot.errors import ConfigError
+    from core.errors import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

@@ -18,8 +18,8 @@ import pytest
 from bot.client import build_bot
 from bot.player import Utterance
 from bot.replies import RESTARTING_REPLY
-from bot.settings import load_settings
 from bot.shutdown import RESTART_NOTICE, shut_down
+from core.settings import load_settings
 from tests.support.discord_harness import MEMBER_DEFAULT, Harness, HarnessVoiceClient, snowflake
 from worker.types import SpeechRequest, VoiceEmbedding
 

@@ -19,10 +19,11 @@ import discord
 import pytest
 import pytest_asyncio
 
-import worker.xtts
+import worker.serving.engine
 from bot.client import VoxcloneBot, build_bot
 from bot.player import Utterance
-from bot.settings import load_settings
+from cogs.enroll import NO_PREVIEW
+from core.settings import load_settings
 from tests.support.audio import espeak_wav, to_voice_message
 from tests.support.discord_harness import (
     MANAGE_GUILD,
@@ -30,6 +31,7 @@ from tests.support.discord_harness import (
     GuildFixture,
     Harness,
     HarnessVoiceClient,
+    Recorded,
     snowflake,
 )
 from worker.local import LocalSpeechService
@@ -43,7 +45,7 @@ SPEECH_SEED = 7  # every request's sampling seed in these tests (see open_world)
 @pytest.fixture(scope="session")
 def short_xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight XTTS-v2 whose sentences end after at most ~2 s of audio."""
-    from worker.testmodel import make_test_model
+    from worker.tts.testmodel import make_test_model
 
     return make_test_model(
         tmp_path_factory.mktemp("xtts-short"), size="tiny", seed=0, max_audio_tokens=MAX_AUDIO_TOKENS
@@ -98,17 +100,39 @@ class World:
         return self.harness.attachment(path.name, path.read_bytes(), "audio/ogg", duration_s=5.0)
 
     async def enroll(self, member: Any, phrase_text: str | None = None, voice: str = "en-us") -> str:
-        """Run /enroll twice (phrase, then a recording of it); returns what the member was shown last."""
+        """Run /enroll twice (phrase, then a recording of it); returns the enrolment's answer.
+
+        When the voice was enrolled, this also waits for the preview that follows it, so that what a
+        test reads next is its own command's answer.
+        """
         await self.harness.slash(self.fx, member, "enroll")
         clip = self.voice_message(f"consent-{member.id}", phrase_text or TEST_PHRASE, voice)
         await self.harness.slash(self.fx, member, "enroll", attachments={"clip": self.attach(clip)})
-        return self.harness.last_text()
+        answer = self.harness.last_text()
+        if "Your voice is enrolled" in answer or "Your voice was re-enrolled" in answer:
+            await self.preview_sent()
+        return answer
+
+    async def preview_sent(self, timeout: float = 120.0) -> Recorded:
+        """The enrolment preview's follow-up (the WAV, or the note that there is none), once it is sent."""
+
+        def sent() -> Recorded | None:
+            return next((c for c in reversed(self.harness.responses()) if _is_preview(c)), None)
+
+        await wait_for(lambda: sent() is not None, timeout)
+        found = sent()
+        assert found is not None
+        return found
 
     def files(self) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for call in self.harness.calls:
             out.update(call.files)
         return out
+
+
+def _is_preview(call: Recorded) -> bool:
+    return "preview.wav" in call.files or NO_PREVIEW in call.text
 
 
 def _member(fx: GuildFixture, user_id: int) -> discord.Member:
@@ -142,7 +166,7 @@ async def open_world(speech: LocalSpeechService, tmp: Path, **env: str) -> Async
     # pick the stop token after a few tokens, and a test would then see ~0.2 s of audio some runs.
     seeds = SimpleNamespace(randbits=lambda bits: SPEECH_SEED)
     try:
-        with mock.patch.object(worker.xtts, "secrets", seeds):
+        with mock.patch.object(worker.serving.engine, "secrets", seeds):
             yield World(bot, harness, fx, tmp)
     finally:
         await bot.close()

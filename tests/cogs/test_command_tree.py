@@ -7,7 +7,7 @@ from typing import Any
 import discord
 
 from bot.client import VoxcloneBot
-from bot.settings import load_settings
+from core.settings import load_settings
 
 EXPECTED = {
     "enroll",

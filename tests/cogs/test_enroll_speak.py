@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import wave
+from collections.abc import AsyncIterator
+
 import pytest
 
+from bot.enrollment import PREVIEW_MAX_SECONDS, PREVIEW_TEXT
 from tests.cogs.conftest import TEST_PHRASE, World, dump, wait_for
 from tests.support.discord_harness import HarnessVoiceClient
+from worker.types import SpeechRequest
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -31,7 +38,8 @@ async def test_enable_enroll_speak(world: World) -> None:
         assert stage in progress
     files = world.files()
     assert files["spectrogram.png"].startswith(b"\x89PNG")
-    assert files["preview.wav"].startswith(b"RIFF")
+    await world.preview_sent()
+    assert world.files()["preview.wav"].startswith(b"RIFF")
     voice = await world.bot.repos.profiles.get_voice(fx.guild.id, world.ada.id)
     assert voice is not None
     records = await world.bot.repos.profiles.consent_records(fx.guild.id, world.ada.id)
@@ -209,3 +217,42 @@ async def test_expired_attachment_url_is_fetched_again_from_the_message(world: W
     assert "Your voice is enrolled" in h.last_text(), dump(world)
     assert h.cdn_fetches[-2:] == [stale_url, fresh["url"]]
     assert any(c.method == "GET" and c.path.endswith(f"/messages/{message['id']}") for c in h.calls)
+
+
+async def test_enrolment_answers_before_the_preview_is_ready(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The voice is stored and the member told so while the preview is still being made; it follows."""
+    h, fx = world.harness, world.fx
+    await world.enable_cloning()
+    speech = world.bot.speech
+    real = speech.synthesize
+    release = asyncio.Event()
+    asked: list[SpeechRequest] = []
+
+    async def slow(request: SpeechRequest) -> AsyncIterator[bytes]:  # an engine busy with other work
+        asked.append(request)
+        await release.wait()
+        async for chunk in real(request):
+            yield chunk
+
+    monkeypatch.setattr(speech, "synthesize", slow)
+    await h.slash(fx, world.ada, "enroll")
+    clip = world.attach(world.voice_message("consent", TEST_PHRASE))
+    await asyncio.wait_for(h.slash(fx, world.ada, "enroll", attachments={"clip": clip}), timeout=90)
+
+    answer = h.last_text()
+    assert "Your voice is enrolled" in answer and "preview in your new voice follows" in answer, dump(world)
+    assert await world.bot.repos.profiles.get_voice(fx.guild.id, world.ada.id) is not None
+    await wait_for(lambda: bool(asked), timeout=10)  # the preview is being made, after the answer
+    assert "preview.wav" not in world.files()
+    assert "Making a short preview" not in "\n".join(c.text for c in h.calls if c.method == "PATCH")
+
+    release.set()
+    preview = await world.preview_sent()
+    assert preview.kind == "webhook" and preview.ephemeral and PREVIEW_TEXT in preview.text
+    with wave.open(io.BytesIO(preview.files["preview.wav"]), "rb") as w:
+        seconds = w.getnframes() / w.getframerate()
+    assert 1.0 <= seconds <= PREVIEW_MAX_SECONDS
+    [request] = asked
+    assert request.text == PREVIEW_TEXT

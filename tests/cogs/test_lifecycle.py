@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import discord
 import pytest
 
-from bot.errors import StorageError
 from bot.policy import Actor
 from storage import GuildSettings
+from storage.errors import StorageError
 from tests.cogs.conftest import World, wait_for
 from tests.cogs.test_voice import Cloned, cloned, eventually, queued, rows_about, store_voice
 from tests.support.discord_harness import snowflake

@@ -20,10 +20,12 @@ import pytest_asyncio
 from discord import app_commands
 from sqlalchemy import func, or_, select
 
-from bot.enrollment import PREVIEW_TEXT
+from bot.enrollment import PREVIEW_MAX_SECONDS, PREVIEW_TEXT
 from bot.player import Utterance
+from bot.replies import size_text
 from cogs.voice import CANCEL_ID, CONFIRM_ID, EXPORT_FILENAME
-from storage import ConsentRecord, ReferenceClip, VoiceProfile
+from core.audio import AUDIO_TOKEN_SECONDS
+from storage import ConsentRecord, ReferenceClip, StoredSize, VoiceProfile
 from storage.schema import (
     assistant_opt_ins,
     consent_challenges,
@@ -35,7 +37,6 @@ from storage.schema import (
 from tests.cogs.conftest import TEST_PHRASE, World, dump, wait_for
 from tests.support.audio import espeak_wav, read_wav, to_voice_message
 from tests.support.discord_harness import Recorded
-from worker.audio import AUDIO_TOKEN_SECONDS
 from worker.local import LocalSpeechService
 from worker.types import EmbeddingResult, SpeechRequest
 
@@ -172,10 +173,41 @@ async def test_status_before_and_after_enrolment(world: World, cloned: Cloned) -
     assert fields["Speech used"] == f"{cloned.result.quality.speech_s:.1f} s"
     assert "dBFS" in fields["Quality"] and "SNR" in fields["Quality"]
     assert fields["Consent records"] == "1"
+    arrays = cloned.result.embedding.gpt_cond_latent.nbytes + cloned.result.embedding.speaker_embedding.nbytes
+    recording = len(cloned.recording)
+    total, kept = size_text(recording + arrays), size_text(recording)
+    assert fields["Stored"] == f"{total}: consent recording {kept}, voice {size_text(arrays)}"
     assert "30 days unused" in fields["Kept"]
     assert fields["You share your voice with"] == f"<@{world.bob.id}>"
     assert fields["Voices shared with you by"] == f"<@{world.bob.id}>"
     assert fields["The assistant may use your voice"] == "yes"
+
+
+async def test_re_enrolling_keeps_one_consent_recording_in_status_and_server_totals(
+    world: World, cloned: Cloned
+) -> None:
+    """Ten re-enrolments: /voice status and /consent show count the one recording that proves consent."""
+    h, fx = world.harness, world.fx
+    for _ in range(10):
+        await store_voice(world, world.ada.id, cloned)
+    await store_voice(world, world.bob.id, cloned)
+    arrays = cloned.result.embedding.gpt_cond_latent.nbytes + cloned.result.embedding.speaker_embedding.nbytes
+    recording = len(cloned.recording)
+
+    await h.slash(fx, world.ada, "voice status")
+    fields = {f["name"]: f["value"] for f in h.responses()[-1].embeds[0]["fields"]}
+    assert fields["Consent records"] == "1"
+    assert fields["Stored"].startswith(f"{size_text(recording + arrays)}: ")
+
+    await h.slash(fx, world.admin, "consent show")
+    fields = {f["name"]: f["value"] for f in h.responses()[-1].embeds[0]["fields"]}
+    assert (
+        fields["Stored voice data"]
+        == f"2 voices, 2 consent recordings: {size_text(2 * (recording + arrays))}"
+    )
+    assert await world.bot.repos.profiles.stored_size(fx.guild.id) == StoredSize(
+        2, 2, 2 * recording, 2 * arrays
+    )
 
 
 async def test_preview_is_a_wav_in_the_members_own_voice(
@@ -222,6 +254,67 @@ async def test_preview_is_a_wav_in_the_members_own_voice(
     assert 0.5 < duration_s <= longest_s + 0.1, (duration_s, longest_s)
     profile = await world.bot.repos.profiles.get(fx.guild.id, world.ada.id)
     assert profile is not None and profile.last_used_at is not None
+
+
+class EndlessVoice:
+    """A speech stream that never ends on its own (what random weights do), at ``chunk_delay_s`` a chunk."""
+
+    CHUNK = b"\x10\x00" * 2_400  # 0.1 s at 24 kHz
+
+    def __init__(self, chunk_delay_s: float = 0.0, stall_after: int | None = None) -> None:
+        self.chunk_delay_s, self.stall_after = chunk_delay_s, stall_after
+        self.chunks = self.closed = 0
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                if self.stall_after is not None and self.chunks >= self.stall_after:
+                    await asyncio.Event().wait()  # a hung engine
+                await asyncio.sleep(self.chunk_delay_s)
+                self.chunks += 1
+                yield self.CHUNK
+        finally:
+            self.closed += 1
+
+
+async def _preview_answer(world: World, timeout: float = 20.0) -> Recorded:
+    await asyncio.wait_for(world.harness.slash(world.fx, world.ada, "voice preview"), timeout)
+    return world.harness.responses()[-1]
+
+
+def _wav_seconds(data: bytes) -> float:
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+async def test_preview_is_capped_in_length_and_time(
+    world: World, cloned: Cloned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A voice that never stops gives 6 s of preview; a slow engine is cut at the time limit."""
+    await world.enable_cloning(cooldown=0)
+    await store_voice(world, world.ada.id, cloned)
+    enrollment = world.bot.enrollment
+
+    endless = EndlessVoice()
+    monkeypatch.setattr(enrollment.speech, "synthesize", endless.synthesize)
+    answer = await _preview_answer(world)
+    assert _wav_seconds(answer.files["voice-preview.wav"]) == PREVIEW_MAX_SECONDS, dump(world)
+    assert endless.closed == 1 and endless.chunks == PREVIEW_MAX_SECONDS * 10  # synthesis stopped there
+
+    monkeypatch.setattr(enrollment, "preview_timeout_s", 1.0)
+    slow = EndlessVoice(chunk_delay_s=0.05)  # 0.1 s of audio every 0.05 s: 2 s made in the second
+    monkeypatch.setattr(enrollment.speech, "synthesize", slow.synthesize)
+    started = asyncio.get_running_loop().time()
+    answer = await _preview_answer(world)
+    assert asyncio.get_running_loop().time() - started < 5.0
+    assert 1.0 <= _wav_seconds(answer.files["voice-preview.wav"]) < PREVIEW_MAX_SECONDS  # what was made
+    assert slow.closed == 1
+
+    hung = EndlessVoice(stall_after=3)  # 0.3 s, then nothing
+    monkeypatch.setattr(enrollment.speech, "synthesize", hung.synthesize)
+    answer = await _preview_answer(world)
+    assert "couldn't make a preview" in answer.text and "still stored" in answer.text
+    assert not answer.files and hung.closed == 1
 
 
 async def test_enrol_then_delete_leaves_no_row(world: World, cloned: Cloned) -> None:

@@ -25,8 +25,8 @@ from bot.player import Utterance
 from tests.cogs.conftest import ADA_ID, ADMIN_ID, BOB_ID, World, dump, open_world, wait_for
 from tests.support.discord_harness import Recorded
 from tests.support.fake_llm import FakeLLM, Reply, closed_port_url
+from worker.analysis.verify import normalize_text
 from worker.local import LocalSpeechService
-from worker.verify import normalize_text
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -15,8 +15,8 @@ import asyncio
 import sys
 import time
 
-from bot.errors import StorageError
 from storage import Database, Repositories, upgrade
+from storage.errors import StorageError
 
 SHARED_GUILD = 4242
 OWNER = 7

@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage import ConsentRecord, Database, Repositories, upgrade
+from storage import ConsentRecord, Database, Repositories, StoredSize, upgrade
 from storage.repos.profiles import MAX_RECORDING_BYTES
 from storage.schema import consent_records
 from tests.storage.factories import T0, days, enroll, make_consent
 from tests.support.audio import speech_message
 
 GUILD, OTHER_GUILD = 333_333_333_333_333_333, 444_444_444_444_444_444
-ALICE, BOB = 910_000_000_000_000_001, 910_000_000_000_000_002
+ALICE, BOB, CAROL = 910_000_000_000_000_001, 910_000_000_000_000_002, 910_000_000_000_000_003
 OGG = "audio/ogg"
 ALL_BYTES = bytes(range(256)) * 3  # every byte value, NULs included: nothing may be re-encoded
 
@@ -75,19 +75,20 @@ async def test_the_largest_allowed_recording_round_trips(repos: Repositories) ->
 
 
 async def test_display_reads_leave_the_recording_out(repos: Repositories, voice_message: bytes) -> None:
-    await save(repos, ALICE, consent(None, None, recorded_at=T0))  # an older record without audio
-    await save(repos, ALICE, consent(voice_message, recorded_at=T0 + days(1)))
+    await save(repos, ALICE, consent(voice_message, recorded_at=T0))
+    await save(repos, BOB, consent(None, None, recorded_at=T0 + days(1)))  # a record without audio
 
-    listed = await repos.profiles.consent_records(GUILD, ALICE)
+    [alice] = await repos.profiles.consent_records(GUILD, ALICE)
+    [bob] = await repos.profiles.consent_records(GUILD, BOB)
 
-    assert [r.recorded_at for r in listed] == [T0, T0 + days(1)]
-    assert all(r.recording is None for r in listed)
-    assert [r.recording_mime for r in listed] == [None, OGG]  # says whether one is kept
-    assert all(r.id is not None and r.phrase == make_consent().phrase for r in listed)
-    assert await repos.profiles.consent_records(GUILD, BOB) == []
-    exported = (await repos.profiles.export_member(GUILD, ALICE)).consent_records
-    assert [r.recording for r in exported] == [None, voice_message]
-    assert [dataclasses.replace(r, recording=None) for r in exported] == listed
+    assert (alice.recorded_at, bob.recorded_at) == (T0, T0 + days(1))
+    assert alice.recording is None and bob.recording is None
+    assert (alice.recording_mime, bob.recording_mime) == (OGG, None)  # says whether one is kept
+    assert alice.id is not None and alice.phrase == make_consent().phrase
+    assert await repos.profiles.consent_records(GUILD, CAROL) == []
+    [exported] = (await repos.profiles.export_member(GUILD, ALICE)).consent_records
+    assert exported.recording == voice_message
+    assert dataclasses.replace(exported, recording=None) == alice
 
 
 async def test_the_newest_record_is_the_current_voices(repos: Repositories, voice_message: bytes) -> None:
@@ -98,20 +99,66 @@ async def test_the_newest_record_is_the_current_voices(repos: Repositories, voic
     assert await repos.profiles.consent_recording(GUILD, ALICE) is None  # not an older voice's clip
 
 
-async def test_deleting_the_voice_deletes_its_recordings(
+async def test_re_enrolling_deletes_the_replaced_voices_recording(
+    repos: Repositories, database: Database, voice_message: bytes
+) -> None:
+    """Only the consent for the voice in use is kept: re-enrolling ten times keeps one recording."""
+    for n in range(10):
+        await save(repos, ALICE, consent(voice_message + bytes([n]), recorded_at=T0 + days(n)))
+    await save(repos, BOB, consent(ALL_BYTES))
+
+    [kept] = await repos.profiles.consent_records(GUILD, ALICE)
+    assert kept.recorded_at == T0 + days(9)
+    assert await repos.profiles.consent_recording(GUILD, ALICE) == (voice_message + bytes([9]), OGG)
+    assert await count_recordings(database) == 2  # Alice's newest and Bob's
+    assert await count_recordings(database, voice_message + bytes([0])) == 0
+    enrolled = [e for e in await repos.audit.recent(GUILD) if e.action == "voice.enrolled"]
+    assert sorted(e.details["replaced_consent_records"] for e in enrolled) == [0, 0] + [1] * 9
+
+
+async def test_a_refused_re_enrollment_keeps_the_voice_in_uses_recording(
+    repos: Repositories, voice_message: bytes
+) -> None:
+    await save(repos, ALICE, consent(voice_message))
+    with pytest.raises(ValueError, match="8 MiB"):
+        await save(repos, ALICE, consent(b"x" * (MAX_RECORDING_BYTES + 1)))
+    assert await repos.profiles.consent_recording(GUILD, ALICE) == (voice_message, OGG)
+
+
+async def test_stored_size_counts_the_bytes_kept(repos: Repositories, voice_message: bytes) -> None:
+    assert await repos.profiles.stored_size(GUILD, ALICE) == StoredSize(0, 0, 0, 0)
+    for n in range(3):
+        await save(repos, ALICE, consent(voice_message[: 1000 * (n + 1)]))
+    await save(repos, BOB, consent(ALL_BYTES))
+    await save(repos, CAROL, consent(None, None))
+    await save(repos, ALICE, consent(ALL_BYTES), guild_id=OTHER_GUILD)
+    voice = await repos.profiles.get_voice(GUILD, ALICE)
+    assert voice is not None
+    arrays = voice.embedding.gpt_cond_latent.nbytes + voice.embedding.speaker_embedding.nbytes
+
+    alice = await repos.profiles.stored_size(GUILD, ALICE)
+    server = await repos.profiles.stored_size(GUILD)
+
+    assert alice == StoredSize(voices=1, consent_records=1, recording_bytes=3000, voice_bytes=arrays)
+    assert server == StoredSize(3, 3, 3000 + len(ALL_BYTES), 3 * arrays)
+    assert server.total_bytes == 3000 + len(ALL_BYTES) + 3 * arrays
+    await repos.profiles.delete(GUILD, ALICE, actor_id=ALICE)
+    assert await repos.profiles.stored_size(GUILD, ALICE) == StoredSize(0, 0, 0, 0)
+    assert (await repos.profiles.stored_size(GUILD)).voices == 2
+
+
+async def test_deleting_the_voice_deletes_its_recording(
     repos: Repositories, database: Database, voice_message: bytes
 ) -> None:
     await save(repos, ALICE, consent(voice_message, recorded_at=T0))
-    await save(repos, ALICE, consent(ALL_BYTES, recorded_at=T0 + days(1)))
     await save(repos, BOB, consent(ALL_BYTES[::-1]))
     await save(repos, ALICE, consent(voice_message[::-1]), guild_id=OTHER_GUILD)
     assert await count_recordings(database, voice_message) == 1
 
     report = await repos.profiles.delete(GUILD, ALICE, actor_id=ALICE)
 
-    assert report.consent_records == 2
+    assert report.consent_records == 1
     assert await count_recordings(database, voice_message) == 0
-    assert await count_recordings(database, ALL_BYTES) == 0
     assert await count_recordings(database) == 2  # Bob's, and Alice's in the other server
     assert await repos.profiles.consent_recording(GUILD, ALICE) is None
     assert (await repos.profiles.export_member(GUILD, ALICE)).consent_records == ()

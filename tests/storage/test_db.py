@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
-from bot.errors import StorageError
 from storage import Database, Repositories, check, upgrade
+from storage.errors import StorageError
 from storage.schema import audit_log, guild_settings, voice_shares
 from tests.storage._child import OWNER, SHARED_GUILD
 from tests.storage.conftest import finish_child, start_child

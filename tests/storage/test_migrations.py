@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 
-from bot.errors import MigrationError
 from storage import Database, check, current_revision, head_revision, upgrade
-from storage.migrate import PAUSE_ENV
-from storage.schema import TABLE_NAMES, metadata
+from storage.errors import MigrationError
+from storage.migrate import PAUSE_ENV, alembic_config
+from storage.schema import TABLE_NAMES, consent_records, metadata, voice_profiles
 from tests.storage.conftest import start_child
+
+HEAD = "0003_read_aloud"
 
 
 async def _tables(url: str) -> set[str]:
@@ -26,12 +30,12 @@ async def _tables(url: str) -> set[str]:
 
 
 async def test_upgrade_to_head_then_check_is_healthy(database_url: str) -> None:
-    assert await upgrade(database_url) == head_revision() == "0001"
-    assert await upgrade(database_url) == "0001"  # a second run is a no-op
+    assert await upgrade(database_url) == head_revision() == HEAD
+    assert await upgrade(database_url) == HEAD  # a second run is a no-op
     report = await check(database_url)
     assert report.healthy, report.problems
     assert report.problems == []
-    assert report.current_revision == report.head_revision == "0001"
+    assert report.current_revision == report.head_revision == HEAD
     assert "healthy" in report.summary()
     assert set(TABLE_NAMES) <= await _tables(database_url)
 
@@ -67,7 +71,7 @@ async def test_migration_killed_half_way_is_completed_by_the_next_upgrade(
     report = await check(database_url)
     assert not report.healthy
     assert any("voxclone db upgrade" in p for p in report.problems)
-    assert await upgrade(database_url) == "0001"
+    assert await upgrade(database_url) == HEAD
     report = await check(database_url)
     assert report.healthy, report.problems
 
@@ -87,7 +91,7 @@ async def test_database_newer_than_the_code_is_refused_clearly(database_url: str
 
 async def test_two_upgraders_at_once_both_succeed(database_url: str) -> None:
     results = await asyncio.gather(upgrade(database_url), upgrade(database_url))
-    assert results == ["0001", "0001"]
+    assert results == [HEAD, HEAD]
     assert (await check(database_url)).healthy
 
 
@@ -129,3 +133,46 @@ async def test_check_reports_sqlite_corruption(sqlite_url: str) -> None:
     report = await check(sqlite_url)
     assert not report.healthy
     assert any("integrity" in p and "backup" in p for p in report.problems), report.problems
+
+
+async def _upgrade_to(url: str, revision: str) -> None:
+    def run(conn: Connection) -> None:
+        command.upgrade(alembic_config(conn), revision)
+        conn.commit()
+
+    async with Database(url, _foreign_keys=False) as db, db.engine.connect() as conn:
+        await conn.run_sync(run)
+
+
+async def test_0002_keeps_only_the_consent_for_the_voice_in_use(database_url: str) -> None:
+    """Databases from before 0002 piled up a consent recording per re-enrolment: only the newest stays."""
+    await _upgrade_to(database_url, "0001")
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    record = {"statement_version": "v", "phrase": "p", "transcript": "p", "match_score": 0.0,
+              "recorded_at": now, "clip_hash": "0" * 64, "recording_mime": "audio/ogg"}  # fmt: skip
+    async with Database(database_url) as db, db.write() as conn:
+        for user_id in (1, 2):
+            await conn.execute(
+                voice_profiles.insert().values(
+                    guild_id=9, user_id=user_id, language="en", created_at=now, enrolled_at=now
+                )
+            )
+        ids = {
+            row.user_id: row.id
+            for row in await conn.execute(select(voice_profiles.c.id, voice_profiles.c.user_id))
+        }
+        for n in range(4):  # member 1 enrolled four times
+            await conn.execute(
+                consent_records.insert().values(profile_id=ids[1], recording=b"old%d" % n, **record)
+            )
+        await conn.execute(consent_records.insert().values(profile_id=ids[2], recording=b"only", **record))
+
+    assert await upgrade(database_url) == HEAD
+
+    async with Database(database_url) as db, db.read() as conn:
+        rows = await conn.execute(select(consent_records.c.profile_id, consent_records.c.recording))
+        assert sorted((r.profile_id, bytes(r.recording)) for r in rows) == [
+            (ids[1], b"old3"),
+            (ids[2], b"only"),
+        ]
+    assert (await check(database_url)).healthy

@@ -53,7 +53,7 @@ async def test_embedding_round_trip_is_bit_identical(repos: Repositories) -> Non
     assert await repos.profiles.get_voice(OTHER_GUILD, ALICE) is None
 
 
-async def test_re_enrolling_replaces_the_voice_and_keeps_the_consent_history(
+async def test_re_enrolling_replaces_the_voice_and_its_consent_record(
     repos: Repositories, database: Database
 ) -> None:
     first = await enroll(repos, GUILD, ALICE, seed=1, at=T0)
@@ -64,7 +64,9 @@ async def test_re_enrolling_replaces_the_voice_and_keeps_the_consent_history(
     assert voice is not None
     assert np.array_equal(voice.embedding.gpt_cond_latent, make_embedding(2, full_size=False).gpt_cond_latent)
     assert await _count(database, embeddings) == 2  # the old arrays are gone
-    assert await _count(database, consent_records) == 2
+    assert await _count(database, consent_records) == 1  # and the consent that allowed them
+    [kept] = await repos.profiles.consent_records(GUILD, ALICE)
+    assert kept.phrase == "phrase number 2"
 
 
 async def test_failed_re_enrollment_leaves_the_old_voice(repos: Repositories) -> None:
@@ -258,7 +260,7 @@ async def test_export_contains_everything_about_the_member(repos: Repositories) 
 
 
 async def test_damaged_blob_is_a_clear_storage_error(repos: Repositories, database: Database) -> None:
-    from bot.errors import StorageError
+    from storage.errors import StorageError
 
     await enroll(repos, GUILD, ALICE)
     async with database.write() as conn:

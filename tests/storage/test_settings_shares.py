@@ -141,3 +141,12 @@ async def test_voice_message_limits_are_per_server_and_validated(repos: Reposito
     ):
         with pytest.raises(ValueError, match="voice_message_max"):
             await repos.settings.update(GUILD, updated_by=ALICE, **bad)
+
+
+async def test_read_aloud_channels_are_an_id_list(repos: Repositories) -> None:
+    assert (await repos.settings.get(GUILD)).read_aloud_channel_ids == ()
+    saved = await repos.settings.update(GUILD, updated_by=ADMIN, read_aloud_channel_ids=[9, 5, 9])
+    assert saved.read_aloud_channel_ids == (5, 9) and saved.voice_message_channel_ids == ()
+    assert (await repos.settings.get(GUILD)).read_aloud_channel_ids == (5, 9)
+    with pytest.raises(ValueError, match="read_aloud_channel_ids must be a list of Discord ids"):
+        await repos.settings.update(GUILD, updated_by=ADMIN, read_aloud_channel_ids="5")

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -176,6 +177,10 @@ class HarnessVoiceClient(discord.VoiceProtocol):
     """
 
     instances: ClassVar[list[HarnessVoiceClient]] = []
+    # Seconds the player thread waits before calling ``after``, on top of its own lateness: a test knob
+    # for callbacks that land while the bot has moved on (a slow socket sending the trailing silence).
+    after_delay_s: ClassVar[float] = 0.0
+    players: ClassVar[list[AudioPlayer]] = []  # every player thread started, joined by Harness.close()
 
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         super().__init__(client, channel)
@@ -225,7 +230,10 @@ class HarnessVoiceClient(discord.VoiceProtocol):
     def play(self, source: discord.AudioSource, *, after: Any = None, **_: Any) -> None:
         if self._player is not None and self._player.is_playing():
             raise discord.ClientException("Already playing audio.")
+        if after is not None and self.after_delay_s > 0:
+            after = _delayed(after, self.after_delay_s)
         self._player = AudioPlayer(source, self, after=after)  # type: ignore[arg-type]
+        HarnessVoiceClient.players.append(self._player)
         self._player.start()
 
     def is_playing(self) -> bool:
@@ -242,6 +250,14 @@ class HarnessVoiceClient(discord.VoiceProtocol):
     @property
     def source(self) -> discord.AudioSource | None:
         return self._player.source if self._player else None
+
+
+def _delayed(after: Any, delay_s: float) -> Any:
+    def late(error: Exception | None) -> None:  # runs on the player thread, like the original
+        time.sleep(delay_s)
+        after(error)
+
+    return late
 
 
 @dataclass
@@ -275,9 +291,13 @@ class Harness:
         bot.http.get_from_cdn = self._get_from_cdn  # type: ignore[method-assign]
         self._token = async_context.set(_RecordingWebhookAdapter(self))
         HarnessVoiceClient.instances.clear()
+        HarnessVoiceClient.players.clear()
 
     def close(self) -> None:
+        """Restore the webhook adapter and let every player thread finish (late callbacks included)."""
         async_context.reset(self._token)
+        for player in HarnessVoiceClient.players:
+            player.join(timeout=5.0)
 
     # ---- recording --------------------------------------------------------------------------------
 
@@ -611,6 +631,7 @@ class Harness:
         users: dict[str, discord.Member] | None = None,
         permissions: int | None = None,
         roles: dict[str, int] | None = None,
+        channels: dict[str, discord.abc.GuildChannel] | None = None,
     ) -> discord.Interaction:
         """Dispatch ``/command [sub] option:value``; ``command`` may be "group sub"."""
         opts: list[dict[str, Any]] = []
@@ -639,6 +660,14 @@ class Harness:
                 "managed": False,
                 "mentionable": False,
             }
+        for name, channel in (channels or {}).items():
+            opts.append({"name": name, "type": 7, "value": str(channel.id)})
+            resolved.setdefault("channels", {})[str(channel.id)] = {
+                "id": str(channel.id),
+                "type": channel.type.value,
+                "name": channel.name,
+                "permissions": str(channel.permissions_for(member).value),
+            }
         parts = command.split()
         for sub in reversed(parts[1:]):
             opts = [{"name": sub, "type": 1, "options": opts}]
@@ -651,6 +680,32 @@ class Harness:
             "guild_id": str(fx.guild.id),
         }
         return await self._dispatch(self._base(fx, member, 2, data, permissions))
+
+    async def autocomplete(
+        self,
+        fx: GuildFixture,
+        member: discord.Member,
+        command: str,
+        focused: str,
+        typed: str,
+        options: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Type ``typed`` into option ``focused`` of ``/command``; returns the choices the bot offered."""
+        opts: list[dict[str, Any]] = [
+            {"name": name, "type": _option_type(value), "value": value}
+            for name, value in (options or {}).items()
+        ]
+        opts.append({"name": focused, "type": 3, "value": typed, "focused": True})
+        data = {
+            "id": str(snowflake()),
+            "name": command,
+            "type": 1,
+            "options": opts,
+            "guild_id": str(fx.guild.id),
+        }
+        await self._dispatch(self._base(fx, member, 4, data))
+        answer = next(c for c in reversed(self.calls) if c.path.endswith("/callback"))
+        return list(((answer.payload or {}).get("data") or {}).get("choices") or [])
 
     async def message_command(
         self, fx: GuildFixture, member: discord.Member, name: str, message: dict[str, Any]

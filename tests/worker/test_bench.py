@@ -23,7 +23,7 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
     out = tmp_path / "synthesis_tiny.json"
     command = [
         sys.executable, str(ROOT / "bench" / "synthesis.py"), "--model-dir", str(tiny_xtts_dir),
-        "--tokens", "8", "--concurrency", "1,2", "--serial-at", "2", "--overlap-at", "1",
+        "--tokens", "8", "--concurrency", "1,2", "--serial-at", "2", "--small-session-at", "1",
         "--phases-at", "2", "--profile-at", "2", "--staggered-at", "2", "--stagger-s", "0.3",
         "--watermarked-at", "2", "--flip-pipeline-at", "2",
         "--skip-stock", "--out", str(out),
@@ -34,12 +34,12 @@ def test_the_benchmark_runs_every_cpu_part_and_writes_its_figures(
     assert result["errors"] == {}
     engines = {(row["engine"], row["concurrency"]) for row in result["rows"]}
     assert engines == {
-        ("voxclone", 1), ("voxclone", 2), ("vox-serial", 2), ("vox-overlap", 1), ("vox-staggered", 2),
+        ("voxclone", 1), ("voxclone", 2), ("vox-serial", 2), ("vox-small-session", 1), ("vox-staggered", 2),
         ("vox-watermarked", 2), ("vox-pipelined", 2),
     }  # fmt: skip
     assert all(row["throughput_x"] > 0 and row["ttfc_ms_p50"] > 0 for row in result["rows"])
     assert [r["vs"] for r in result["ratios"]] == [
-        "vox-serial", "vox-overlap", "vox-watermarked", "vox-pipelined",
+        "vox-serial", "vox-small-session", "vox-watermarked", "vox-pipelined",
     ]  # fmt: skip
     assert result["check"]["same_length"] and result["check"]["max_abs_diff_lsb"] <= 2
     ops = result["components"]["decode_step_ops"]

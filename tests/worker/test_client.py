@@ -1,26 +1,31 @@
-"""HttpSpeechService: typed results, failover and back-off, truncated streams, real loopback servers.
+"""HttpSpeechService: typed results, failover and health, timeouts, truncated streams, loopback servers.
 
-Failover rules run against ``httpx.MockTransport`` workers; streaming and disconnects against a real
-uvicorn server on 127.0.0.1 serving ``ToneService``. The crash test (two real ``voxclone worker``
-processes, one killed in the middle of a sentence) is in ``test_cli.py``.
+Failover rules run against ``httpx.MockTransport`` workers; streaming, disconnects and timeouts against a
+real uvicorn server on 127.0.0.1 serving ``ToneService``, beside a port that accepts connections and never
+answers (what a stopped worker looks like). Real ``voxclone worker`` processes killed or stopped in the
+middle of a sentence are in ``tests/test_faults.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import socket
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
 
-from tests.worker.test_api import MODEL_ID, TOKEN, ToneService, speech_pcm, tone_chunk, tone_voice
-from worker.api import create_app
-from worker.api_wire import data_frame, end_frame, error_frame
-from worker.client import UNREACHABLE_MESSAGE, HttpSpeechService, StreamInterrupted
+from core.settings import load_settings
+from tests.worker.api.test_app import MODEL_ID, TOKEN, ToneService, speech_pcm, tone_chunk, tone_voice
+from worker import client as client_module
+from worker.api.app import create_app
+from worker.client import PROBE_TIMEOUT_S, UNREACHABLE_MESSAGE, HttpSpeechService, StreamInterrupted
 from worker.errors import (
     InternalWorkerError,
     InvalidAudio,
@@ -34,6 +39,7 @@ from worker.errors import (
 )
 from worker.service import SpeechService
 from worker.types import QualityReport, SpeechRequest
+from worker.wire import data_frame, end_frame, error_frame
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -114,9 +120,10 @@ class Workers:
         self.calls.append(req.url.host)
         return self.handlers[req.url.host](req)
 
-    def client(self, *hosts: str, backoff_s: float = 30.0) -> HttpSpeechService:
+    def client(self, *hosts: str, probe_interval_s: float = 30.0) -> HttpSpeechService:
         urls = [f"http://{h}:8765" for h in hosts]
-        return HttpSpeechService(urls, TOKEN, 5.0, httpx.MockTransport(self), backoff_s=backoff_s)
+        transport = httpx.MockTransport(self)
+        return HttpSpeechService(urls, TOKEN, 5.0, transport, probe_interval_s=probe_interval_s)
 
 
 def refuse(req: httpx.Request) -> httpx.Response:
@@ -142,13 +149,32 @@ async def test_connect_error_fails_over_and_backs_off() -> None:
     assert workers.calls == ["a", "b", "b"]  # the dead worker is not tried again during its back-off
 
 
-async def test_backed_off_worker_is_tried_again_later() -> None:
+async def test_unhealthy_worker_comes_back_when_its_readyz_answers() -> None:
     workers = Workers(a=refuse, b=answer(200))
-    async with workers.client("a", "b", backoff_s=0.05) as client:
+    async with workers.client("a", "b", probe_interval_s=0.05) as client:
         await client.detect_watermark(speech_pcm(1.0), 16_000)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # probed about 3 times, refused each time: no request is sent to it
         await client.detect_watermark(speech_pcm(1.0), 16_000)
-    assert workers.calls == ["a", "b", "a", "b"]
+        assert client.urls_in_backoff == ["http://a:8765"]
+        assert workers.calls[:2] == ["a", "b"] and workers.calls[-1] == "b" and workers.calls.count("b") == 2
+        workers.handlers["a"] = answer(200)  # the worker is back: the next probe of /readyz says so
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if not client.urls_in_backoff:
+                break
+        assert client.urls_in_backoff == []
+        workers.calls.clear()
+        await client.detect_watermark(speech_pcm(1.0), 16_000)
+    assert workers.calls == ["a"]
+
+
+async def test_a_password_in_a_worker_url_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    workers = Workers(a=refuse, b=answer(200))
+    urls = ["http://ops:hunter2@a:8765", "http://b:8765"]
+    async with HttpSpeechService(urls, TOKEN, 5.0, httpx.MockTransport(workers)) as client:
+        await client.detect_watermark(speech_pcm(1.0), 16_000)
+    assert "speech worker http://ops:***@a:8765 is unhealthy (ConnectError)" in caplog.text
+    assert "hunter2" not in caplog.text and TOKEN not in caplog.text
 
 
 async def test_busy_fails_over_without_back_off() -> None:
@@ -286,3 +312,156 @@ async def test_loopback_oversized_body_is_413_for_the_client() -> None:
     async with serving(ToneService()) as url, HttpSpeechService([url], TOKEN) as client:
         with pytest.raises(PayloadTooLarge, match="shorter clip"):
             await client.transcribe(speech_pcm(30.0, 48_000), 48_000)  # ~7.7 MB against a 1 MB limit
+
+
+# ---- timeouts: a hung worker, a slow one, a stalled stream ----------------------------------------
+
+
+@contextmanager
+def hung_worker(backlog: int = 16) -> Iterator[str]:
+    """A port whose kernel accepts connections and takes requests, but nothing ever answers them: what a
+    worker stopped with SIGSTOP (or frozen in a VM) looks like from the client."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(backlog)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextmanager
+def unconnectable_worker() -> Iterator[str]:
+    """A port whose accept queue is full: new connections are never completed (a worker host that drops
+    packets)."""
+    with hung_worker(backlog=0) as url, contextlib.ExitStack() as stack:
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(3):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        yield url
+
+
+class PausingTone(ToneService):
+    """ToneService that stays silent for ``pauses[i]`` seconds before its chunk ``i``."""
+
+    def __init__(self, pauses: dict[int, float], chunks: int = 3) -> None:
+        super().__init__(chunks=chunks)
+        self.pauses = pauses
+
+    def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+        return self._paused(super().synthesize(request))
+
+    async def _paused(self, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        index = 0
+        try:
+            async for chunk in chunks:
+                await asyncio.sleep(self.pauses.get(index, 0.0))
+                index += 1
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def timed(stream: AsyncIterator[bytes]) -> tuple[bytes, float]:
+    started = time.monotonic()
+    return await collect(stream), time.monotonic() - started
+
+
+async def test_hung_worker_loses_a_new_request_to_the_next_at_once() -> None:
+    with hung_worker() as hung:
+        async with serving(ToneService()) as good:
+            client = HttpSpeechService([hung, good], TOKEN, first_chunk_timeout_s=0.5)
+            async with client:
+                audio, took = await timed(client.synthesize(request(tokens=3)))
+                assert audio == b"".join(tone_chunk(i) for i in range(3))
+                # 0.5 s without an answer, then /readyz unanswered for PROBE_TIMEOUT_S: the next worker
+                assert 0.5 + PROBE_TIMEOUT_S - 0.1 < took < 0.5 + PROBE_TIMEOUT_S + 1.0, took
+                assert client.urls_in_backoff == [hung]
+                _, took = await timed(client.synthesize(request(tokens=3)))
+                assert took < 0.5  # straight to the healthy worker while the hung one rests
+                assert (await client.transcribe(speech_pcm(1.0), 16_000)).text == "16000 samples"
+
+
+async def test_hung_workers_only_is_unreachable_not_a_hang() -> None:
+    with hung_worker() as first, hung_worker() as second:
+        async with HttpSpeechService([first, second], TOKEN, first_chunk_timeout_s=0.3) as client:
+            started = time.monotonic()
+            with pytest.raises(WorkerUnavailable) as down:
+                await client.transcribe(speech_pcm(1.0), 16_000)
+            assert down.value.message == UNREACHABLE_MESSAGE
+            assert time.monotonic() - started < 2 * (0.3 + PROBE_TIMEOUT_S) + 1.0
+            started = time.monotonic()
+            assert not await client.ready()
+            assert time.monotonic() - started < PROBE_TIMEOUT_S + 0.5
+
+
+async def test_connect_timeout_fails_over() -> None:
+    with unconnectable_worker() as silent:
+        async with serving(ToneService()) as good:
+            client = HttpSpeechService([silent, good], TOKEN, connect_timeout_s=0.3, first_chunk_timeout_s=5)
+            async with client:
+                started = time.monotonic()
+                assert (await client.transcribe(speech_pcm(1.0), 16_000)).text == "16000 samples"
+                assert time.monotonic() - started < 1.5
+                assert client.urls_in_backoff == [silent]
+
+
+async def test_slow_but_alive_worker_keeps_its_request() -> None:
+    # No first chunk for 1.2 s, four times the first-chunk timeout: the worker answers /readyz meanwhile,
+    # so it is busy, not hung, and the request is not sent elsewhere.
+    service = PausingTone({0: 1.2})
+    other = ToneService()
+    async with serving(service) as slow, serving(other) as spare:
+        client = HttpSpeechService([slow, spare], TOKEN, first_chunk_timeout_s=0.3)
+        async with client:
+            audio, took = await timed(client.synthesize(request(tokens=3)))
+    assert audio == b"".join(tone_chunk(i) for i in range(3)) and took >= 1.2
+    assert client.urls_in_backoff == [] and other.yielded == 0
+
+
+async def test_alive_worker_slower_than_the_total_timeout_is_given_up() -> None:
+    async with serving(PausingTone({0: 2.0})) as slow:
+        client = HttpSpeechService([slow], TOKEN, 1.0, first_chunk_timeout_s=0.3)
+        async with client:
+            started = time.monotonic()
+            with pytest.raises(WorkerUnavailable, match=r"too slow right now \(no answer within 1 s\)"):
+                await collect(client.synthesize(request(tokens=3)))
+            assert time.monotonic() - started < 2.0
+
+
+async def test_stalled_stream_fails_after_the_chunk_timeout() -> None:
+    service = PausingTone({2: 30.0}, chunks=5)  # two chunks, then silence
+    async with serving(service) as url:
+        async with HttpSpeechService([url], TOKEN, chunk_timeout_s=0.5) as client:
+            received: list[bytes] = []
+            started = time.monotonic()
+            with pytest.raises(StreamInterrupted) as cut:
+                async for chunk in client.synthesize(request()):
+                    received.append(chunk)
+            took = time.monotonic() - started
+            assert received == [tone_chunk(0), tone_chunk(1)]  # what arrived was played, then a clear error
+            assert 0.5 <= took < 1.5, took
+            assert "stopped in the middle of this sentence (no audio for 0.5 s, after 0.2 s of audio)" in (
+                cut.value.message
+            )
+            assert client.urls_in_backoff == [url]
+        await asyncio.wait_for(service.closed.wait(), 3.0)  # the worker saw the client go and stopped
+
+
+async def test_a_slow_reader_is_not_a_stalled_worker() -> None:
+    # The player reads at the pace it plays: time spent away from the stream is not the worker's.
+    async with serving(ToneService(chunks=4)) as url:
+        client = HttpSpeechService([url], TOKEN, 0.8, chunk_timeout_s=0.3)
+        async with client:
+            received = []
+            async for chunk in client.synthesize(request()):
+                received.append(chunk)
+                await asyncio.sleep(0.4)
+    assert received == [tone_chunk(i) for i in range(4)]
+
+
+def test_the_client_defaults_are_the_settings_defaults() -> None:
+    settings = load_settings({})
+    for name in ("connect_timeout_s", "first_chunk_timeout_s", "chunk_timeout_s", "probe_interval_s"):
+        assert getattr(settings, f"worker_{name}") == getattr(client_module, f"DEFAULT_{name.upper()}")
+    assert settings.worker_timeout_s == client_module.DEFAULT_TOTAL_TIMEOUT_S

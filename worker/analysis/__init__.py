@@ -1,0 +1,1 @@
+"""Analysis models: transcription, the quality gate, speaker verification, watermark, spectrograms."""

@@ -1,0 +1,1 @@
+"""Batched decoding: synthesis sessions, the batched GPT decoder, CUDA graphs."""

@@ -1,0 +1,1 @@
+"""The decode step's Triton kernels and their loader."""

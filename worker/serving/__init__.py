@@ -1,0 +1,1 @@
+"""Serving speech on the device: the XTTS engine, jobs, the scheduler and the batch loop."""

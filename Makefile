@@ -5,12 +5,16 @@ PY     := $(VENV)/bin/python
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test worker lint imports bench clean-venv
+.PHONY: run install test worker lint imports bench clean-venv
 
 run: $(STAMP_RUN)
 	@scripts/system-deps.sh run
 	@mkdir -p data
 	$(VENV)/bin/voxclone bot
+
+# Only the installation (the venv with the speech engines), e.g. to try the command line without Discord.
+install: $(STAMP_RUN)
+	@scripts/system-deps.sh run
 
 worker: $(STAMP_RUN)
 	@scripts/system-deps.sh run

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-@pytest.mark.parametrize("target", ["run", "test"])
+@pytest.mark.parametrize("target", ["run", "install", "test"])
 def test_first_install_is_announced(tmp_path: Path, target: str) -> None:
     done = subprocess.run(
         ["make", "--dry-run", "-C", str(REPO), target, f"VENV={tmp_path / 'venv'}"],

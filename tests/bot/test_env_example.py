@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings, load_settings
-from tests.support.fake_discord import FakeDiscord, bot_command
+from tests.support.fake_discord import FakeDiscord, bot_command, stop_child
 from worker.errors import ModelUnavailable
 from worker.factory import resolve_local_models
 
@@ -93,14 +93,8 @@ def test_first_start_from_the_example(tmp_path: Path, tiny_xtts_dir: Path, stop_
                 time.sleep(0.2)
             if stop_when == "loading":
                 time.sleep(2)  # inside setup_hook: storage open, torch and the engines loading
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=30)
-            took = time.monotonic() - sent
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            stderr, took = stop_child(proc, signal.SIGTERM, timeout_s=30)
     assert proc.returncode == 0, stderr
     assert took < 10, f"took {took:.1f} s"
     assert (tmp_path / "data" / "voxclone.db").is_file()  # the example's DATABASE_URL, under the cwd

@@ -18,7 +18,7 @@ import pytest
 from bot.health import check_heartbeat
 from bot.shutdown import SHUTDOWN_DEADLINE_S
 from bot.startup import LOGIN_BACKOFF_S, LOGIN_TRIES
-from tests.support.fake_discord import FakeDiscord, Mode, bot_command, free_port
+from tests.support.fake_discord import FakeDiscord, Mode, bot_command, free_port, stop_child
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "MTIzNDU2Nzg5MDEy.fake-token.do-not-log-me"
@@ -148,14 +148,8 @@ def test_running_bot_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> Non
             while check_heartbeat(health) is not None:  # READY handled: the healthcheck passes
                 assert time.monotonic() < deadline, check_heartbeat(health)
                 time.sleep(0.2)
-            sent = time.monotonic()
-            proc.send_signal(sig)
-            _, stderr = proc.communicate(timeout=15)
-            took = time.monotonic() - sent
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            stderr, took = stop_child(proc, sig, timeout_s=15)
         assert discord.gateway_closed.wait(5)
     assert proc.returncode == 0, stderr
     assert not health.exists()  # a stopped bot is not healthy

@@ -7,16 +7,20 @@ Discord answers a wrong one) or ``"no-intents"`` (the gateway closes with 4014: 
 enabled in the developer portal). Every request is kept in ``requests`` (method, path, Authorization).
 
 The child reaches it through :func:`bot_command`, which points discord.py's REST base and default gateway
-at this server before calling ``voxclone``'s own ``main``: no test hook in the product.
+at this server before calling ``voxclone``'s own ``main``: no test hook in the product. :func:`stop_child`
+signals the child and waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -148,6 +152,26 @@ def _ready(gateway: str) -> dict[str, Any]:
             "shard": [0, 1],
         },
     }
+
+
+def stop_child(proc: subprocess.Popen[str], sig: signal.Signals, timeout_s: float) -> tuple[str, float]:
+    """Send ``sig`` to a running child and wait for it: (its stderr, seconds it took to exit).
+
+    The child is killed if it is still there afterwards (a failed test leaves no process behind).
+    """
+    sent = time.monotonic()
+    try:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            _, stderr = proc.communicate(timeout=timeout_s)
+        except ValueError:  # the caller already read its output (it had exited)
+            stderr = ""
+        return stderr or "", time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def free_port() -> int:

@@ -5,12 +5,16 @@ PY     := $(VENV)/bin/python
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test worker lint imports bench clean-venv
+.PHONY: run install test worker lint imports bench clean-venv
 
 run: $(STAMP_RUN)
 	@scripts/system-deps.sh run
 	@mkdir -p data
 	$(VENV)/bin/voxclone bot
+
+# Only the installation (the venv with the speech engines), e.g. to try the command line without Discord.
+install: $(STAMP_RUN)
+	@scripts/system-deps.sh run
 
 worker: $(STAMP_RUN)
 	@scripts/system-deps.sh run
@@ -33,16 +37,24 @@ bench: $(STAMP_TEST)
 	$(PY) bench/synthesis.py --size tiny
 
 $(PY):
+	@echo "voxclone: creating the Python environment in $(VENV)/"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel
 
 # Reinstall when pyproject.toml changes.
 $(STAMP_RUN): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[worker]'
+	@echo "voxclone: installing the bot and its speech engines into $(VENV)/: PyTorch (with CUDA), coqui-tts"
+	@echo "  (XTTS-v2), Whisper, voice activity detection, speaker verification, the watermark: about 6 GB."
+	@echo "  This takes a few minutes the first time (about 2 on a fast line) and is skipped afterwards."
+	@start=$$(date +%s); $(PY) -m pip install -q -e '.[worker]' && \
+	  echo "voxclone: installed in $$(( $$(date +%s) - start )) s"
 	@touch $@
 
 $(STAMP_TEST): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[worker,test]'
+	@echo "voxclone: installing the bot, its speech engines (PyTorch, coqui-tts, Whisper...: about 6 GB) and"
+	@echo "  the test tools into $(VENV)/. This takes a few minutes the first time and is skipped afterwards."
+	@start=$$(date +%s); $(PY) -m pip install -q -e '.[worker,test]' && \
+	  echo "voxclone: installed in $$(( $$(date +%s) - start )) s"
 	@touch $@ $(STAMP_RUN)
 
 clean-venv:

@@ -64,6 +64,30 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     return 0 if report.healthy else 1
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the bot (its heartbeat file) or a worker (``/readyz``) is healthy, 1 when not."""
+    from bot.health import check_heartbeat, check_worker
+
+    settings = _settings()
+    if args.worker is not None:
+        url = args.worker or f"http://127.0.0.1:{settings.worker_port}"
+        problem = check_worker(url)
+        what = f"worker {url} ready"
+    else:
+        if settings.health_file is None:
+            return _fail(
+                "HEALTH_FILE is not set, so the bot writes no heartbeat to check: set it (the Docker "
+                "image sets /tmp/voxclone-bot.health), or use --worker for a worker."
+            )
+        problem = check_heartbeat(settings.health_file, max_age_s=args.max_age)
+        what = "bot connected to Discord"
+    if problem is not None:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    print(f"healthy: {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxclone",
@@ -90,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_sync.add_argument("--guild", type=int, help="a server id: register there only")
     p_sync.set_defaults(func=cmd_sync)
+
+    p_health = sub.add_parser(
+        "health",
+        help="exit 0 when the bot (or a worker) is healthy: for container healthchecks",
+        description="Check the running bot's heartbeat (HEALTH_FILE), or a worker's /readyz with "
+        "--worker. Exit status 0 when healthy, 1 when not (with the reason).",
+    )
+    p_health.add_argument(
+        "--worker",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="check a speech worker instead (default http://127.0.0.1:WORKER_PORT)",
+    )
+    p_health.add_argument(
+        "--max-age", type=float, default=60.0, metavar="S", help="oldest acceptable heartbeat (default 60)"
+    )
+    p_health.set_defaults(func=cmd_health)
 
     p_db = sub.add_parser("db", help="database migrations and health", description="Manage the database.")
     db_sub = p_db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
@@ -122,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("DEBUG" if args.verbose else "CRITICAL", "text")
     try:
         return func(args)
-    except VoxcloneError as exc:  # the one root: configuration, storage, speech, policy alike
+    except VoxcloneError as exc:  # the one root: configuration, start-up, storage, speech, policy alike
+        log.debug("%s failed", args.command, exc_info=True)  # the traceback, with LOG_LEVEL=DEBUG only
         return _fail(exc.message)
     except KeyboardInterrupt:
         return 130

@@ -66,7 +66,7 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli import _with_engines
+    from worker.cli import with_all_engines
 
     name = check_name(args.name)
     consent = _read_clip(args.consent, MAX_CONSENT_RECORDING_BYTES)
@@ -87,7 +87,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
                 language=args.language,
             )
 
-    info = _with_engines(args, settings, add)
+    info = with_all_engines(args, settings, add)
     print(
         f"added voice {info.name!r} ({info.language}, {info.speech_seconds:.1f} s of reference speech) with "
         f"its consent recording; the worker serves it as voice={info.name!r}"

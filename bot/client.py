@@ -73,6 +73,9 @@ class VoxcloneBot(commands.Bot):
         self._enrollment: EnrollmentService | None = None
         self._speaking: SpeakingService | None = None
         self._later: set[asyncio.Task[None]] = set()  # see run_later()
+        # Set by bot.shutdown: new interactions are answered "restarting" and messages are ignored.
+        self.shutting_down = False
+        self._resources_closed = False
 
     @property
     def database(self) -> Database:
@@ -153,6 +156,11 @@ class VoxcloneBot(commands.Bot):
         task.add_done_callback(self._later.discard)
         return task
 
+    def dispatch(self, event_name: str, /, *args: object, **kwargs: object) -> None:
+        if self.shutting_down and event_name == "message":
+            return  # no new voice-message work while shutting down
+        super().dispatch(event_name, *args, **kwargs)
+
     async def post(self, channel_id: int, text: str) -> None:
         """Post a line in a text channel (announcements, late errors)."""
         channel = self.get_channel(channel_id)
@@ -167,6 +175,9 @@ class VoxcloneBot(commands.Bot):
             log.info("commands synced to the development guild", extra={"count": len(synced)})
 
     async def close(self) -> None:
+        if self._resources_closed:  # shut_down closes first; `async with bot` closes again on the way out
+            return await super().close()
+        self._resources_closed = True
         try:
             for task in list(self._later):  # before the speech service and storage they may use
                 task.cancel()

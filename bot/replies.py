@@ -22,6 +22,7 @@ log = logging.getLogger("voxclone.replies")
 TOKEN_LIFETIME = timedelta(minutes=15)  # Discord's interaction token validity
 TOKEN_MARGIN = timedelta(seconds=30)  # stop using the token a little before it expires
 GENERIC_FAILURE = "Something went wrong on my side and it has been logged. Please try again in a minute."
+RESTARTING_REPLY = "voxclone is restarting: try again in a minute."
 
 
 def token_expired(interaction: discord.Interaction, now: datetime | None = None) -> bool:
@@ -135,6 +136,13 @@ def _perm(name: str) -> str:
 
 class VoxcloneTree(app_commands.CommandTree):
     """The command tree with the bot's one error handler."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Refuse new commands while the bot shuts down (``bot.shutdown``), saying so."""
+        if getattr(self.client, "shutting_down", False):
+            await respond(interaction, RESTARTING_REPLY, ephemeral=True)
+            return False
+        return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error

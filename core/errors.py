@@ -2,6 +2,7 @@
 
     VoxcloneError                    code              a stable ``code`` and a sentence a member can act on
     ├── ConfigError                  config            a setting is missing or wrong (start-up only)
+    ├── StartupError                 startup           a service needed at start-up cannot be reached
     ├── IntakeError                  (per subclass)    an uploaded file could not become PCM (core.intake)
     │   ├── NotAudio                 not_audio
     │   ├── UnsupportedCodec         unsupported_codec
@@ -34,6 +35,10 @@ class VoxcloneError(Exception):
 
 class ConfigError(VoxcloneError):
     code = "config"
+
+
+class StartupError(VoxcloneError):
+    code = "startup"
 
 
 class IntakeError(VoxcloneError):

@@ -76,5 +76,6 @@ def configure_logging(
     root.setLevel(level)
     # discord.py logs the gateway at INFO; keep its chatter down unless debugging.
     if level != "DEBUG":
-        for noisy in ("discord.gateway", "discord.http", "httpx", "httpcore"):
+        noisy_loggers = ("discord.client", "discord.gateway", "discord.http", "httpx", "httpcore")
+        for noisy in (*noisy_loggers, "alembic.runtime.plugins"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -137,8 +137,23 @@ class Settings(BaseSettings):
     )
 
     # Operations
+    health_file: Path | None = Field(
+        default=None, description="The bot writes a heartbeat here for `voxclone health` (containers)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     log_format: Literal["json", "text"] = Field(default="json")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, values: object) -> object:
+        """``NAME=`` (as ``.env.example`` has it) means "not set": the default applies, never ``''``.
+
+        Without this an empty ``DEV_GUILD_ID=`` fails as "not an integer" and an empty ``MODEL_DIR=``
+        becomes ``Path('')``, the current folder.
+        """
+        if isinstance(values, Mapping):
+            return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
+        return values
 
     @field_validator("worker_urls", mode="before")
     @classmethod

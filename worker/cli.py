@@ -3,7 +3,9 @@
 ``register(subparsers)`` adds ``worker``, ``say``, ``transcribe``, ``check-voice``, ``verify``,
 ``watermark detect`` and ``dev make-test-model``; each handler returns the exit code. CLIP is any file
 ffmpeg reads (voice messages, mp3, m4a, wav, webm...), decoded by ``core.intake``. The tools run the
-engines in this process, or on a worker with ``--worker-url``. Errors print one line, never a traceback.
+engines in this process, each loading only what it uses (``say``: XTTS-v2, the quality gate and the
+watermark; ``transcribe``: Whisper) and saying what and how long on stderr, or on a worker with
+``--worker-url``. Errors print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ def _clip(path: str, sample_rate: int) -> tuple[FloatArray, int]:
     return audio.pcm, audio.sample_rate
 
 
+def _note(line: str) -> None:
+    """Progress for the person at the terminal, on stderr (stdout is for results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def _worker_urls(args: argparse.Namespace) -> list[str] | None:
     """``--worker-url``'s comma-separated list, None without it."""
     if not args.worker_url:
@@ -109,10 +116,37 @@ def _worker_urls(args: argparse.Namespace) -> list[str] | None:
         raise ConfigError(f"--worker-url: {exc}") from None
 
 
-def _with_engines(
+def _with_synthesis(
     args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
 ) -> _T:
-    """Run ``op`` on a worker (``--worker-url``) or on every engine loaded here, then close it."""
+    """Run ``op`` on a worker (``--worker-url``) or on the engines cloning needs, loaded here: XTTS-v2,
+    the quality gate and the watermark (no Whisper: ``say`` works without a Whisper model)."""
+
+    async def main() -> _T:
+        from worker.factory import create_http_service, load_synthesis_service, resolve_xtts
+
+        if urls := _worker_urls(args):
+            service: SpeechService = create_http_service(settings, urls)
+        else:
+            xtts_dir = await asyncio.to_thread(resolve_xtts, settings, model_dir=args.model_dir)
+            _note(f"loading XTTS-v2 from {xtts_dir}, the quality gate and the watermark ...")
+            started = time.perf_counter()
+            service = await load_synthesis_service(settings, xtts_dir)
+            _note(f"loaded in {time.perf_counter() - started:.1f} s")
+        try:
+            return await op(service)
+        finally:
+            await service.aclose()
+
+    with contextlib.redirect_stdout(sys.stderr):  # model loaders print banners; stdout is for results
+        return asyncio.run(main())
+
+
+def with_all_engines(
+    args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
+) -> _T:
+    """Run ``op`` on a worker (``--worker-url``) or on every engine loaded here (XTTS-v2, Whisper, the
+    quality gate, speaker verification and the watermark), then close it: what a consent check needs."""
 
     async def main() -> _T:
         from worker.factory import create_http_service, load_local_service, resolve_local_models
@@ -121,7 +155,10 @@ def _with_engines(
             service: SpeechService = create_http_service(settings, urls)
         else:
             models = await asyncio.to_thread(resolve_local_models, settings, model_dir=args.model_dir)
+            _note("loading XTTS-v2, Whisper, the quality gate, speaker verification and the watermark ...")
+            started = time.perf_counter()
             service = await load_local_service(settings, models)
+            _note(f"loaded in {time.perf_counter() - started:.1f} s")
         try:
             return await op(service)
         finally:
@@ -142,7 +179,7 @@ def _with_tools(
         overrides = {k: getattr(args, k) for k in ("asr_model", "asr_backend") if getattr(args, k, None)}
         local = settings.model_copy(update=overrides)
         urls = _worker_urls(args)
-        tools: SpeechTools = create_http_service(local, urls) if urls else LocalTools(local)
+        tools: SpeechTools = create_http_service(local, urls) if urls else LocalTools(local, announce=_note)
         try:
             return await op(tools)
         finally:
@@ -198,7 +235,7 @@ async def speak_to_wav(
 def cmd_say(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pcm, rate = _clip(args.voice, CONDITIONING_SAMPLE_RATE)
-    spoken = _with_engines(args, settings, lambda service: speak_to_wav(service, pcm, rate, args))
+    spoken = _with_synthesis(args, settings, lambda service: speak_to_wav(service, pcm, rate, args))
     for warning in spoken.warnings:
         print(f"note: {warning}", file=sys.stderr)
     print(

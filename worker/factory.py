@@ -9,12 +9,14 @@ answer health checks (and ``not_ready``) while the engines load in the backgroun
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from worker.client import HttpSpeechService
 from worker.errors import ModelNotReady, SpeechError
@@ -53,6 +55,24 @@ def tos_agreed(environ: Mapping[str, str]) -> bool:
     return environ.get("COQUI_TOS_AGREED", "").strip().lower() in {"1", "true", "yes"}
 
 
+def resolve_xtts(
+    settings: Settings,
+    *,
+    model_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Find (or download) XTTS-v2 only; blocking. Raises ``ModelUnavailable``."""
+    env = os.environ if environ is None else environ
+    return resolve_xtts_dir(
+        model_dir or settings.model_dir,
+        settings.model_cache_dir,
+        tos_agreed=tos_agreed(env) or bool(getattr(settings, "coqui_tos_agreed", False)),
+        endpoint=env.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT),
+        progress=progress,
+    )
+
+
 def resolve_local_models(
     settings: Settings,
     *,
@@ -63,13 +83,7 @@ def resolve_local_models(
     """Find (or download) XTTS-v2 and the Whisper model; blocking. Raises ``ModelUnavailable``."""
     env = os.environ if environ is None else environ
     endpoint = env.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT)
-    xtts_dir = resolve_xtts_dir(
-        model_dir or settings.model_dir,
-        settings.model_cache_dir,
-        tos_agreed=tos_agreed(env) or bool(getattr(settings, "coqui_tos_agreed", False)),
-        endpoint=endpoint,
-        progress=progress,
-    )
+    xtts_dir = resolve_xtts(settings, model_dir=model_dir, environ=env, progress=progress)
     asr_model = resolve_asr_model(
         settings.asr_backend,
         settings.asr_model,
@@ -82,6 +96,8 @@ def resolve_local_models(
 
 async def load_local_service(settings: Settings, models: LocalModels) -> SpeechService:
     """Load every engine in this process (torch is imported here, not before)."""
+    # Importing torch takes seconds: off the event loop, which meanwhile answers health checks and signals.
+    await asyncio.to_thread(importlib.import_module, "worker.local")
     from worker.local import LocalSpeechService
 
     return await LocalSpeechService.load(
@@ -96,6 +112,30 @@ async def load_local_service(settings: Settings, models: LocalModels) -> SpeechS
     )
 
 
+async def load_synthesis_service(settings: Settings, xtts_dir: Path) -> SpeechService:
+    """XTTS-v2, the quality gate and the watermark, without Whisper or verification (``voxclone say``)."""
+    await asyncio.to_thread(importlib.import_module, "worker.local")
+    from worker.local import LocalSpeechService
+
+    return await LocalSpeechService.load(
+        xtts_dir,
+        device=settings.device,
+        max_queue=settings.worker_max_queue,
+        max_batch=settings.worker_max_batch,
+        fast_decode=settings.fast_decode,
+        analysis=False,
+    )
+
+
+# What each single engine of LocalTools is, for "loading ..." lines.
+ENGINE_NAMES: Final = {
+    "asr": "Whisper",
+    "gate": "the quality gate (voice activity detection)",
+    "verifier": "speaker verification (Resemblyzer)",
+    "watermarker": "the watermark detector (perth)",
+}
+
+
 class LocalTools:
     """Single engines loaded on first use, for the command-line tools that need only one of them.
 
@@ -103,14 +143,27 @@ class LocalTools:
     validates its input and calls its engine exactly as ``LocalSpeechService`` does.
     """
 
-    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        environ: Mapping[str, str] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._environ = os.environ if environ is None else environ
         self._engines: dict[str, Any] = {}
+        self._announce = announce or (lambda line: log.info("%s", line))
 
     async def _engine(self, name: str) -> Any:
         if name not in self._engines:
+            what = ENGINE_NAMES.get(name, name)
+            if name == "asr":
+                what = f"Whisper ({self._settings.asr_backend}, {self._settings.asr_model})"
+            self._announce(f"loading {what} ...")
+            started = time.perf_counter()
             self._engines[name] = await asyncio.to_thread(self._load, name)
+            self._announce(f"loaded in {time.perf_counter() - started:.1f} s")
         return self._engines[name]
 
     def _load(self, name: str) -> Any:

@@ -12,12 +12,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from core.audio import ACCEPTED_INPUT_RATES
-from worker.errors import InvalidAudio, QualityRejected
+from worker.errors import InvalidAudio, ModelUnavailable, QualityRejected
 from worker.serving.engine import XttsEngine, validate_pcm
 from worker.serving.scheduler import DEFAULT_BUFFER_CHUNKS, SynthesisScheduler
 from worker.types import (
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_E = TypeVar("_E")
 _RATES_TEXT = ", ".join(f"{rate / 1000:g}" for rate in sorted(ACCEPTED_INPUT_RATES))
 
 
@@ -66,8 +67,8 @@ class LocalSpeechService:
         *,
         xtts: XttsEngine,
         quality_gate: QualityGate,
-        transcriber: Transcriber,
-        verifier: SpeakerVerifier,
+        transcriber: Transcriber | None,
+        verifier: SpeakerVerifier | None,
         watermarker: Watermarker,
         max_queue: int = 32,
         buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
@@ -95,11 +96,15 @@ class LocalSpeechService:
         download_root: Path | None = None,
         max_batch: int | None = None,
         fast_decode: str | None = None,
+        analysis: bool = True,
     ) -> LocalSpeechService:
         """Load every engine (in worker threads, side by side) and start the synthesis thread.
 
         ``max_batch``: requests decoded together (None: the engine's default, 32 on CUDA, 4 on CPU).
         ``fast_decode``: off/auto/on for CUDA-graph decoding (None: ``$VOXCLONE_FAST_DECODE`` or auto).
+        ``analysis=False`` leaves out Whisper and speaker verification: cloning and speaking only
+        (``voxclone say``), so no Whisper model is needed; ``transcribe`` and ``compare_speakers`` then
+        raise ModelUnavailable.
         """
         from worker.analysis.asr import load_transcriber
         from worker.analysis.quality import QualityGate
@@ -109,6 +114,10 @@ class LocalSpeechService:
 
         resolved = resolve_device(device)
         log.info("loading speech engines on %s", resolved)
+
+        async def nothing() -> None:
+            return None
+
         xtts, gate, transcriber, verifier, watermarker = await asyncio.gather(
             asyncio.to_thread(
                 XttsEngine.load,
@@ -117,8 +126,10 @@ class LocalSpeechService:
                 fast_decode=resolve_fast_decode(resolved, fast_decode),
             ),
             asyncio.to_thread(QualityGate),
-            asyncio.to_thread(load_transcriber, asr_backend, asr_model, resolved, download_root),
-            asyncio.to_thread(SpeakerVerifier),
+            asyncio.to_thread(load_transcriber, asr_backend, asr_model, resolved, download_root)
+            if analysis
+            else nothing(),
+            asyncio.to_thread(SpeakerVerifier) if analysis else nothing(),
             asyncio.to_thread(Watermarker),
         )
         return cls(
@@ -168,13 +179,15 @@ class LocalSpeechService:
         from worker.analysis.quality import to_analysis_rate
 
         audio = check_input(pcm, sample_rate)
+        transcriber = self._loaded(self.transcriber, "Whisper")
         pcm16k = await asyncio.to_thread(to_analysis_rate, audio, sample_rate)
-        return await asyncio.to_thread(self.transcriber.transcribe, pcm16k, language)
+        return await asyncio.to_thread(transcriber.transcribe, pcm16k, language)
 
     async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
         a = check_input(pcm_a, sample_rate)
         b = check_input(pcm_b, sample_rate)
-        return await asyncio.to_thread(self.verifier.compare, a, b, sample_rate)
+        verifier = self._loaded(self.verifier, "speaker verification")
+        return await asyncio.to_thread(verifier.compare, a, b, sample_rate)
 
     async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
         from worker.analysis.verify import match_phrase
@@ -184,6 +197,12 @@ class LocalSpeechService:
     async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
         audio = check_input(pcm, sample_rate)
         return await asyncio.to_thread(self.watermarker.detect, audio, sample_rate)
+
+    @staticmethod
+    def _loaded(engine: _E | None, name: str) -> _E:
+        if engine is None:
+            raise ModelUnavailable(f"{name} is not loaded in this process (loaded without analysis).")
+        return engine
 
     async def ready(self) -> bool:
         return not self._closed

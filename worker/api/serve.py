@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from pathlib import Path
 from typing import Final
 
@@ -16,6 +17,7 @@ import uvicorn
 
 from core.errors import ConfigError
 from core.logs import configure_logging
+from core.process import drain_threads, exit_now, listening_socket, signals_end_quietly
 from core.settings import Settings
 from worker.api.app import create_app
 from worker.errors import SpeechError
@@ -26,6 +28,7 @@ from worker.voices import VoiceLibrary
 log = logging.getLogger("voxclone.worker.serve")
 
 GRACEFUL_SHUTDOWN_S: Final = 10  # s that streams in flight get to finish on SIGTERM
+THREADS_GRACE_S: Final = 2.0  # s after that for threads still busy (a model loading) before we leave
 
 
 def is_loopback(host: str) -> bool:
@@ -57,9 +60,14 @@ def serve_worker(
             "random value (the same on the bot), or listen on 127.0.0.1 only (WORKER_HOST)."
         )
     configure_logging(settings.log_level, settings.log_format, secrets=[token])
+    sock = listening_socket(host, port)  # a port in use fails now, not after a model download
     if not token:
         log.warning("WORKER_TOKEN is not set: any program on this machine can use the worker")
-    models = resolve_local_models(settings, model_dir=model_dir)
+    try:
+        models = resolve_local_models(settings, model_dir=model_dir)
+    except BaseException:
+        sock.close()
+        raise
 
     async def load() -> SpeechService:
         return await load_local_service(settings, models)
@@ -76,11 +84,14 @@ def serve_worker(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    return asyncio.run(_serve(uvicorn.Server(config), service, f"{host}:{port}", voices))
+    return asyncio.run(_serve(uvicorn.Server(config), service, sock, voices))
 
 
 async def _serve(
-    server: uvicorn.Server, service: DeferredSpeechService, where: str, voices: VoiceLibrary | None
+    server: uvicorn.Server,
+    service: DeferredSpeechService,
+    sock: socket.socket,
+    voices: VoiceLibrary | None,
 ) -> int:
     failure: list[BaseException] = []
     if voices is not None:
@@ -99,16 +110,18 @@ async def _serve(
 
     service.start().add_done_callback(loaded)
     try:
-        await server.serve()
-    except SystemExit as exc:  # uvicorn exits when it cannot bind
-        raise ConfigError(
-            f"cannot listen on {where} (see the error above): is another worker running there? "
-            "Choose another WORKER_PORT or WORKER_HOST."
-        ) from exc
+        # On SIGTERM/SIGINT uvicorn stops accepting, lets streams in flight finish (up to
+        # GRACEFUL_SHUTDOWN_S), then returns; a load still running in a thread is not waited for.
+        with signals_end_quietly():
+            await server.serve(sockets=[sock])
     finally:
+        sock.close()
         await service.aclose()
         if voices is not None:
             await voices.aclose()
+    if not await drain_threads(THREADS_GRACE_S):
+        log.warning("leaving a model load unfinished")
+        exit_now(1 if failure else 0)
     if failure:
         error = failure[0]
         if isinstance(error, SpeechError):

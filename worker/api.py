@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.api_stream import stream_speech
+from worker.api_stream import STREAM_STATUS_KEY, UNEXPECTED_MESSAGE, stream_speech
 from worker.api_wire import (
     AudioBody,
     SpeechBody,
@@ -73,7 +73,10 @@ _WATERMARK = TypeAdapter(WatermarkResult)
 
 
 def error_response(exc: SpeechError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The JSON body of ``exc``; details (a quality report...) become plain JSON."""
+    """The JSON body of ``exc``; details (a quality report...) become plain JSON. A 503 says when to
+    come back (``Retry-After``)."""
+    if exc.retry_after_s is not None:
+        headers = {**(headers or {}), "Retry-After": str(exc.retry_after_s)}
     return JSONResponse(jsonable(exc.to_json()), status_code=exc.http_status, headers=headers)
 
 
@@ -122,9 +125,7 @@ async def _call(what: str, op: Callable[[], Awaitable[_R]]) -> _R:
         raise
     except Exception as exc:
         log.exception("%s failed", what)
-        raise InternalWorkerError(
-            "The speech worker failed unexpectedly; an admin can find details in its log."
-        ) from exc
+        raise InternalWorkerError(UNEXPECTED_MESSAGE) from exc
 
 
 class _ObserveRequests:
@@ -140,18 +141,30 @@ class _ObserveRequests:
             return
         start = time.perf_counter()
         status = 500
+        started = False
+        path = scope.get("path", "")
+        endpoint = path if path in _ENDPOINTS else "other"
 
         async def observe_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
             await send(message)
 
         try:
             await self.app(scope, receive, observe_send)
+        except Exception:
+            if started:  # the answer is under way: only closing the connection can tell the client
+                raise
+            # Answered here, as JSON, the connection stays open for the client's next request (an
+            # exception left to the server would close it after a plain-text 500).
+            log.exception("%s failed unexpectedly", endpoint)
+            status = 500
+            await error_response(InternalWorkerError(UNEXPECTED_MESSAGE))(scope, receive, send)
         finally:
-            path = scope.get("path", "")
-            endpoint = path if path in _ENDPOINTS else "other"
+            # A stream that was cut (the client left) or failed after its 200 header is counted by how
+            # it ended, not by the header.
+            status = scope.get(STREAM_STATUS_KEY, status)
             elapsed = time.perf_counter() - start
             self.metrics.observe_request(endpoint, status, elapsed)
             level = logging.INFO if endpoint.startswith("/v1/") else logging.DEBUG

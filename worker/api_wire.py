@@ -146,9 +146,12 @@ class SpeechBody(BaseModel):
     def to_request(self) -> SpeechRequest:
         try:
             embedding = VoiceEmbedding.from_wire(self.embedding)
-        except (KeyError, TypeError, ValueError, binascii.Error):
+        except ValueError as exc:  # "gpt_cond_latent.data: what is wrong"
+            where, _, what = str(exc).partition(": ")
+            field, what = (f"embedding.{where}", what) if what else ("embedding", where)
             raise InvalidRequest(
-                "The voice embedding in this request is malformed; enroll the voice again."
+                f"The voice embedding in this request is malformed: {field}: {what}. Enroll the voice again.",
+                field=field,
             ) from None
         return SpeechRequest(
             text=self.text,

@@ -38,7 +38,7 @@ from worker.errors import (
 )
 from worker.text import DEFAULT_CHAR_LIMIT, halve, split_sentences
 from worker.transfer import to_device
-from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
+from worker.types import MAX_EMBEDDING_ABS, FloatArray, SpeechRequest, VoiceEmbedding
 from worker.xtts_gpt import SamplingParams, UniformDraws, decode_step, new_sequence
 from worker.xtts_load import load_xtts
 from worker.xtts_vocoder import DEFAULT_CONTEXT_FRAMES, FrameGrid, StreamingVocoder, vocoder_precision
@@ -368,7 +368,7 @@ class XttsEngine:
                 gpt_cond_latent_shape=list(cond.shape),
                 speaker_embedding_shape=list(speaker.shape),
             )
-        if not (np.isfinite(cond).all() and np.isfinite(speaker).all()):
+        if not all(np.all(np.abs(a) <= MAX_EMBEDDING_ABS) for a in (cond, speaker)):  # also False for NaN
             raise IncompatibleVoice("This voice's data is damaged: re-enroll it with /enroll.")
         return torch.from_numpy(cond), torch.from_numpy(speaker)  # host tensors: see PreparedSpeech
 

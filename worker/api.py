@@ -15,7 +15,8 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -30,6 +31,7 @@ from worker.api_wire import (
     SpeechBody,
     TranscriptionBody,
     VerifyBody,
+    WirePcm,
     jsonable,
     to_json_obj,
 )
@@ -44,7 +46,17 @@ from worker.errors import (
 )
 from worker.metrics import CONTENT_TYPE, WorkerMetrics
 from worker.service import SpeechService
-from worker.types import PhraseMatch, QualityReport, SpeakerCheck, Transcription, WatermarkResult
+from worker.types import (
+    FloatArray,
+    PhraseMatch,
+    QualityReport,
+    SpeakerCheck,
+    Transcription,
+    WatermarkResult,
+)
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 log = logging.getLogger("voxclone.worker.api")
 
@@ -70,6 +82,50 @@ _TRANSCRIPTION = TypeAdapter(Transcription)
 _SPEAKER = TypeAdapter(SpeakerCheck)
 _PHRASE = TypeAdapter(PhraseMatch)
 _WATERMARK = TypeAdapter(WatermarkResult)
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """The longest audio, in seconds, that each route accepts (settings ``WORKER_MAX_*_S``).
+
+    The body limit is not enough: 48 MiB holds 380 s of 16 kHz float32, which Whisper took 214 s of CPU
+    over while the bot had given up after 30 s. Defaults: what the bot itself accepts (voice messages of
+    5 minutes, enrolment clips of 2 minutes) and a watermark check of 10 minutes.
+    """
+
+    transcription_s: float = 300.0  # /v1/transcriptions
+    clip_s: float = 120.0  # /v1/embeddings, /v1/quality, each clip of /v1/verify
+    detect_s: float = 600.0  # /v1/watermark/detect
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AudioLimits:
+        return cls(
+            settings.worker_max_transcription_s, settings.worker_max_clip_s, settings.worker_max_detect_s
+        )
+
+
+# Each limit's setting, and what the route does with the audio (for the 413's message).
+_LIMIT_NAMES: Final = {
+    "transcription_s": ("WORKER_MAX_TRANSCRIPTION_S", "a transcription"),
+    "clip_s": ("WORKER_MAX_CLIP_S", "a voice clip"),
+    "detect_s": ("WORKER_MAX_DETECT_S", "a watermark check"),
+}
+
+
+def audio_within(audio: WirePcm, limits: AudioLimits, limit: str) -> FloatArray:
+    """``audio`` decoded, or ``PayloadTooLarge`` (413) naming the limit when it is longer than ``limit``."""
+    pcm = audio.to_array()
+    seconds, most = pcm.size / audio.sample_rate, getattr(limits, limit)
+    if seconds > most:
+        setting, what = _LIMIT_NAMES[limit]
+        raise PayloadTooLarge(
+            f"This audio is {seconds:.1f} s long; the speech worker takes at most {most:g} s for {what} "
+            f"({setting}): send a shorter clip.",
+            audio_s=round(seconds, 3),
+            limit_s=most,
+            setting=setting,
+        )
+    return pcm
 
 
 def error_response(exc: SpeechError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -178,9 +234,11 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     metrics: WorkerMetrics | None = None,
     queue_depth: Callable[[], float] | None = None,
+    audio_limits: AudioLimits | None = None,
 ) -> FastAPI:
     """The Worker API v1 over ``service``. ``token=None`` turns auth off (local development only)."""
     metrics = metrics if metrics is not None else WorkerMetrics()
+    limits = audio_limits or AudioLimits()
     if queue_depth is None:
         queue_depth = _queue_depth_reader(service)
     if queue_depth is not None:
@@ -229,7 +287,7 @@ def create_app(
     @secured.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
         body = await read_body(request, AudioBody, max_body_bytes)
-        pcm, rate = body.audio.to_array(), body.audio.sample_rate
+        pcm, rate = audio_within(body.audio, limits, "clip_s"), body.audio.sample_rate
         result = await _call("embed", lambda: service.embed(pcm, rate))
         return {"embedding": result.embedding.to_wire(), "quality": to_json_obj(_QUALITY, result.quality)}
 
@@ -242,7 +300,7 @@ def create_app(
     @secured.post("/v1/transcriptions")
     async def transcriptions(request: Request) -> Any:
         body = await read_body(request, TranscriptionBody, max_body_bytes)
-        pcm = body.audio.to_array()
+        pcm = audio_within(body.audio, limits, "transcription_s")
         result = await _call(
             "transcribe", lambda: service.transcribe(pcm, body.audio.sample_rate, body.language)
         )
@@ -251,19 +309,19 @@ def create_app(
     @secured.post("/v1/verify")
     async def verify(request: Request) -> dict[str, Any]:
         body = await read_body(request, VerifyBody, max_body_bytes)
-        return await _verify(service, body)
+        return await _verify(service, body, limits)
 
     @secured.post("/v1/quality")
     async def quality(request: Request) -> Any:
         body = await read_body(request, AudioBody, max_body_bytes)
-        pcm, rate = body.audio.to_array(), body.audio.sample_rate
+        pcm, rate = audio_within(body.audio, limits, "clip_s"), body.audio.sample_rate
         result = await _call("check_quality", lambda: service.check_quality(pcm, rate))
         return to_json_obj(_QUALITY, result)
 
     @secured.post("/v1/watermark/detect")
     async def watermark_detect(request: Request) -> Any:
         body = await read_body(request, AudioBody, max_body_bytes)
-        pcm = body.audio.to_array()
+        pcm = audio_within(body.audio, limits, "detect_s")
         result = await _call(
             "detect_watermark", lambda: service.detect_watermark(pcm, body.audio.sample_rate)
         )
@@ -273,7 +331,7 @@ def create_app(
     return app
 
 
-async def _verify(service: SpeechService, body: VerifyBody) -> dict[str, Any]:
+async def _verify(service: SpeechService, body: VerifyBody, limits: AudioLimits) -> dict[str, Any]:
     clips = (body.audio_a, body.audio_b)
     phrases = (body.expected, body.heard)
     if any(c is None for c in clips) and any(c is not None for c in clips):
@@ -286,7 +344,7 @@ async def _verify(service: SpeechService, body: VerifyBody) -> dict[str, Any]:
     if body.audio_a is not None and body.audio_b is not None:
         if body.audio_a.sample_rate != body.audio_b.sample_rate:
             raise InvalidAudio("Both clips must be at the same sample rate.")
-        pcm_a, pcm_b = body.audio_a.to_array(), body.audio_b.to_array()
+        pcm_a, pcm_b = (audio_within(c, limits, "clip_s") for c in (body.audio_a, body.audio_b))
         rate = body.audio_a.sample_rate
         check = await _call("compare_speakers", lambda: service.compare_speakers(pcm_a, pcm_b, rate))
         result["speaker"] = to_json_obj(_SPEAKER, check)
@@ -322,4 +380,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "error_response", "read_body"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "AudioLimits",
+    "audio_within",
+    "create_app",
+    "error_response",
+    "read_body",
+]

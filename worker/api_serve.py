@@ -17,7 +17,7 @@ import uvicorn
 from bot.errors import ConfigError
 from bot.logs import configure_logging
 from bot.settings import Settings
-from worker.api import create_app
+from worker.api import AudioLimits, create_app
 from worker.errors import SpeechError
 from worker.factory import DeferredSpeechService, load_local_service, resolve_local_models
 from worker.service import SpeechService
@@ -55,7 +55,8 @@ def serve_worker(
         return await load_local_service(settings, models)
 
     service = DeferredSpeechService(load)
-    app = create_app(service, token=token, max_body_bytes=max_body_bytes)
+    limits = AudioLimits.from_settings(settings)
+    app = create_app(service, token=token, max_body_bytes=max_body_bytes, audio_limits=limits)
     config = uvicorn.Config(
         app,
         host=host,

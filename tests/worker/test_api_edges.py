@@ -17,8 +17,20 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.worker.test_api import AUTH, ToneService, speech_json, tone_voice
+from bot.errors import ConfigError
+from bot.settings import load_settings
+from tests.worker.test_api import (
+    AUTH,
+    RATE,
+    TOKEN,
+    ToneService,
+    audio_json,
+    speech_json,
+    speech_pcm,
+    tone_voice,
+)
 from tests.worker.test_client import serving
+from worker.api import AudioLimits, create_app
 from worker.api_wire import SpeechBody
 from worker.errors import WorkerBusy
 from worker.scheduler import BUSY_MESSAGE, SynthesisScheduler
@@ -186,3 +198,50 @@ async def test_streams_are_counted_by_how_they_ended(
     assert 'voxclone_worker_requests_total{code="499",endpoint="/v1/speech"} 1.0' in metrics
     assert 'voxclone_worker_requests_total{code="200",endpoint="/v1/speech"} 1.0' in metrics
     assert 'voxclone_worker_requests_total{code="400",endpoint="/v1/speech"} 1.0' in metrics
+
+
+# ---- audio-length limits --------------------------------------------------------------------------
+
+LIMITS = AudioLimits(transcription_s=2.0, clip_s=1.0, detect_s=3.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "limit_s", "setting"),
+    [
+        ("/v1/transcriptions", "audio", 2.0, "WORKER_MAX_TRANSCRIPTION_S"),
+        ("/v1/embeddings", "audio", 1.0, "WORKER_MAX_CLIP_S"),
+        ("/v1/quality", "audio", 1.0, "WORKER_MAX_CLIP_S"),
+        ("/v1/verify", "audio_b", 1.0, "WORKER_MAX_CLIP_S"),
+        ("/v1/watermark/detect", "audio", 3.0, "WORKER_MAX_DETECT_S"),
+    ],
+)
+async def test_audio_just_over_a_routes_limit_is_413_naming_it(
+    path: str, field: str, limit_s: float, setting: str
+) -> None:
+    app = create_app(ToneService(), token=TOKEN, audio_limits=LIMITS)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as client:
+
+        def body(samples: int) -> dict[str, object]:
+            extra = {"audio_a": audio_json(speech_pcm(0.5))} if field == "audio_b" else {}
+            return {**extra, field: audio_json(speech_pcm(limit_s + 1)[:samples])}
+
+        at_limit = await client.post(path, json=body(int(limit_s * RATE)), headers=AUTH)
+        assert at_limit.status_code != 413, at_limit.text
+        over = await client.post(path, json=body(int(limit_s * RATE) + RATE // 100), headers=AUTH)  # +10 ms
+    assert over.status_code == 413, over.text
+    error = over.json()["error"]
+    assert error["code"] == "payload_too_large" and (error["limit_s"], error["setting"]) == (limit_s, setting)
+    assert f"at most {limit_s:g} s" in error["message"] and setting in error["message"]
+    assert "shorter" in error["message"]
+
+
+def test_the_limits_are_settings() -> None:
+    assert AudioLimits.from_settings(load_settings({})) == AudioLimits()
+    limits = AudioLimits.from_settings(
+        load_settings(
+            {"WORKER_MAX_TRANSCRIPTION_S": "60", "WORKER_MAX_CLIP_S": "45", "WORKER_MAX_DETECT_S": "90"}
+        )
+    )
+    assert limits == AudioLimits(transcription_s=60, clip_s=45, detect_s=90)
+    with pytest.raises(ConfigError, match="WORKER_MAX_CLIP_S"):
+        load_settings({"WORKER_MAX_CLIP_S": "0"})

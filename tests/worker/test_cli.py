@@ -33,7 +33,7 @@ from tests.support.audio import espeak_wav, read_wav, speech_message, write_wav
 from tests.worker.test_api import TOKEN
 from tests.worker.test_client import collect
 from worker.client import HttpSpeechService, StreamInterrupted
-from worker.errors import Unauthorized, UnsupportedLanguage
+from worker.errors import PayloadTooLarge, Unauthorized, UnsupportedLanguage
 from worker.types import SpeechRequest
 
 VOXCLONE = Path(sys.executable).with_name("voxclone")
@@ -234,8 +234,8 @@ class WorkerProcess:
         with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [str(VOXCLONE), "worker", "--model-dir", str(model_dir), "--port", str(self.port)],
-                cwd=home, env=clean_env(home, WORKER_TOKEN=TOKEN, LOG_FORMAT="text"), stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=home, env=clean_env(home, WORKER_TOKEN=TOKEN, LOG_FORMAT="text", **WORKER_LIMITS),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
@@ -255,6 +255,9 @@ class WorkerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
         return self.proc.wait(30)
+
+
+WORKER_LIMITS = {"WORKER_MAX_TRANSCRIPTION_S": "20"}  # s: the workers' settings, as an operator sets them
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +350,17 @@ async def test_killed_worker_mid_stream_then_failover(
         short = SpeechRequest("Hi.", "en", voice_embedding, 20, 20, seed=2)
         assert len(await collect(client.synthesize(short))) == xtts_bytes(20)
     assert await speech_count(second.url) == served_before + 1  # the second worker served it
+
+
+async def test_real_worker_refuses_audio_over_its_length_setting(
+    workers: tuple[WorkerProcess, WorkerProcess],
+) -> None:
+    just_over = np.zeros(20 * 16_000 + 160, np.float32)  # 20.01 s: well under the body limit
+    async with HttpSpeechService([workers[1].url], TOKEN) as client:
+        with pytest.raises(PayloadTooLarge) as info:
+            await client.transcribe(just_over, 16_000)
+    assert "at most 20 s for a transcription (WORKER_MAX_TRANSCRIPTION_S)" in info.value.message
+    assert info.value.details["limit_s"] == 20
 
 
 async def test_real_worker_refuses_bad_token_then_stops_cleanly(

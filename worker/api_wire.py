@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from worker.audio import ACCEPTED_INPUT_RATES, OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
 from worker.errors import InvalidAudio, InvalidRequest
-from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
+from worker.types import FloatArray, SpeechRequest, VoiceEmbedding, check_range
 
 STREAM_MEDIA_TYPE: Final = "application/vnd.voxclone.pcm-frames"
 FRAMING_VERSION: Final = "voxclone-frames-1"
@@ -90,7 +90,7 @@ class WirePcm(BaseModel):
         pcm = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         if not np.isfinite(pcm).all():
             raise InvalidAudio("The audio contains NaN or infinite samples.")
-        return pcm
+        return check_range(pcm)
 
 
 class AudioBody(BaseModel):

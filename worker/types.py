@@ -15,6 +15,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from worker.errors import InvalidAudio
+
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -62,6 +64,21 @@ _ARRAY_FIELDS: Final = ("shape", "dtype", "data")
 # (values at most 1); the tiny test model's reach 2.5 and 0.13. Values far beyond are damage, and
 # near float32's limit (3.4e38) they overflow inside the model into NaN audio.
 MAX_EMBEDDING_ABS: Final = 1e4
+
+
+def check_range(pcm: FloatArray) -> FloatArray:
+    """``pcm`` if every sample is within [-1, 1] (float full scale); else ``InvalidAudio`` saying how far out.
+
+    Audio far outside is not audio at this scale (16-bit values sent as floats, a gain gone wrong):
+    Whisper transcribed such PCM as "))))" after 24 s of work.
+    """
+    peak = float(np.max(np.abs(pcm))) if pcm.size else 0.0
+    if peak > 1.0:
+        raise InvalidAudio(
+            f"The audio's samples must lie within -1 and 1 (float full scale), but reach {peak:.4g}: "
+            "scale it to full scale 1.0 (16-bit samples are divided by 32768) or send s16le."
+        )
+    return pcm
 
 
 def _kind(value: object) -> str:
@@ -145,10 +162,14 @@ class Segment:
 
 @dataclass(frozen=True)
 class Transcription:
+    """What was said. With no speech in the audio ``text`` is empty and ``note`` says so (Whisper is never
+    run on silence or noise, where it makes words up)."""
+
     text: str
     language: str
     segments: list[Segment] = field(default_factory=list)
     duration_s: float = 0.0
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -245,3 +245,19 @@ def test_the_limits_are_settings() -> None:
     assert limits == AudioLimits(transcription_s=60, clip_s=45, detect_s=90)
     with pytest.raises(ConfigError, match="WORKER_MAX_CLIP_S"):
         load_settings({"WORKER_MAX_CLIP_S": "0"})
+
+
+@pytest.mark.parametrize("path", ["/v1/transcriptions", "/v1/quality", "/v1/watermark/detect"])
+async def test_samples_outside_full_scale_are_refused(path: str) -> None:
+    """16-bit values sent as floats: Whisper made "))))" of them after 24 s; now a 400 saying what to do."""
+    as_int16_values = speech_pcm(1.0) * 32767
+    app = create_app(ToneService(), token=TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as client:
+        response = await client.post(path, json={"audio": audio_json(as_int16_values)}, headers=AUTH)
+        at_full_scale = await client.post(
+            path, json={"audio": audio_json(np.sign(speech_pcm(1.0)))}, headers=AUTH
+        )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_audio"
+    message = response.json()["error"]["message"]
+    assert "within -1 and 1" in message and "reach 9830" in message and "32768" in message
+    assert at_full_scale.status_code == 200, at_full_scale.text

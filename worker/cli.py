@@ -254,6 +254,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         _print_json(asdict(result))
     else:
         print(result.text.strip())
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
     return 0
 
 

@@ -9,8 +9,8 @@
         ├── PayloadTooLarge          payload_too_large 413
         ├── Unauthorized             unauthorized     401
         ├── IncompatibleVoice        incompatible_voice 409 latents made by another checkpoint
-        ├── WorkerBusy               busy             503   the bounded queue is full: try again shortly
-        ├── ModelNotReady            not_ready        503   models are still loading or failed to load
+        ├── WorkerBusy               busy             503   the bounded queue is full (Retry-After: 2)
+        ├── ModelNotReady            not_ready        503   models still loading or failed (Retry-After: 10)
         ├── ModelUnavailable         model_unavailable 500  no weights on disk and none downloadable
         ├── WorkerUnavailable        worker_unavailable 502 no worker answered (client side)
         ├── SynthesisCancelled       cancelled        499
@@ -31,6 +31,7 @@ class SpeechError(VoxcloneError):
 
     code: ClassVar[str] = "internal"
     http_status: ClassVar[int] = 500
+    retry_after_s: ClassVar[int | None] = None  # sent as Retry-After: try again in that many seconds
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -78,11 +79,13 @@ class IncompatibleVoice(SpeechError):
 class WorkerBusy(SpeechError):
     code = "busy"
     http_status = 503
+    retry_after_s = 2  # a queue slot comes free as soon as one stream ends: a sentence takes seconds
 
 
 class ModelNotReady(SpeechError):
     code = "not_ready"
     http_status = 503
+    retry_after_s = 10  # loading the models takes tens of seconds
 
 
 class ModelUnavailable(SpeechError):

@@ -201,18 +201,19 @@ class LocalTools:
         self, pcm: FloatArray, sample_rate: int, language: str | None = None
     ) -> Transcription:
         from worker.analysis.quality import to_analysis_rate
-        from worker.local import check_input
+        from worker.local import check_input, transcribe_speech
 
-        transcriber = await self._engine("asr")
+        gate, transcriber = await self._engine("gate"), await self._engine("asr")
         pcm16k = await asyncio.to_thread(to_analysis_rate, check_input(pcm, sample_rate), sample_rate)
-        result: Transcription = await asyncio.to_thread(transcriber.transcribe, pcm16k, language)
-        return result
+        return await asyncio.to_thread(transcribe_speech, gate, transcriber, pcm16k, language)
 
     async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
-        from worker.local import check_input
+        from worker.local import check_input, require_speech
 
-        verifier = await self._engine("verifier")
+        gate, verifier = await self._engine("gate"), await self._engine("verifier")
         a, b = check_input(pcm_a, sample_rate), check_input(pcm_b, sample_rate)
+        for clip, which in ((a, "first"), (b, "second")):
+            await asyncio.to_thread(require_speech, gate, clip, sample_rate, which)
         check: SpeakerCheck = await asyncio.to_thread(verifier.compare, a, b, sample_rate)
         return check
 

@@ -12,11 +12,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 
-from core.audio import ACCEPTED_INPUT_RATES
+from core.audio import ACCEPTED_INPUT_RATES, ANALYSIS_SAMPLE_RATE
 from worker.errors import InvalidAudio, ModelUnavailable, QualityRejected
 from worker.serving.engine import XttsEngine, validate_pcm
 from worker.serving.scheduler import DEFAULT_BUFFER_CHUNKS, SynthesisScheduler
@@ -29,6 +29,7 @@ from worker.types import (
     SpeechRequest,
     Transcription,
     WatermarkResult,
+    check_range,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _E = TypeVar("_E")
+NO_SPEECH_NOTE: Final = (
+    "No speech was found in this audio (only silence or noise): there is nothing to transcribe."
+)
+MIN_COMPARE_SPEECH_S: Final = 1.0  # s of speech (silero-vad) each clip of a speaker comparison needs
 _RATES_TEXT = ", ".join(f"{rate / 1000:g}" for rate in sorted(ACCEPTED_INPUT_RATES))
 
 
@@ -53,10 +58,36 @@ def resolve_device(device: str) -> str:
 
 
 def check_input(pcm: Any, sample_rate: int) -> FloatArray:
-    """PCM from a caller: mono float32, finite, non-empty, at a rate the API accepts; else InvalidAudio."""
+    """PCM from a caller: mono float32, finite, within [-1, 1], non-empty, at a rate the API accepts;
+    else InvalidAudio."""
     if sample_rate not in ACCEPTED_INPUT_RATES:
         raise InvalidAudio(f"Audio at {sample_rate} Hz is not accepted: send {_RATES_TEXT} kHz PCM.")
-    return validate_pcm(pcm, sample_rate)
+    return check_range(validate_pcm(pcm, sample_rate))
+
+
+def transcribe_speech(
+    gate: QualityGate, transcriber: Transcriber, pcm16k: FloatArray, language: str | None
+) -> Transcription:
+    """Whisper on ``pcm16k`` only when silero-vad finds speech in it: on silence or noise Whisper makes
+    words up ("You"), so there the transcript is empty and its note says why. Blocking."""
+    if gate.speech_segments(pcm16k):
+        return transcriber.transcribe(pcm16k, language)
+    log.info("transcription skipped: no speech found")
+    duration_s = round(pcm16k.size / ANALYSIS_SAMPLE_RATE, 3)
+    return Transcription(text="", language=language or "", duration_s=duration_s, note=NO_SPEECH_NOTE)
+
+
+def require_speech(gate: QualityGate, pcm: FloatArray, sample_rate: int, which: str) -> None:
+    """``InvalidAudio`` unless silero-vad finds :data:`MIN_COMPARE_SPEECH_S` of speech in ``pcm``: a clip of
+    noise or silence is no voice to compare (Resemblyzer would still score it). Blocking."""
+    from worker.analysis.quality import to_analysis_rate
+
+    found = sum(end - start for start, end in gate.speech_segments(to_analysis_rate(pcm, sample_rate)))
+    if found < MIN_COMPARE_SPEECH_S:
+        raise InvalidAudio(
+            f"The {which} clip has no speech in it ({found:.1f} s heard, at least {MIN_COMPARE_SPEECH_S:g} s "
+            "needed to recognise a voice): it is silence or noise. Send a recording of someone talking."
+        )
 
 
 class LocalSpeechService:
@@ -181,12 +212,14 @@ class LocalSpeechService:
         audio = check_input(pcm, sample_rate)
         transcriber = self._loaded(self.transcriber, "Whisper")
         pcm16k = await asyncio.to_thread(to_analysis_rate, audio, sample_rate)
-        return await asyncio.to_thread(transcriber.transcribe, pcm16k, language)
+        return await asyncio.to_thread(transcribe_speech, self.quality_gate, transcriber, pcm16k, language)
 
     async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
         a = check_input(pcm_a, sample_rate)
         b = check_input(pcm_b, sample_rate)
         verifier = self._loaded(self.verifier, "speaker verification")
+        for clip, which in ((a, "first"), (b, "second")):
+            await asyncio.to_thread(require_speech, self.quality_gate, clip, sample_rate, which)
         return await asyncio.to_thread(verifier.compare, a, b, sample_rate)
 
     async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
@@ -220,4 +253,11 @@ def pcm16_to_float(data: bytes) -> FloatArray:
     return (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
 
 
-__all__ = ["LocalSpeechService", "check_input", "pcm16_to_float", "resolve_device"]
+__all__ = [
+    "LocalSpeechService",
+    "check_input",
+    "pcm16_to_float",
+    "require_speech",
+    "resolve_device",
+    "transcribe_speech",
+]

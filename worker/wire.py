@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from core.audio import ACCEPTED_INPUT_RATES, OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
 from worker.errors import InvalidAudio, InvalidRequest
-from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
+from worker.types import FloatArray, SpeechRequest, VoiceEmbedding, check_range
 
 STREAM_MEDIA_TYPE: Final = "application/vnd.voxclone.pcm-frames"
 FRAMING_VERSION: Final = "voxclone-frames-1"
@@ -90,7 +90,7 @@ class WirePcm(BaseModel):
         pcm = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         if not np.isfinite(pcm).all():
             raise InvalidAudio("The audio contains NaN or infinite samples.")
-        return pcm
+        return check_range(pcm)
 
 
 class AudioBody(BaseModel):
@@ -146,9 +146,12 @@ class SpeechBody(BaseModel):
     def to_request(self) -> SpeechRequest:
         try:
             embedding = VoiceEmbedding.from_wire(self.embedding)
-        except (KeyError, TypeError, ValueError, binascii.Error):
+        except ValueError as exc:  # "gpt_cond_latent.data: what is wrong"
+            where, _, what = str(exc).partition(": ")
+            field, what = (f"embedding.{where}", what) if what else ("embedding", where)
             raise InvalidRequest(
-                "The voice embedding in this request is malformed; enroll the voice again."
+                f"The voice embedding in this request is malformed: {field}: {what}. Enroll the voice again.",
+                field=field,
             ) from None
         return SpeechRequest(
             text=self.text,

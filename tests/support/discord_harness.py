@@ -173,7 +173,8 @@ class _Speak:
 class HarnessVoiceClient(discord.VoiceProtocol):
     """A voice connection that plays through discord.py's real AudioPlayer and libopus encoder.
 
-    Packets are kept in ``packets`` (Opus bytes, one per 20 ms frame) instead of being sent by UDP.
+    Packets are kept in ``packets`` (Opus bytes, one per 20 ms frame) instead of being sent by UDP, and the
+    PCM frames they were encoded from (48 kHz stereo s16le) in ``pcm_frames``.
     """
 
     instances: ClassVar[list[HarnessVoiceClient]] = []
@@ -193,6 +194,7 @@ class HarnessVoiceClient(discord.VoiceProtocol):
         self.timeout = 5.0
         self.encoder = discord.opus.Encoder()
         self.packets: list[bytes] = []
+        self.pcm_frames: list[bytes] = []
         self._connected = threading.Event()
         self._player: AudioPlayer | None = None
         self.disconnects = 0
@@ -225,6 +227,8 @@ class HarnessVoiceClient(discord.VoiceProtocol):
         return self._connected.wait(timeout)
 
     def send_audio_packet(self, data: bytes, *, encode: bool = True) -> None:
+        if encode:
+            self.pcm_frames.append(data)
         self.packets.append(self.encoder.encode(data, 960) if encode else data)
 
     def play(self, source: discord.AudioSource, *, after: Any = None, **_: Any) -> None:

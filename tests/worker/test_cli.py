@@ -34,8 +34,9 @@ from tests.support.audio import espeak_wav, read_wav, speech_message, write_wav
 from tests.worker.api.test_app import TOKEN
 from tests.worker.test_client import collect
 from worker.client import HttpSpeechService, StreamInterrupted
-from worker.errors import Unauthorized, UnsupportedLanguage
+from worker.errors import InvalidAudio, PayloadTooLarge, Unauthorized, UnsupportedLanguage
 from worker.types import SpeechRequest
+from worker.wire import FRAME_DATA, FRAME_END, FrameDecoder, SpeechBody
 
 VOXCLONE = Path(sys.executable).with_name("voxclone")
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs back home across the field."
@@ -121,8 +122,10 @@ def test_say_writes_a_wav(home: Path, voice: Path, tiny_model: Path) -> None:
     with wave.open(str(out)) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24_000)
         assert 0 < wav.getnframes() <= 40 * 1115  # at most 40 tokens of 46.4 ms
-    # (No watermark check here: perth cannot mark the noise a random-weight model makes; the engine's
-    # tests check the mark on speech, and test_watermark_detect_finds_a_marked_file checks this command.)
+    # The file a user gets carries the watermark. (The random-weight model's output carries it too: its
+    # DC offset and high buzz get a noise floor below 2 kHz to hold it, see worker.watermark.MarkCarrier.)
+    detect = voxclone(home, "watermark", "detect", str(out))
+    assert detect.code == 0 and detect.out.startswith("watermark found"), (detect.out, detect.err)
 
 
 def test_say_needs_no_whisper_model(home: Path, voice: Path, tiny_model: Path) -> None:
@@ -194,6 +197,20 @@ def test_verify_same_and_different_speakers(home: Path, voice: Path) -> None:
     assert run.code == 1 and "different speakers" in run.out, (run.out, run.err)
 
 
+def test_transcribe_silence_gives_no_words_and_says_why(home: Path) -> None:
+    silent = write_wav(home / "silent.wav", np.zeros(5 * 16_000, np.float32), 16_000)
+    run = voxclone(home, "transcribe", str(silent))
+    assert run.code == 0 and run.out.strip() == "", run  # Whisper alone says "You"
+    assert "note: No speech was found in this audio" in run.err
+
+
+def test_verify_refuses_noise_as_not_speech(home: Path, voice: Path) -> None:
+    hiss = np.random.default_rng(7).standard_normal(5 * 16_000) * 0.1  # white noise, -20 dBFS
+    noise = write_wav(home / "noise.wav", hiss.astype(np.float32), 16_000)
+    line = one_clear_line(voxclone(home, "verify", str(voice), str(noise)))
+    assert "The second clip has no speech in it" in line and "silence or noise" in line, line
+
+
 def test_watermark_detect_finds_a_marked_file(home: Path, voice: Path) -> None:
     from worker.analysis.watermark import Watermarker
 
@@ -256,8 +273,9 @@ class WorkerProcess:
         with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [str(VOXCLONE), "worker", "--model-dir", str(model_dir), "--port", str(self.port)],
-                cwd=home, env=clean_env(home, WORKER_TOKEN=TOKEN, LOG_FORMAT="text", **env), stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=home,
+                env=clean_env(home, WORKER_TOKEN=TOKEN, LOG_FORMAT="text", **{**WORKER_LIMITS, **env}),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
@@ -277,6 +295,9 @@ class WorkerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
         return self.proc.wait(30)
+
+
+WORKER_LIMITS = {"WORKER_MAX_TRANSCRIPTION_S": "20"}  # s: the workers' settings, as an operator sets them
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +341,28 @@ def test_say_through_a_worker(home: Path, voice: Path, workers: tuple[WorkerProc
     assert run.code == 0, run.err
     with wave.open(str(out)) as wav:
         assert 0 < wav.getnframes() * 2 <= xtts_bytes(20)
+    detect = voxclone(home, "watermark", "detect", str(out))
+    assert detect.code == 0 and detect.out.startswith("watermark found"), (detect.out, detect.err)
+
+
+async def test_the_speech_a_worker_streams_is_watermarked(
+    voice: Path, workers: tuple[WorkerProcess, WorkerProcess]
+) -> None:
+    """The bytes of a /v1/speech response, exactly as a client receives them."""
+    from worker.analysis.watermark import Watermarker
+
+    clip = decode_audio(voice, sample_rate=22_050, max_seconds=60, max_bytes=10_000_000)
+    async with HttpSpeechService([workers[1].url], TOKEN, timeout_s=60) as client:
+        embedding = (await client.embed(clip.pcm, clip.sample_rate)).embedding
+    body = SpeechBody.from_request(SpeechRequest("Hello there, friends.", "en", embedding, 40, 40, seed=5))
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as http:
+        response = await http.post(f"{workers[1].url}/v1/speech", content=body.model_dump_json())
+    assert response.status_code == 200, response.text
+    frames = FrameDecoder().feed(response.content)
+    pcm = b"".join(f.payload for f in frames if f.kind == FRAME_DATA)
+    assert frames[-1].kind == FRAME_END and len(pcm) == xtts_bytes(40)
+    result = Watermarker().detect(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768, 24_000)
+    assert result.detected and result.confidence > 0.9, result
 
 
 async def test_closing_a_stream_frees_the_real_worker(
@@ -369,6 +412,28 @@ async def test_killed_worker_mid_stream_then_failover(
         short = SpeechRequest("Hi.", "en", voice_embedding, 20, 20, seed=2)
         assert len(await collect(client.synthesize(short))) == xtts_bytes(20)
     assert await speech_count(second.url) == served_before + 1  # the second worker served it
+
+
+async def test_real_worker_refuses_audio_over_its_length_setting(
+    workers: tuple[WorkerProcess, WorkerProcess],
+) -> None:
+    just_over = np.zeros(20 * 16_000 + 160, np.float32)  # 20.01 s: well under the body limit
+    async with HttpSpeechService([workers[1].url], TOKEN) as client:
+        with pytest.raises(PayloadTooLarge) as info:
+            await client.transcribe(just_over, 16_000)
+    assert "at most 20 s for a transcription (WORKER_MAX_TRANSCRIPTION_S)" in info.value.message
+    assert info.value.details["limit_s"] == 20
+
+
+async def test_real_worker_hears_no_words_in_silence_and_refuses_samples_out_of_range(
+    workers: tuple[WorkerProcess, WorkerProcess],
+) -> None:
+    async with HttpSpeechService([workers[1].url], TOKEN) as client:  # (the first is killed above)
+        silence = await client.transcribe(np.zeros(8 * 16_000, np.float32), 16_000)
+        with pytest.raises(InvalidAudio, match="within -1 and 1"):
+            await client.transcribe(np.full(16_000, 40.0, np.float32), 16_000)
+    assert (silence.text, silence.segments) == ("", [])
+    assert silence.note.startswith("No speech was found")
 
 
 async def test_real_worker_refuses_bad_token_then_stops_cleanly(

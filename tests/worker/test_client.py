@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import httpx
 import numpy as np
@@ -271,8 +272,9 @@ async def test_speech_request_reaches_the_worker_intact() -> None:
 
 
 @asynccontextmanager
-async def serving(service: ToneService) -> AsyncIterator[str]:
-    app = create_app(service, token=TOKEN, max_body_bytes=1_000_000)
+async def serving(service: SpeechService, **options: Any) -> AsyncIterator[str]:
+    """``create_app(service, **options)`` (token ``TOKEN``, 1 MB bodies unless given) on a loopback port."""
+    app = create_app(service, **{"token": TOKEN, "max_body_bytes": 1_000_000, **options})
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)

@@ -149,24 +149,25 @@ async def test_bad_pcm_is_invalid_audio(
 
 
 async def test_synthesize_streams_marked_s16le(service: LocalSpeechService, voice: VoiceEmbedding) -> None:
-    from worker.analysis.watermark import StreamWatermarker
+    from worker.analysis.watermark import MarkCarrier, StreamWatermarker
 
     chunks = [c async for c in service.synthesize(request(voice, 40))]
     assert len(chunks) >= 3 and all(isinstance(c, bytes) and len(c) % 2 == 0 for c in chunks)
     assert sum(len(c) for c in chunks) == 2 * expected_samples(40)
-    # The stream is the unmarked audio through the seamless stream watermarker, chunk by chunk.
+    # The stream is the unmarked audio made markable, then through the seamless stream watermarker.
     service.xtts.watermark = None
     try:
         plain = list(service.xtts.stream(request(voice, 40), threading.Event()))
     finally:
         service.xtts.watermark = service.watermarker
-    marker = StreamWatermarker(service.watermarker, 24_000)
-    pieces = [marker.push(c.astype(np.float32) / 32767) for c in plain] + [marker.flush()]
+    carrier, marker = MarkCarrier(24_000), StreamWatermarker(service.watermarker, 24_000)
+    pieces = [marker.push(carrier.process(c.astype(np.float32) / 32767)) for c in plain] + [marker.flush()]
     expected = (np.clip(np.concatenate(pieces), -1, 1) * 32767).astype(np.int16)
     ours = np.frombuffer(b"".join(chunks), dtype="<i2")
     # (Marking the quantised chunks instead of the float ones moves a few samples by a few LSB.)
     assert np.abs(ours.astype(np.int32) - expected).max() <= 8
     assert np.abs(ours.astype(np.int32) - np.concatenate(plain)).max() > 100
+    assert service.watermarker.detect(ours.astype(np.float32) / 32768, 24_000).detected
 
 
 async def test_watermark_detection_and_phrase_wiring(

@@ -5,10 +5,11 @@ Endpoints (wire format in ``worker.wire``): ``POST /v1/embeddings``, ``/v1/speec
 ``GET /healthz`` (process alive, no auth), ``/readyz`` (models loaded, no auth, for load balancers) and
 ``/metrics`` (Prometheus). OpenAI's audio routes (``worker.api.openai``) and the OpenAPI schema and docs
 (``worker.api.docs``) are served too. Everything else needs ``Authorization: Bearer <token>`` when a token
-is set.
-Bodies are read with a running size check and refused with 413 as soon as they pass the limit. Errors
-are ``{"error": {"code", "message"}}`` with the stable codes of ``worker.errors``. Neither tokens nor
-audio nor text are ever logged: a log line names the endpoint, the status and the time taken.
+is set. Bodies are read with a running size check and refused with 413 as soon as they pass the limit,
+and audio longer than its route's :class:`AudioLimits` is refused with 413 before any model sees it.
+Errors are ``{"error": {"code", "message"}}`` with the stable codes of ``worker.errors``, also for an
+unexpected failure (the connection stays open). Neither tokens nor audio nor text are ever logged: a log
+line names the endpoint, the status and the time taken.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker.api.docs import docs_router
 from worker.api.metrics import CONTENT_TYPE, WorkerMetrics
 from worker.api.openai import OPENAI_ENDPOINTS, openai_router
-from worker.api.stream import stream_speech
+from worker.api.stream import STREAM_STATUS_KEY, UNEXPECTED_MESSAGE, stream_speech
 from worker.errors import (
     InternalWorkerError,
     InvalidAudio,
@@ -40,16 +42,27 @@ from worker.errors import (
     Unauthorized,
 )
 from worker.service import SpeechService
-from worker.types import PhraseMatch, QualityReport, SpeakerCheck, Transcription, WatermarkResult
+from worker.types import (
+    FloatArray,
+    PhraseMatch,
+    QualityReport,
+    SpeakerCheck,
+    Transcription,
+    WatermarkResult,
+)
 from worker.voices import VoiceLibrary
 from worker.wire import (
     AudioBody,
     SpeechBody,
     TranscriptionBody,
     VerifyBody,
+    WirePcm,
     jsonable,
     to_json_obj,
 )
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 log = logging.getLogger("voxclone.worker.api")
 
@@ -78,8 +91,55 @@ _PHRASE = TypeAdapter(PhraseMatch)
 _WATERMARK = TypeAdapter(WatermarkResult)
 
 
+@dataclass(frozen=True)
+class AudioLimits:
+    """The longest audio, in seconds, that each route accepts (settings ``WORKER_MAX_*_S``).
+
+    The body limit is not enough: 48 MiB holds 380 s of 16 kHz float32, which Whisper took 214 s of CPU
+    over while the bot had given up after 30 s. Defaults: what the bot itself accepts (voice messages of
+    5 minutes, enrolment clips of 2 minutes) and a watermark check of 10 minutes.
+    """
+
+    transcription_s: float = 300.0  # /v1/transcriptions
+    clip_s: float = 120.0  # /v1/embeddings, /v1/quality, each clip of /v1/verify
+    detect_s: float = 600.0  # /v1/watermark/detect
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AudioLimits:
+        return cls(
+            settings.worker_max_transcription_s, settings.worker_max_clip_s, settings.worker_max_detect_s
+        )
+
+
+# Each limit's setting, and what the route does with the audio (for the 413's message).
+_LIMIT_NAMES: Final = {
+    "transcription_s": ("WORKER_MAX_TRANSCRIPTION_S", "a transcription"),
+    "clip_s": ("WORKER_MAX_CLIP_S", "a voice clip"),
+    "detect_s": ("WORKER_MAX_DETECT_S", "a watermark check"),
+}
+
+
+def audio_within(audio: WirePcm, limits: AudioLimits, limit: str) -> FloatArray:
+    """``audio`` decoded, or ``PayloadTooLarge`` (413) naming the limit when it is longer than ``limit``."""
+    pcm = audio.to_array()
+    seconds, most = pcm.size / audio.sample_rate, getattr(limits, limit)
+    if seconds > most:
+        setting, what = _LIMIT_NAMES[limit]
+        raise PayloadTooLarge(
+            f"This audio is {seconds:.1f} s long; the speech worker takes at most {most:g} s for {what} "
+            f"({setting}): send a shorter clip.",
+            audio_s=round(seconds, 3),
+            limit_s=most,
+            setting=setting,
+        )
+    return pcm
+
+
 def error_response(exc: SpeechError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The JSON body of ``exc``; details (a quality report...) become plain JSON."""
+    """The JSON body of ``exc``; details (a quality report...) become plain JSON. A 503 says when to
+    come back (``Retry-After``)."""
+    if exc.retry_after_s is not None:
+        headers = {**(headers or {}), "Retry-After": str(exc.retry_after_s)}
     return JSONResponse(jsonable(exc.to_json()), status_code=exc.http_status, headers=headers)
 
 
@@ -128,9 +188,7 @@ async def _call(what: str, op: Callable[[], Awaitable[_R]]) -> _R:
         raise
     except Exception as exc:
         log.exception("%s failed", what)
-        raise InternalWorkerError(
-            "The speech worker failed unexpectedly; an admin can find details in its log."
-        ) from exc
+        raise InternalWorkerError(UNEXPECTED_MESSAGE) from exc
 
 
 class _ObserveRequests:
@@ -146,18 +204,30 @@ class _ObserveRequests:
             return
         start = time.perf_counter()
         status = 500
+        started = False
+        path = scope.get("path", "")
+        endpoint = path if path in _ENDPOINTS else "other"
 
         async def observe_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
             await send(message)
 
         try:
             await self.app(scope, receive, observe_send)
+        except Exception:
+            if started:  # the answer is under way: only closing the connection can tell the client
+                raise
+            # Answered here, as JSON, the connection stays open for the client's next request (an
+            # exception left to the server would close it after a plain-text 500).
+            log.exception("%s failed unexpectedly", endpoint)
+            status = 500
+            await error_response(InternalWorkerError(UNEXPECTED_MESSAGE))(scope, receive, send)
         finally:
-            path = scope.get("path", "")
-            endpoint = path if path in _ENDPOINTS else "other"
+            # A stream that was cut (the client left) or failed after its 200 header is counted by how
+            # it ended, not by the header.
+            status = scope.get(STREAM_STATUS_KEY, status)
             elapsed = time.perf_counter() - start
             self.metrics.observe_request(endpoint, status, elapsed)
             level = logging.INFO if endpoint.startswith("/v1/") else logging.DEBUG
@@ -172,12 +242,14 @@ def create_app(
     metrics: WorkerMetrics | None = None,
     queue_depth: Callable[[], float] | None = None,
     voices: VoiceLibrary | None = None,
+    audio_limits: AudioLimits | None = None,
 ) -> FastAPI:
     """The Worker API v1 over ``service``. ``token=None`` turns auth off (local development only).
 
     ``voices``: the consented voices that ``POST /v1/audio/speech`` serves (none without it).
     """
     metrics = metrics if metrics is not None else WorkerMetrics()
+    limits = audio_limits or AudioLimits()
     if queue_depth is None:
         queue_depth = _queue_depth_reader(service)
     if queue_depth is not None:
@@ -226,7 +298,7 @@ def create_app(
     @secured.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
         body = await read_body(request, AudioBody, max_body_bytes)
-        pcm, rate = body.audio.to_array(), body.audio.sample_rate
+        pcm, rate = audio_within(body.audio, limits, "clip_s"), body.audio.sample_rate
         result = await _call("embed", lambda: service.embed(pcm, rate))
         return {"embedding": result.embedding.to_wire(), "quality": to_json_obj(_QUALITY, result.quality)}
 
@@ -239,7 +311,7 @@ def create_app(
     @secured.post("/v1/transcriptions")
     async def transcriptions(request: Request) -> Any:
         body = await read_body(request, TranscriptionBody, max_body_bytes)
-        pcm = body.audio.to_array()
+        pcm = audio_within(body.audio, limits, "transcription_s")
         result = await _call(
             "transcribe", lambda: service.transcribe(pcm, body.audio.sample_rate, body.language)
         )
@@ -248,19 +320,19 @@ def create_app(
     @secured.post("/v1/verify")
     async def verify(request: Request) -> dict[str, Any]:
         body = await read_body(request, VerifyBody, max_body_bytes)
-        return await _verify(service, body)
+        return await _verify(service, body, limits)
 
     @secured.post("/v1/quality")
     async def quality(request: Request) -> Any:
         body = await read_body(request, AudioBody, max_body_bytes)
-        pcm, rate = body.audio.to_array(), body.audio.sample_rate
+        pcm, rate = audio_within(body.audio, limits, "clip_s"), body.audio.sample_rate
         result = await _call("check_quality", lambda: service.check_quality(pcm, rate))
         return to_json_obj(_QUALITY, result)
 
     @secured.post("/v1/watermark/detect")
     async def watermark_detect(request: Request) -> Any:
         body = await read_body(request, AudioBody, max_body_bytes)
-        pcm = body.audio.to_array()
+        pcm = audio_within(body.audio, limits, "detect_s")
         result = await _call(
             "detect_watermark", lambda: service.detect_watermark(pcm, body.audio.sample_rate)
         )
@@ -274,7 +346,7 @@ def create_app(
     return app
 
 
-async def _verify(service: SpeechService, body: VerifyBody) -> dict[str, Any]:
+async def _verify(service: SpeechService, body: VerifyBody, limits: AudioLimits) -> dict[str, Any]:
     clips = (body.audio_a, body.audio_b)
     phrases = (body.expected, body.heard)
     if any(c is None for c in clips) and any(c is not None for c in clips):
@@ -287,7 +359,7 @@ async def _verify(service: SpeechService, body: VerifyBody) -> dict[str, Any]:
     if body.audio_a is not None and body.audio_b is not None:
         if body.audio_a.sample_rate != body.audio_b.sample_rate:
             raise InvalidAudio("Both clips must be at the same sample rate.")
-        pcm_a, pcm_b = body.audio_a.to_array(), body.audio_b.to_array()
+        pcm_a, pcm_b = (audio_within(c, limits, "clip_s") for c in (body.audio_a, body.audio_b))
         rate = body.audio_a.sample_rate
         check = await _call("compare_speakers", lambda: service.compare_speakers(pcm_a, pcm_b, rate))
         result["speaker"] = to_json_obj(_SPEAKER, check)
@@ -323,4 +395,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "error_response", "read_body"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "AudioLimits",
+    "audio_within",
+    "create_app",
+    "error_response",
+    "read_body",
+]

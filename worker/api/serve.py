@@ -19,7 +19,7 @@ from core.errors import ConfigError
 from core.logs import configure_logging
 from core.process import drain_threads, exit_now, listening_socket, signals_end_quietly
 from core.settings import Settings
-from worker.api.app import create_app
+from worker.api.app import AudioLimits, create_app
 from worker.errors import SpeechError
 from worker.factory import DeferredSpeechService, load_local_service, resolve_local_models
 from worker.service import SpeechService
@@ -73,7 +73,8 @@ def serve_worker(
         return await load_local_service(settings, models)
 
     service = DeferredSpeechService(load)
-    app = create_app(service, token=token, max_body_bytes=max_body_bytes, voices=voices)
+    limits = AudioLimits.from_settings(settings)
+    app = create_app(service, token=token, max_body_bytes=max_body_bytes, voices=voices, audio_limits=limits)
     config = uvicorn.Config(
         app,
         host=host,

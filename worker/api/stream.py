@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Final
 
 import anyio
@@ -31,6 +32,10 @@ from worker.wire import (
 )
 
 log = logging.getLogger("voxclone.worker.api")
+
+UNEXPECTED_MESSAGE: Final = "The speech worker failed unexpectedly; an admin can find details in its log."
+STREAM_STATUS_KEY: Final = "voxclone.stream_status"  # scope key: how a 200 stream really ended
+CLIENT_CLOSED: Final = 499  # status counted for a stream whose client left before its end (as nginx logs it)
 
 _BYTES_PER_SECOND: Final = OUTPUT_SAMPLE_RATE * OUTPUT_SAMPLE_WIDTH  # 48,000 bytes of s16 per second
 STREAM_HEADERS: Final = {
@@ -55,13 +60,28 @@ async def close_iterator(chunks: AsyncIterator[bytes]) -> None:
             log.debug("speech iterator close skipped: %s", exc)
 
 
-class PcmStreamResponse(StreamingResponse):
-    """A StreamingResponse that always closes the service's iterator, also on client disconnect."""
+@dataclass
+class StreamOutcome:
+    """How a stream ended: 200 when its end frame went out, the error's status when an error frame did,
+    :data:`CLIENT_CLOSED` when the client left first."""
 
-    def __init__(self, frames: AsyncGenerator[bytes, None], chunks: AsyncIterator[bytes]) -> None:
+    status: int = CLIENT_CLOSED
+
+
+class PcmStreamResponse(StreamingResponse):
+    """A StreamingResponse that always closes the service's iterator, also on client disconnect.
+
+    It leaves the stream's :class:`StreamOutcome` status in the scope (:data:`STREAM_STATUS_KEY`) for the
+    request metrics: the 200 in the header says only that the stream started.
+    """
+
+    def __init__(
+        self, frames: AsyncGenerator[bytes, None], chunks: AsyncIterator[bytes], outcome: StreamOutcome
+    ) -> None:
         super().__init__(frames, media_type=STREAM_MEDIA_TYPE, headers=STREAM_HEADERS)
         self._frames = frames
         self._chunks = chunks
+        self._outcome = outcome
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -70,6 +90,7 @@ class PcmStreamResponse(StreamingResponse):
             with anyio.CancelScope(shield=True):
                 await self._frames.aclose()
             await close_iterator(self._chunks)
+            scope[STREAM_STATUS_KEY] = self._outcome.status
 
 
 async def stream_speech(
@@ -93,16 +114,21 @@ async def stream_speech(
         await close_iterator(chunks)
         raise _unexpected("synthesis failed before the first chunk") from exc
     metrics.first_chunk.observe(time.perf_counter() - started)
-    return PcmStreamResponse(_frames(first, chunks, metrics, started), chunks)
+    outcome = StreamOutcome()
+    return PcmStreamResponse(_frames(first, chunks, metrics, started, outcome), chunks, outcome)
 
 
 def _unexpected(what: str) -> InternalWorkerError:
     log.exception(what)
-    return InternalWorkerError("The speech worker failed unexpectedly; an admin can find details in its log.")
+    return InternalWorkerError(UNEXPECTED_MESSAGE)
 
 
 async def _frames(
-    first: bytes | None, chunks: AsyncIterator[bytes], metrics: WorkerMetrics, started: float
+    first: bytes | None,
+    chunks: AsyncIterator[bytes],
+    metrics: WorkerMetrics,
+    started: float,
+    outcome: StreamOutcome,
 ) -> AsyncGenerator[bytes, None]:
     total = 0
     completed = False
@@ -119,15 +145,18 @@ async def _frames(
                         yield data_frame(chunk)
             except SpeechError as exc:
                 log.warning("synthesis failed mid-stream: %s", exc.code)
+                outcome.status = exc.http_status
                 yield error_frame(exc.to_json())
                 return
             except Exception:
                 log.exception("synthesis failed mid-stream")
                 failure = InternalWorkerError("The speech worker failed in the middle of this sentence.")
+                outcome.status = failure.http_status
                 yield error_frame(failure.to_json())
                 return
         completed = True
         yield end_frame(total)
+        outcome.status = 200
     finally:
         metrics.active_streams.dec()
         metrics.observe_stream(total / _BYTES_PER_SECOND, time.perf_counter() - started, completed)

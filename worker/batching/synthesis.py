@@ -460,14 +460,16 @@ class ChunkWriter:
     """
 
     def __init__(self, watermarker: Watermarker | None, stats: StreamStats) -> None:
-        from worker.analysis.watermark import StreamWatermarker
+        from worker.analysis.watermark import MarkCarrier, StreamWatermarker
 
         self._marker = StreamWatermarker(watermarker, OUTPUT_SAMPLE_RATE) if watermarker is not None else None
+        self._carrier = MarkCarrier(OUTPUT_SAMPLE_RATE) if watermarker is not None else None
         self._stats = stats
 
     def write(self, pcm: FloatArray) -> Int16Array:
         """The part of ``pcm`` ready to send (the watermark holds back a short tail for the next chunk)."""
-        if self._marker is not None:
+        if self._marker is not None and self._carrier is not None:
+            pcm = self._carrier.process(pcm)  # audio the mark can hold (see MarkCarrier)
             with torch.inference_mode():
                 pcm = self._marker.push(pcm)
         return self._emit(pcm)

@@ -37,7 +37,7 @@ from worker.tts.load import load_xtts
 from worker.tts.speech import ChunkPlan, Int16Array, PreparedSpeech, StreamStats
 from worker.tts.text import DEFAULT_CHAR_LIMIT, halve, split_sentences
 from worker.tts.vocoder import FrameGrid, StreamingVocoder, vocoder_precision
-from worker.types import FloatArray, SpeechRequest, VoiceEmbedding
+from worker.types import MAX_EMBEDDING_ABS, FloatArray, SpeechRequest, VoiceEmbedding
 
 if TYPE_CHECKING:
     from TTS.tts.models.xtts import Xtts
@@ -278,7 +278,7 @@ class XttsEngine:
                 gpt_cond_latent_shape=list(cond.shape),
                 speaker_embedding_shape=list(speaker.shape),
             )
-        if not (np.isfinite(cond).all() and np.isfinite(speaker).all()):
+        if not all(np.all(np.abs(a) <= MAX_EMBEDDING_ABS) for a in (cond, speaker)):  # also False for NaN
             raise IncompatibleVoice("This voice's data is damaged: re-enroll it with /enroll.")
         return torch.from_numpy(cond), torch.from_numpy(speaker)  # host tensors: see PreparedSpeech
 

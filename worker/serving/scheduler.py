@@ -119,8 +119,9 @@ class SynthesisScheduler:
         job = SynthesisJob(speech, channel, notify=self._wake.set)
         with self._submit_lock:
             # Room for ``max_queue`` waiting jobs beyond those the engine will admit as soon as it looks.
-            if self._queue.qsize() >= self.max_queue + self._free_rows():
-                raise WorkerBusy(BUSY_MESSAGE, queue_depth=self.max_queue)
+            depth = self._queue.qsize()
+            if depth >= self.max_queue + self._free_rows():
+                raise WorkerBusy(BUSY_MESSAGE, queue_depth=depth, max_queue=self.max_queue)
             self._queue.put_nowait(job)
         self._wake.set()
         return SynthesisStream(job)

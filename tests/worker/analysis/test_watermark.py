@@ -7,8 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.signal import butter, sosfilt
 
-from worker.analysis.watermark import WATERMARK_THRESHOLD, StreamWatermarker, Watermarker
+from worker.analysis.watermark import (
+    DC_CUTOFF_HZ,
+    WATERMARK_THRESHOLD,
+    MarkCarrier,
+    StreamWatermarker,
+    Watermarker,
+)
 from worker.errors import ModelUnavailable
 
 RATE = 24_000  # Hz: what synthesis produces
@@ -124,3 +131,49 @@ def test_missing_perth_model_is_a_clear_error(
         Watermarker()
     assert err.value.code == "model_unavailable"
     assert f"No module named {missing!r}" in str(err.value)
+
+
+def buzz(seconds: float = 5.0) -> np.ndarray:
+    """What the random-weight test model speaks, in kind: a -26 dBFS DC offset and hiss above 8 kHz."""
+    hiss = sosfilt(
+        butter(4, 8_000, "highpass", fs=RATE, output="sos"),
+        np.random.default_rng(3).standard_normal(int(seconds * RATE)),
+    )
+    return (-0.05 + 0.006 * hiss / np.sqrt(np.mean(hiss**2))).astype(np.float32)
+
+
+def stream_marked(watermarker: Watermarker, pcm: np.ndarray, carrier: MarkCarrier | None) -> np.ndarray:
+    """``pcm`` marked as the engine marks it: chunks of 0.37 s, 0.74 s, then 1.25 s (8, 16, 27 tokens)."""
+    stream, out, start = StreamWatermarker(watermarker, RATE), [], 0
+    for size in itertools.chain([8_924, 17_849], itertools.repeat(30_121)):
+        if start >= pcm.size:
+            break
+        chunk = pcm[start : start + size]
+        out.append(stream.push(carrier.process(chunk) if carrier is not None else chunk))
+        start += size
+    return np.concatenate([*out, stream.flush()])
+
+
+def test_audio_with_nothing_below_2khz_holds_the_mark_only_with_the_carrier(watermarker: Watermarker) -> None:
+    """The random model's kind of audio: marked as it is, perth finds nothing; with the carrier, the mark."""
+    audio = buzz()
+    assert watermarker.detect(stream_marked(watermarker, audio, None), RATE).confidence < 0.1
+    carrier = MarkCarrier(RATE)
+    marked = stream_marked(watermarker, audio, carrier)
+    assert watermarker.detect(np.round(marked * 32767) / 32767, RATE).confidence > 0.9
+    assert abs(float(marked[RATE:].mean())) < 0.002  # the offset is gone
+    assert 0 < carrier.floor_rms < 0.01  # a floor of about -45 dBFS, in a signal of -26
+
+
+def test_speech_gets_no_floor_only_the_high_pass(watermarker: Watermarker, speech_pcm24k: np.ndarray) -> None:
+    carrier = MarkCarrier(RATE)
+    floors, out = [], []
+    for size in itertools.chain([8_924, 17_849], itertools.repeat(30_121)):
+        done = sum(c.size for c in out)
+        if done >= speech_pcm24k.size:
+            break
+        out.append(carrier.process(speech_pcm24k[done : done + size]))
+        floors.append(carrier.floor_rms)
+    assert floors == [0.0] * len(out)
+    high_passed = sosfilt(butter(1, DC_CUTOFF_HZ, "highpass", fs=RATE, output="sos"), speech_pcm24k)
+    assert np.max(np.abs(np.concatenate(out) - high_passed)) < 1e-6

@@ -286,7 +286,7 @@ async def test_embedding_and_analysis_endpoints(api: httpx.AsyncClient) -> None:
     assert data["quality"]["accepted"] is True
     body = {"audio": audio_json(pcm), "language": "fr"}
     text = (await api.post("/v1/transcriptions", json=body, headers=AUTH)).json()
-    assert text == {"text": "64000 samples", "language": "fr", "segments": [], "duration_s": 4.0}
+    assert text == {"text": "64000 samples", "language": "fr", "segments": [], "duration_s": 4.0, "note": ""}
     mark = (
         await api.post("/v1/watermark/detect", json={"audio": audio_json(pcm + 0.5)}, headers=AUTH)
     ).json()

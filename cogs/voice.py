@@ -15,7 +15,7 @@ from discord.ext import commands
 from discord.utils import format_dt
 
 from bot.enrollment import PREVIEW_TEXT
-from bot.errors import NoVoiceProfile
+from bot.errors import NOT_ENROLLED, NoVoiceProfile
 from bot.policy import Actor, VoiceFacts
 from bot.replies import guild_member, respond, size_text, user_message
 from core.errors import VoxcloneError
@@ -289,7 +289,7 @@ class Voice(
         self.bot.policy.check_speak(actor, rules, facts)
         self.bot.policy.check_cooldown(guild.id, actor, rules)
         if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
-            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+            raise NoVoiceProfile(NOT_ENROLLED)
         await interaction.response.defer(ephemeral=True, thinking=True)
         self.bot.policy.record_spoke(guild.id, actor)
         request = SpeechRequest(PREVIEW_TEXT, voice.profile.language, voice.embedding)
@@ -366,7 +366,7 @@ class Voice(
         """Allow the server's voice assistant to answer in your cloned voice."""
         guild, member = guild_member(interaction)
         if await self.bot.repos.profiles.get(guild.id, member.id) is None:
-            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+            raise NoVoiceProfile(NOT_ENROLLED)
         await self.bot.repos.assistant.opt_in(guild.id, member.id)
         await respond(
             interaction,

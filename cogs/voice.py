@@ -262,12 +262,10 @@ class Voice(
 
     async def delete_member(self, guild_id: int, user_id: int) -> str:
         """Delete now, stop anything queued in that voice, and say what went."""
-        report = await self.bot.repos.profiles.delete(
+        deleted = await self.bot.voice_data.delete_member(
             guild_id, user_id, actor_id=user_id, reason="member_request"
         )
-        stopped = await self.bot.speaking.forget_voice(guild_id, user_id)
-        log.info("voice data deleted on request", extra={"guild_id": guild_id, "user_id": user_id})
-        return deletion_text(report, stopped)
+        return deletion_text(deleted.report, deleted.stopped)
 
     @app_commands.command(name="status")
     async def status(self, interaction: discord.Interaction) -> None:

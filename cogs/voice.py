@@ -16,7 +16,7 @@ from discord.utils import format_dt
 
 from bot.enrollment import PREVIEW_TEXT
 from bot.errors import NOT_ENROLLED, NoVoiceProfile
-from bot.policy import Actor, VoiceFacts
+from bot.policy import Actor
 from bot.replies import guild_member, respond, size_text, user_message
 from core.errors import VoxcloneError
 from storage import (
@@ -280,16 +280,10 @@ class Voice(
     async def preview(self, interaction: discord.Interaction) -> None:
         """Hear a short sample of your cloned voice (only you get it)."""
         guild, member = guild_member(interaction)
-        rules = await self.bot.repos.settings.get(guild.id)
-        actor = Actor.from_member(member)
-        voice = await self.bot.repos.profiles.get_voice(guild.id, member.id)
-        facts = VoiceFacts(member.id, member.display_name, voice is not None, shared_with_actor=False)
-        self.bot.policy.check_speak(actor, rules, facts)
-        self.bot.policy.check_cooldown(guild.id, actor, rules)
-        if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
-            raise NoVoiceProfile(NOT_ENROLLED)
+        checked = await self.bot.speaking.check_voice(member, member)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        self.bot.policy.record_spoke(guild.id, actor)
+        self.bot.policy.record_spoke(guild.id, checked.actor)
+        voice = checked.voice
         request = SpeechRequest(PREVIEW_TEXT, voice.profile.language, voice.embedding)
         wav = await self.bot.enrollment.preview(request)
         if wav is None:

@@ -255,6 +255,11 @@ async def test_preview_is_a_wav_in_the_members_own_voice(
     profile = await world.bot.repos.profiles.get(fx.guild.id, world.ada.id)
     assert profile is not None and profile.last_used_at is not None
 
+    # A preview counts as speaking: the cooldown /speak keeps applies to the next one.
+    await world.bot.repos.settings.update(fx.guild.id, updated_by=None, cooldown_s=3600)
+    await h.slash(fx, world.ada, "voice preview")
+    assert "Slow down a little" in h.last_text() and len(requests) == 1
+
 
 class EndlessVoice:
     """A speech stream that never ends on its own (what random weights do), at ``chunk_delay_s`` a chunk."""

@@ -17,6 +17,7 @@ from core.settings import Settings
 if TYPE_CHECKING:
     from bot.enrollment import EnrollmentService
     from bot.speaking import Players, SpeakingService
+    from bot.voice_data import VoiceDataService
     from storage import Database, Repositories
     from worker.service import SpeechService
 
@@ -72,6 +73,7 @@ class VoxcloneBot(commands.Bot):
         self._players: Players | None = None
         self._enrollment: EnrollmentService | None = None
         self._speaking: SpeakingService | None = None
+        self._voice_data: VoiceDataService | None = None
         self._later: set[asyncio.Task[None]] = set()  # see run_later()
         # Set by bot.shutdown: new interactions are answered "restarting" and messages are ignored.
         self.shutting_down = False
@@ -113,6 +115,12 @@ class VoxcloneBot(commands.Bot):
             raise RuntimeError("services are created in setup_hook")
         return self._speaking
 
+    @property
+    def voice_data(self) -> VoiceDataService:
+        if self._voice_data is None:
+            raise RuntimeError("services are created in setup_hook")
+        return self._voice_data
+
     async def setup_hook(self) -> None:
         if self.commands_only:
             await self.load_cogs()
@@ -144,10 +152,12 @@ class VoxcloneBot(commands.Bot):
     def _create_services(self) -> None:
         from bot.enrollment import EnrollmentService
         from bot.speaking import Players, SpeakingService
+        from bot.voice_data import VoiceDataService
 
         self._players = Players(self.speech, self.post, voice_cls=self.voice_cls)
         self._enrollment = EnrollmentService(self.repos, self.speech, self.policy)
         self._speaking = SpeakingService(self.repos, self.policy, self.players)
+        self._voice_data = VoiceDataService(self.repos, self._speaking)
 
     def run_later(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Run ``work`` after the current answer (e.g. an enrolment preview); cancelled first on close."""

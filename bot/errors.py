@@ -34,7 +34,12 @@ speech worker's in ``worker.errors``: all share the root, so one handler per edg
 
 from __future__ import annotations
 
+from typing import Final
+
 from core.errors import VoxcloneError
+
+NOT_ENROLLED: Final = "You haven't enrolled a voice in this server yet: start with `/enroll`."
+"""What :class:`NoVoiceProfile` says when the member asking has no voice of their own here."""
 
 
 class PolicyError(VoxcloneError):

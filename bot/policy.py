@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot.errors import (
+    NOT_ENROLLED,
     AssistantVoiceNotOptedIn,
     CloningDisabled,
     CooldownActive,
@@ -121,7 +122,7 @@ class Policy:
         own = voice.owner_id == actor.user_id
         if not voice.has_profile:
             if own:
-                raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+                raise NoVoiceProfile(NOT_ENROLLED)
             raise NoVoiceProfile(f"{voice.owner_name} has no enrolled voice in this server.")
         if own:
             return
@@ -176,7 +177,7 @@ class Policy:
         if target_is_bot:
             raise PolicyError("Voices can only be shared with members, not with bots.")
         if not has_profile:
-            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+            raise NoVoiceProfile(NOT_ENROLLED)
 
     def check_text(self, text: str, rules: ServerRules) -> None:
         if not text.strip():

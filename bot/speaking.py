@@ -17,12 +17,12 @@ from typing import Any
 
 import discord
 
-from bot.errors import NotInVoiceChannel
+from bot.errors import NotInVoiceChannel, NoVoiceProfile
 from bot.languages import TextLanguage, choose_language
 from bot.player import GuildPlayer, Utterance
 from bot.policy import Actor, Policy, ServerRules, VoiceFacts
 from bot.text import NameResolver, normalize_for_speech
-from storage import Repositories
+from storage import GuildSettings, Repositories, StoredVoice
 from worker.service import SpeechService
 from worker.types import SpeechRequest
 
@@ -131,6 +131,16 @@ class AssistantVoice:
         return utterance
 
 
+@dataclass(frozen=True)
+class CheckedVoice:
+    """A voice the policy allowed for one use (see :meth:`SpeakingService.check_voice`)."""
+
+    actor: Actor
+    rules: GuildSettings
+    voice: StoredVoice
+    spoken: str  # the text normalised for speech; "" when none was given
+
+
 class SpeakingService:
     def __init__(
         self, repos: Repositories, policy: Policy, players: Players, languages: TextLanguage | None = None
@@ -146,6 +156,33 @@ class SpeakingService:
         if player is None:
             return 0
         return player.drop_voice(owner_id)
+
+    async def check_voice(
+        self, requester: discord.Member, owner: discord.Member | discord.User, text: str | None = None
+    ) -> CheckedVoice:
+        """The policy sequence before ``requester`` uses ``owner``'s voice here; raises at the first refusal.
+
+        Cloning on and roles, an enrolled voice that is the requester's own or shared with them, then
+        ``text`` (when given: normalised, then its length), then the cooldown. Nothing is recorded: the
+        caller records the utterance once it is on its way (``policy.record_spoke``).
+        """
+        guild = requester.guild
+        rules = await self.repos.settings.get(guild.id)
+        actor = Actor.from_member(requester)
+        voice = await self.repos.profiles.get_voice(guild.id, owner.id)
+        shared = owner.id != requester.id and await self.repos.shares.is_shared(
+            guild.id, owner.id, requester.id
+        )
+        facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared)
+        self.policy.check_speak(actor, rules, facts)
+        spoken = ""
+        if text is not None:
+            spoken = normalize_for_speech(text, names_for(guild))
+            self.policy.check_text(spoken, rules)
+        self.policy.check_cooldown(guild.id, actor, rules)
+        if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
+            raise NoVoiceProfile(f"{owner.display_name} has no enrolled voice in this server.")
+        return CheckedVoice(actor, rules, voice, spoken)
 
     async def say(
         self,
@@ -166,21 +203,10 @@ class SpeakingService:
         """
         guild = requester.guild
         channel = channel or member_voice_channel(requester)
-        rules = await self.repos.settings.get(guild.id)
-        actor = Actor.from_member(requester)
-        voice = await self.repos.profiles.get_voice(guild.id, owner.id)
-        shared = owner.id != requester.id and await self.repos.shares.is_shared(
-            guild.id, owner.id, requester.id
-        )
-        facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared)
-        self.policy.check_speak(actor, rules, facts)
-        spoken = normalize_for_speech(text, names_for(guild))
-        self.policy.check_text(spoken, rules)
-        self.policy.check_cooldown(guild.id, actor, rules)
+        checked = await self.check_voice(requester, owner, text)
+        rules, actor, voice, spoken = checked.rules, checked.actor, checked.voice, checked.spoken
         player = self.players.get(guild)
         player.check_can_join(channel)
-        if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
-            raise NotInVoiceChannel("That voice is gone.")
         spoken_in = await asyncio.to_thread(  # the detector's models load on first use
             choose_language,
             spoken,

@@ -283,8 +283,10 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
     async def purge(self, interaction: discord.Interaction, member: discord.User) -> None:
         """Delete a member's voice data in this server now."""
         guild, admin = guild_member(interaction)
-        report = await self.bot.repos.profiles.delete(guild.id, member.id, actor_id=admin.id, reason="admin")
-        await self.bot.speaking.forget_voice(guild.id, member.id)
+        deleted = await self.bot.voice_data.delete_member(
+            guild.id, member.id, actor_id=admin.id, reason="admin"
+        )
+        report = deleted.report
         if not report.anything:
             await respond(interaction, f"{member.mention} has no voice data in this server.", ephemeral=True)
             return

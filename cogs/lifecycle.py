@@ -62,21 +62,9 @@ class Lifecycle(commands.Cog):
     # ---- the work ---------------------------------------------------------------------------------
 
     async def forget_member(self, guild_id: int, user_id: int, *, reason: str) -> DeletionReport:
-        """Delete one member's data in one server and stop anything queued in their voice."""
-        report = await self.bot.repos.profiles.delete(guild_id, user_id, actor_id=None, reason=reason)
-        stopped = await self.bot.speaking.forget_voice(guild_id, user_id)
-        if report.anything or stopped:
-            log.info(
-                "voice data deleted",
-                extra={
-                    "guild_id": guild_id,
-                    "user_id": user_id,
-                    "reason": reason,
-                    "profile": report.profile_deleted,
-                    "stopped": stopped,
-                },
-            )
-        return report
+        """Delete one member's data in one server (the bot deciding, not a member)."""
+        deleted = await self.bot.voice_data.delete_member(guild_id, user_id, actor_id=None, reason=reason)
+        return deleted.report
 
     async def forget_guild(self, guild_id: int) -> GuildDeletionReport:
         """Delete everything about a server, close its player and forget its cooldowns."""

@@ -15,8 +15,8 @@ from discord.ext import commands
 from discord.utils import format_dt
 
 from bot.enrollment import PREVIEW_TEXT
-from bot.errors import NoVoiceProfile
-from bot.policy import Actor, VoiceFacts
+from bot.errors import NOT_ENROLLED, NoVoiceProfile
+from bot.policy import Actor
 from bot.replies import guild_member, respond, size_text, user_message
 from core.errors import VoxcloneError
 from storage import (
@@ -262,12 +262,10 @@ class Voice(
 
     async def delete_member(self, guild_id: int, user_id: int) -> str:
         """Delete now, stop anything queued in that voice, and say what went."""
-        report = await self.bot.repos.profiles.delete(
+        deleted = await self.bot.voice_data.delete_member(
             guild_id, user_id, actor_id=user_id, reason="member_request"
         )
-        stopped = await self.bot.speaking.forget_voice(guild_id, user_id)
-        log.info("voice data deleted on request", extra={"guild_id": guild_id, "user_id": user_id})
-        return deletion_text(report, stopped)
+        return deletion_text(deleted.report, deleted.stopped)
 
     @app_commands.command(name="status")
     async def status(self, interaction: discord.Interaction) -> None:
@@ -282,16 +280,10 @@ class Voice(
     async def preview(self, interaction: discord.Interaction) -> None:
         """Hear a short sample of your cloned voice (only you get it)."""
         guild, member = guild_member(interaction)
-        rules = await self.bot.repos.settings.get(guild.id)
-        actor = Actor.from_member(member)
-        voice = await self.bot.repos.profiles.get_voice(guild.id, member.id)
-        facts = VoiceFacts(member.id, member.display_name, voice is not None, shared_with_actor=False)
-        self.bot.policy.check_speak(actor, rules, facts)
-        self.bot.policy.check_cooldown(guild.id, actor, rules)
-        if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
-            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+        checked = await self.bot.speaking.check_voice(member, member)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        self.bot.policy.record_spoke(guild.id, actor)
+        self.bot.policy.record_spoke(guild.id, checked.actor)
+        voice = checked.voice
         request = SpeechRequest(PREVIEW_TEXT, voice.profile.language, voice.embedding)
         wav = await self.bot.enrollment.preview(request)
         if wav is None:
@@ -366,7 +358,7 @@ class Voice(
         """Allow the server's voice assistant to answer in your cloned voice."""
         guild, member = guild_member(interaction)
         if await self.bot.repos.profiles.get(guild.id, member.id) is None:
-            raise NoVoiceProfile("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+            raise NoVoiceProfile(NOT_ENROLLED)
         await self.bot.repos.assistant.opt_in(guild.id, member.id)
         await respond(
             interaction,

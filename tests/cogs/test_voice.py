@@ -255,6 +255,11 @@ async def test_preview_is_a_wav_in_the_members_own_voice(
     profile = await world.bot.repos.profiles.get(fx.guild.id, world.ada.id)
     assert profile is not None and profile.last_used_at is not None
 
+    # A preview counts as speaking: the cooldown /speak keeps applies to the next one.
+    await world.bot.repos.settings.update(fx.guild.id, updated_by=None, cooldown_s=3600)
+    await h.slash(fx, world.ada, "voice preview")
+    assert "Slow down a little" in h.last_text() and len(requests) == 1
+
 
 class EndlessVoice:
     """A speech stream that never ends on its own (what random weights do), at ``chunk_delay_s`` a chunk."""
@@ -355,6 +360,27 @@ async def test_enrol_then_delete_leaves_no_row(world: World, cloned: Cloned) -> 
     assert ada_item.finished.is_set() and ada_item.error == "voice deleted"
     entry = (await repos.audit.recent(gid, 1))[0]
     assert entry.action == "voice.deleted" and entry.details["reason"] == "member_request"
+
+
+async def test_admin_purge_takes_the_same_path_as_a_member_deleting(world: World, cloned: Cloned) -> None:
+    """``/consent purge`` deletes, stops the voice and audits the admin, as ``/voice delete`` does."""
+    h, fx, repos, gid = world.harness, world.fx, world.bot.repos, world.fx.guild.id
+    ada = await store_voice(world, world.ada.id, cloned)
+    ada_item, bob_item = queued(world, world.ada.id, cloned), queued(world, world.bob.id, cloned)
+
+    await h.slash(fx, world.admin, "consent purge", users={"member": world.ada})
+    answer = h.responses()[-1]
+    assert answer.ephemeral and "voice removed, 1 consent record(s), 0 share(s)" in answer.text, answer.text
+    assert not any((await rows_about(world, world.ada.id, [ada.id])).values())
+    player = world.bot.players.existing(gid)
+    assert player is not None and list(player.queue) == [bob_item]
+    assert ada_item.finished.is_set() and ada_item.error == "voice deleted"
+    entry = (await repos.audit.recent(gid, 1))[0]
+    assert entry.action == "voice.deleted" and entry.details["reason"] == "admin"
+    assert entry.actor_id == world.admin.id
+
+    await h.slash(fx, world.admin, "consent purge", users={"member": world.ada})
+    assert "has no voice data in this server" in h.responses()[-1].text
 
 
 async def test_cancel_keeps_the_voice_and_others_cannot_press(world: World, cloned: Cloned) -> None:

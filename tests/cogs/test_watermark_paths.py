@@ -47,7 +47,9 @@ async def test_every_output_a_member_gets_is_marked(world: World, speech: LocalS
     await h.slash(fx, world.ada, "enroll")
     await h.slash(fx, world.ada, "enroll", attachments={"clip": world.attach(clip)})
     assert "Your voice is enrolled" in h.last_text(), dump(world)
-    assert_marked(speech, wav_pcm(world.files()["preview.wav"]), OUTPUT_RATE, "enrolment preview")
+    preview = await world.preview_sent()  # the preview follows the answer once it is made
+    assert "preview.wav" in preview.files, dump(world)
+    assert_marked(speech, wav_pcm(preview.files["preview.wav"]), OUTPUT_RATE, "enrolment preview")
 
     await h.slash(fx, world.ada, "voice preview")
     assert_marked(

@@ -5,7 +5,9 @@ Keep it small: package-specific fixtures live beside their tests.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,18 @@ SPEECH_TEXT = (
     "Please remember to bring your umbrella tomorrow, because the weather will change. "
     "I would like a cup of hot tea with my breakfast."
 )  # about 8 s in espeak-ng's en-us voice
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Each test gets the root logger as the last left it: `voxclone` commands run in-process
+    (``bot.cli.main``) set its level to CRITICAL, which silenced every later test's caplog."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,8 @@
 """Synthesis benchmark: this worker against stock coqui-tts ``inference_stream``, side by side, one run.
 
-All engines serve one random-weight XTTS-v2 checkpoint through ``worker.serving.scheduler.SynthesisScheduler``
-(one engine thread, as ``voxclone worker`` runs it), N requests submitted at once: ``voxclone``
-(continuous batching; CUDA graphs + float16 on a GPU), ``vox-serial`` (same code, ``max_batch=1``),
-``vox-eager`` (CUDA only: batching without graphs, float32), the CUDA comparisons (``vox-eager-prefill``,
-``vox-fp32-vocoder`` and others: bench/README.md), and ``stock`` (it cannot batch). Reported:
-time to first chunk (queue wait included), per-stream real-time factor, aggregate throughput (audio s
-per wall s), peak GPU memory and memory per extra stream; the GPT decode step alone per batch size; how
-closely the batched path reproduces the one-request reference (greedy). Lengths are pinned (--tokens).
-Commands in bench/README.md. Prints a table last; JSON to --out, or to $OUT/synthesis_<size>.json.
+All engines serve one random-weight XTTS-v2 checkpoint through the worker's ``SynthesisScheduler``; it
+reports first chunk, real-time factor, throughput, GPU memory, the decode step alone and agreement with
+the one-request reference. The engines, columns and commands are in bench/README.md.
 """
 
 from __future__ import annotations

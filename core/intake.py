@@ -1,15 +1,8 @@
 """Audio intake: the one place untrusted media is parsed, by ffprobe/ffmpeg in a bounded subprocess.
 
-Any upload (a Discord voice message, an mp3, a phone's m4a, a webm with video) becomes mono float32
-PCM at the rate asked for, or one of the ``core.errors.IntakeError`` family with a sentence a member
-can act on. Safety limits: files only (no network protocols), an allow-list of demuxers and audio
-decoders, video ignored, a size cap, a duration cap checked before decoding and enforced while
-decoding, and a wall-clock limit after which the whole ffmpeg process group is killed. No torch here.
-
-An upload given as bytes never touches the disk: ffprobe and ffmpeg read it from an anonymous in-memory
-file (Linux ``memfd_create``), which the kernel frees when the last process holding it ends, however it
-ends (a kill -9 included). Where the system has none, they read it from their standard input.
-:func:`sweep_stale_intake_dirs` removes the temporary folders that versions before this one left behind.
+Any upload becomes mono float32 PCM at the rate asked for, or an ``IntakeError`` a member can act on.
+Files only, allow-listed demuxers and decoders, size, duration and wall-clock caps. Uploads given as
+bytes are read from an anonymous in-memory file (``memfd_create``), never from the disk.
 """
 
 from __future__ import annotations

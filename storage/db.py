@@ -1,17 +1,8 @@
 """The database handle: one async SQLAlchemy engine for SQLite (aiosqlite) or PostgreSQL (asyncpg).
 
-``async with Database(url) as db:`` opens and probes the database, then ``db.write()`` and
-``db.read()`` hand out an ``AsyncConnection`` inside a transaction that commits when the block
-ends without an exception and rolls back otherwise.
-
-SQLite specifics, set on every new connection: WAL journal, ``foreign_keys=ON`` (cascading
-deletes), a busy timeout, ``synchronous=FULL`` (consent and deletion records survive a power
-cut) and ``secure_delete`` (deleted voices and consent recordings are zeroed in the file, not
-left in free pages; older copies in the WAL file last until it is overwritten, or removed when
-the last connection closes). The sqlite3 driver's own transaction handling is switched off and
-SQLAlchemy emits ``BEGIN IMMEDIATE`` for write transactions (the documented pattern for
-pysqlite/aiosqlite): the write lock is taken, or waited for, before anything is read, so two
-processes writing at once queue on the busy timeout instead of failing with "database is locked".
+``async with Database(url) as db:`` opens and probes it; ``db.write()`` / ``db.read()`` hand out a
+connection in a transaction. SQLite runs in WAL with foreign keys, ``synchronous=FULL``,
+``secure_delete`` and ``BEGIN IMMEDIATE`` writes (why: ``_install_sqlite_events``).
 """
 
 from __future__ import annotations
@@ -189,6 +180,12 @@ def _prepare_sqlite_path(path: Path) -> None:
 
 
 def _install_sqlite_events(engine: AsyncEngine, busy_timeout_s: float, *, foreign_keys: bool) -> None:
+    """Per connection: WAL, foreign keys (cascading deletes), a busy timeout, ``synchronous=FULL`` (consent
+    and deletion records survive a power cut), ``secure_delete`` (deleted voices and recordings are zeroed
+    in the file, not left in free pages; older copies in the WAL last until it is overwritten or removed).
+    Writes begin with ``BEGIN IMMEDIATE`` (the documented pysqlite/aiosqlite pattern): the write lock is
+    taken or waited for before anything is read, so two writers queue on the busy timeout instead of
+    failing with "database is locked"."""
     busy_ms = int(busy_timeout_s * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")

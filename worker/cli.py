@@ -116,22 +116,22 @@ def _worker_urls(args: argparse.Namespace) -> list[str] | None:
         raise ConfigError(f"--worker-url: {exc}") from None
 
 
-def _with_synthesis(
-    args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
+def _with_service(
+    args: argparse.Namespace,
+    settings: Settings,
+    op: Callable[[SpeechService], Awaitable[_T]],
+    load: Callable[[], Awaitable[SpeechService]],
 ) -> _T:
-    """Run ``op`` on a worker (``--worker-url``) or on the engines cloning needs, loaded here: XTTS-v2,
-    the quality gate and the watermark (no Whisper: ``say`` works without a Whisper model)."""
+    """Run ``op`` on a worker (``--worker-url``) or on the engines ``load`` loads here, then close it."""
 
     async def main() -> _T:
-        from worker.factory import create_http_service, load_synthesis_service, resolve_xtts
+        from worker.factory import create_http_service
 
         if urls := _worker_urls(args):
             service: SpeechService = create_http_service(settings, urls)
         else:
-            xtts_dir = await asyncio.to_thread(resolve_xtts, settings, model_dir=args.model_dir)
-            _note(f"loading XTTS-v2 from {xtts_dir}, the quality gate and the watermark ...")
             started = time.perf_counter()
-            service = await load_synthesis_service(settings, xtts_dir)
+            service = await load()
             _note(f"loaded in {time.perf_counter() - started:.1f} s")
         try:
             return await op(service)
@@ -140,32 +140,38 @@ def _with_synthesis(
 
     with contextlib.redirect_stdout(sys.stderr):  # model loaders print banners; stdout is for results
         return asyncio.run(main())
+
+
+def _with_synthesis(
+    args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
+) -> _T:
+    """``op`` on a worker or on the engines cloning needs, loaded here: XTTS-v2, the quality gate and the
+    watermark (no Whisper: ``say`` works without a Whisper model)."""
+
+    async def load() -> SpeechService:
+        from worker.factory import load_synthesis_service, resolve_xtts
+
+        xtts_dir = await asyncio.to_thread(resolve_xtts, settings, model_dir=args.model_dir)
+        _note(f"loading XTTS-v2 from {xtts_dir}, the quality gate and the watermark ...")
+        return await load_synthesis_service(settings, xtts_dir)
+
+    return _with_service(args, settings, op, load)
 
 
 def with_all_engines(
     args: argparse.Namespace, settings: Settings, op: Callable[[SpeechService], Awaitable[_T]]
 ) -> _T:
-    """Run ``op`` on a worker (``--worker-url``) or on every engine loaded here (XTTS-v2, Whisper, the
-    quality gate, speaker verification and the watermark), then close it: what a consent check needs."""
+    """``op`` on a worker or on every engine loaded here (XTTS-v2, Whisper, the quality gate, speaker
+    verification and the watermark): what a consent check needs."""
 
-    async def main() -> _T:
-        from worker.factory import create_http_service, load_local_service, resolve_local_models
+    async def load() -> SpeechService:
+        from worker.factory import load_local_service, resolve_local_models
 
-        if urls := _worker_urls(args):
-            service: SpeechService = create_http_service(settings, urls)
-        else:
-            models = await asyncio.to_thread(resolve_local_models, settings, model_dir=args.model_dir)
-            _note("loading XTTS-v2, Whisper, the quality gate, speaker verification and the watermark ...")
-            started = time.perf_counter()
-            service = await load_local_service(settings, models)
-            _note(f"loaded in {time.perf_counter() - started:.1f} s")
-        try:
-            return await op(service)
-        finally:
-            await service.aclose()
+        models = await asyncio.to_thread(resolve_local_models, settings, model_dir=args.model_dir)
+        _note("loading XTTS-v2, Whisper, the quality gate, speaker verification and the watermark ...")
+        return await load_local_service(settings, models)
 
-    with contextlib.redirect_stdout(sys.stderr):  # model loaders print banners; stdout is for results
-        return asyncio.run(main())
+    return _with_service(args, settings, op, load)
 
 
 def _with_tools(

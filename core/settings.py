@@ -1,7 +1,9 @@
 """Settings from the environment and ``.env``: every knob of the bot and the worker in one place.
 
 A wrong or missing value stops start-up with one line naming the variable and what is expected
-(:func:`load_settings`). Secrets are ``SecretStr``: their repr is ``'**********'``.
+(:func:`load_settings`). Secrets are ``SecretStr``: their repr is ``'**********'``. The speech engine's
+switches travel on as one :class:`~core.engine_settings.EngineSettings` (:attr:`Settings.engine`);
+nothing else of ours reads the environment.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.engine_settings import AutoOff, AutoOnOff, DecodeDtype, EngineSettings, OnOff, VocoderDtype
 from core.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/voxclone.db"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"  # where models are downloaded from (HF_ENDPOINT: a mirror)
+EXPERIMENT_PREFIX = "VOXCLONE_"  # the engine's experiment switches (bench/README.md), not in .env.example
+
 
 DISCORD_SETUP_HELP = """\
 DISCORD_TOKEN is not set: voxclone needs a Discord bot token to start.
@@ -51,7 +57,11 @@ def worker_url_list(text: str) -> list[str]:
 
 
 class Settings(BaseSettings):
-    """All configuration. Field names are the environment variables (case-insensitive)."""
+    """All configuration. Field names are the environment variables (case-insensitive).
+
+    Names starting with ``VOXCLONE_`` are the engine's experiment switches, documented in bench/README.md
+    rather than ``.env.example``; the worker gets them (and ``FAST_DECODE``) as :attr:`engine`.
+    """
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -117,8 +127,37 @@ class Settings(BaseSettings):
     worker_max_detect_s: float = Field(
         default=600.0, gt=0, description="Longest audio /v1/watermark/detect accepts (seconds)"
     )
-    fast_decode: Literal["off", "auto", "on"] | None = Field(
+    fast_decode: AutoOnOff | None = Field(
         default=None, description="CUDA-graph + fp16 decoding: auto (default: on when CUDA), on or off"
+    )
+    # The engine's experiment switches (bench/README.md). Values are case-insensitive, as they always were.
+    voxclone_fast_decode: AutoOnOff = Field(
+        default="auto", description="FAST_DECODE's name in the benchmarks; FAST_DECODE wins when both are set"
+    )
+    voxclone_decode_dtype: DecodeDtype | None = Field(
+        default=None,
+        description="The GPT's dtype in batched decoding (empty: float16 with graphs, else float32)",
+    )
+    voxclone_prefill_graphs: OnOff = Field(default="on", description="With graphs, capture the prefill too")
+    voxclone_vocoder_graphs: OnOff = Field(
+        default="on", description="With graphs, replay HiFi-GAN's standard shapes from graphs too"
+    )
+    voxclone_vocoder_dtype: VocoderDtype = Field(
+        default="auto",
+        description="Batched HiFi-GAN calls: auto (float16 on CUDA if it checks out), float16, float32",
+    )
+    voxclone_fused_norm: AutoOff = Field(
+        default="auto", description="Residual add + LayerNorm as one Triton kernel where its probe agrees"
+    )
+    voxclone_fused_sampling: AutoOff = Field(
+        default="auto", description="The end of a decode step as one Triton kernel where its probe agrees"
+    )
+    voxclone_fused_attention: AutoOnOff = Field(
+        default="auto",
+        description="Cache write + attention as one Triton kernel: where timed faster, always, never",
+    )
+    voxclone_pipeline: AutoOnOff = Field(
+        default="auto", description="Launch each decode step before reading the last (auto: on with CUDA)"
     )
 
     # Models
@@ -131,6 +170,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the models run")
     coqui_tos_agreed: bool = Field(
         default=False, description="You accept the Coqui Public Model License (non-commercial) for XTTS-v2"
+    )
+    hf_endpoint: str = Field(
+        default=DEFAULT_HF_ENDPOINT, description="Where models are downloaded from (a Hugging Face mirror)"
     )
 
     # Assistant (OpenAI-compatible chat completions)
@@ -192,10 +234,50 @@ class Settings(BaseSettings):
             raise ValueError("expected an http:// or https:// URL such as https://api.openai.com/v1")
         return url.strip().rstrip("/") or None if url is not None else None
 
+    @field_validator("hf_endpoint")
+    @classmethod
+    def _check_hf_endpoint(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL such as https://huggingface.co")
+        return url.strip().rstrip("/")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator(
+        "fast_decode",
+        "voxclone_fast_decode",
+        "voxclone_decode_dtype",
+        "voxclone_prefill_graphs",
+        "voxclone_vocoder_graphs",
+        "voxclone_vocoder_dtype",
+        "voxclone_fused_norm",
+        "voxclone_fused_sampling",
+        "voxclone_fused_attention",
+        "voxclone_pipeline",
+        mode="before",
+    )
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        """The engine's switches were always read case-insensitively (``On``, `` float16 ``)."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def engine(self) -> EngineSettings:
+        """The speech engine's switches, for ``worker.local`` and ``worker.serving`` (and the benchmark)."""
+        return EngineSettings(
+            fast_decode=self.fast_decode or self.voxclone_fast_decode,
+            decode_dtype=self.voxclone_decode_dtype,
+            prefill_graphs=self.voxclone_prefill_graphs,
+            vocoder_graphs=self.voxclone_vocoder_graphs,
+            vocoder_dtype=self.voxclone_vocoder_dtype,
+            fused_norm=self.voxclone_fused_norm,
+            fused_sampling=self.voxclone_fused_sampling,
+            fused_attention=self.voxclone_fused_attention,
+            pipeline=self.voxclone_pipeline,
+        )
 
     @field_validator("database_url")
     @classmethod

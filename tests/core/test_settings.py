@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from core.engine_settings import EngineSettings
 from core.errors import ConfigError
-from core.settings import DEFAULT_DATABASE_URL, Settings, load_settings
+from core.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_HF_ENDPOINT,
+    EXPERIMENT_PREFIX,
+    Settings,
+    load_settings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,6 +48,13 @@ def test_worker_urls_are_comma_separated() -> None:
         ({"WORKER_FIRST_CHUNK_TIMEOUT_S": "soon"}, "WORKER_FIRST_CHUNK_TIMEOUT_S"),
         ({"WORKER_CHUNK_TIMEOUT_S": "0"}, "WORKER_CHUNK_TIMEOUT_S"),
         ({"WORKER_TIMEOUT_S": "5"}, "WORKER_TIMEOUT_S"),  # shorter than the 10 s allowed between chunks
+        ({"HF_ENDPOINT": "hf-mirror.local"}, "HF_ENDPOINT"),
+        ({"COQUI_TOS_AGREED": "maybe"}, "COQUI_TOS_AGREED"),
+        ({"FAST_DECODE": "fast"}, "FAST_DECODE"),
+        ({"VOXCLONE_PIPELINE": "maybe"}, "VOXCLONE_PIPELINE"),
+        ({"VOXCLONE_PREFILL_GRAPHS": "1"}, "VOXCLONE_PREFILL_GRAPHS"),
+        ({"VOXCLONE_VOCODER_DTYPE": "int8"}, "VOXCLONE_VOCODER_DTYPE"),
+        ({"VOXCLONE_FUSED_NORM": "on"}, "VOXCLONE_FUSED_NORM"),  # auto or off: it is never forced
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], name: str) -> None:
@@ -48,6 +62,78 @@ def test_bad_value_names_the_variable(env: dict[str, str], name: str) -> None:
         load_settings(env)
     assert info.value.message.startswith(name + ":")
     assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("FAST_DECODE", "'auto', 'on' or 'off'"),
+        ("VOXCLONE_FAST_DECODE", "'auto', 'on' or 'off'"),
+        ("VOXCLONE_DECODE_DTYPE", "'float16', 'bfloat16' or 'float32'"),
+        ("VOXCLONE_PREFILL_GRAPHS", "'on' or 'off'"),
+        ("VOXCLONE_VOCODER_GRAPHS", "'on' or 'off'"),
+        ("VOXCLONE_VOCODER_DTYPE", "'auto', 'float16' or 'float32'"),
+        ("VOXCLONE_FUSED_NORM", "'auto' or 'off'"),
+        ("VOXCLONE_FUSED_SAMPLING", "'auto' or 'off'"),
+        ("VOXCLONE_FUSED_ATTENTION", "'auto', 'on' or 'off'"),
+        ("VOXCLONE_PIPELINE", "'auto', 'on' or 'off'"),
+    ],
+)
+def test_a_bad_engine_switch_fails_at_load_naming_it_and_its_values(name: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: "sometimes"})
+    assert info.value.message == f"{name}: Input should be {allowed} (got 'sometimes')"
+
+
+def test_engine_switches_default_to_the_engines_defaults() -> None:
+    assert load_settings({}).engine == EngineSettings()
+    assert EngineSettings().fast_decode == "auto" and EngineSettings().decode_dtype is None
+
+
+def test_engine_switches_are_read_case_insensitively() -> None:
+    engine = load_settings(
+        {"VOXCLONE_PIPELINE": "On", "VOXCLONE_VOCODER_DTYPE": " Float16 ", "VOXCLONE_FUSED_ATTENTION": " ON "}
+    ).engine
+    assert (engine.pipeline, engine.vocoder_dtype, engine.fused_attention) == ("on", "float16", "on")
+
+
+def test_every_engine_switch_reaches_the_engine() -> None:
+    engine = load_settings(
+        {
+            "VOXCLONE_FAST_DECODE": "off",
+            "VOXCLONE_DECODE_DTYPE": "bfloat16",
+            "VOXCLONE_PREFILL_GRAPHS": "off",
+            "VOXCLONE_VOCODER_GRAPHS": "off",
+            "VOXCLONE_VOCODER_DTYPE": "float32",
+            "VOXCLONE_FUSED_NORM": "off",
+            "VOXCLONE_FUSED_SAMPLING": "off",
+            "VOXCLONE_FUSED_ATTENTION": "on",
+            "VOXCLONE_PIPELINE": "off",
+        }
+    ).engine
+    assert engine == EngineSettings(
+        fast_decode="off",
+        decode_dtype="bfloat16",
+        prefill_graphs="off",
+        vocoder_graphs="off",
+        vocoder_dtype="float32",
+        fused_norm="off",
+        fused_sampling="off",
+        fused_attention="on",
+        pipeline="off",
+    )
+
+
+def test_fast_decode_wins_over_the_benchmarks_name_for_it() -> None:
+    both = load_settings({"FAST_DECODE": "on", "VOXCLONE_FAST_DECODE": "off"})
+    assert both.engine.fast_decode == "on"
+    assert load_settings({"VOXCLONE_FAST_DECODE": "off"}).engine.fast_decode == "off"
+
+
+def test_model_downloads_follow_hf_endpoint() -> None:
+    assert load_settings({}).hf_endpoint == DEFAULT_HF_ENDPOINT
+    assert load_settings({"HF_ENDPOINT": "http://127.0.0.1:9/"}).hf_endpoint == "http://127.0.0.1:9"
+    assert load_settings({"COQUI_TOS_AGREED": "yes"}).coqui_tos_agreed
 
 
 def test_secrets_are_never_shown() -> None:
@@ -71,8 +157,17 @@ def test_settings_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 def test_env_example_documents_every_variable() -> None:
     text = (REPO / ".env.example").read_text()
     documented = {line.split("=", 1)[0].lstrip("# ").strip() for line in text.splitlines() if "=" in line}
-    missing = {name.upper() for name in Settings.model_fields} - documented
+    names = {name.upper() for name in Settings.model_fields}
+    missing = {name for name in names if not name.startswith(EXPERIMENT_PREFIX)} - documented
     assert not missing, f".env.example lacks {sorted(missing)}"
+    experiments = names - {name for name in names if not name.startswith(EXPERIMENT_PREFIX)}
+    assert not experiments & documented, "the engine's experiment switches belong in bench/README.md"
+
+
+def test_bench_readme_documents_every_experiment_switch() -> None:
+    text = (REPO / "bench" / "README.md").read_text()
+    switches = {name.upper() for name in Settings.model_fields if name.upper().startswith(EXPERIMENT_PREFIX)}
+    assert switches and {name for name in switches if f"`{name}=" not in text} == set()
 
 
 def test_bot_without_token_exits_quickly_naming_it(tmp_path: Path) -> None:

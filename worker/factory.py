@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from worker.client import HttpSpeechService
 from worker.errors import ModelNotReady, SpeechError
-from worker.models import DEFAULT_HF_ENDPOINT, resolve_asr_model, resolve_xtts_dir
+from worker.models import resolve_asr_model, resolve_xtts_dir
 from worker.service import SpeechService
 from worker.types import (
     EmbeddingResult,
@@ -50,45 +49,27 @@ class LocalModels:
     asr_model: str  # a faster-whisper folder or an openai-whisper .pt file
 
 
-def tos_agreed(environ: Mapping[str, str]) -> bool:
-    """Whether the operator accepted the Coqui Public Model License (``COQUI_TOS_AGREED=1``)."""
-    return environ.get("COQUI_TOS_AGREED", "").strip().lower() in {"1", "true", "yes"}
-
-
-def resolve_xtts(
-    settings: Settings,
-    *,
-    model_dir: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-    progress: bool = True,
-) -> Path:
+def resolve_xtts(settings: Settings, *, model_dir: Path | None = None, progress: bool = True) -> Path:
     """Find (or download) XTTS-v2 only; blocking. Raises ``ModelUnavailable``."""
-    env = os.environ if environ is None else environ
     return resolve_xtts_dir(
         model_dir or settings.model_dir,
         settings.model_cache_dir,
-        tos_agreed=tos_agreed(env) or bool(getattr(settings, "coqui_tos_agreed", False)),
-        endpoint=env.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT),
+        tos_agreed=settings.coqui_tos_agreed,
+        endpoint=settings.hf_endpoint,
         progress=progress,
     )
 
 
 def resolve_local_models(
-    settings: Settings,
-    *,
-    model_dir: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-    progress: bool = True,
+    settings: Settings, *, model_dir: Path | None = None, progress: bool = True
 ) -> LocalModels:
     """Find (or download) XTTS-v2 and the Whisper model; blocking. Raises ``ModelUnavailable``."""
-    env = os.environ if environ is None else environ
-    endpoint = env.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT)
-    xtts_dir = resolve_xtts(settings, model_dir=model_dir, environ=env, progress=progress)
+    xtts_dir = resolve_xtts(settings, model_dir=model_dir, progress=progress)
     asr_model = resolve_asr_model(
         settings.asr_backend,
         settings.asr_model,
         settings.model_cache_dir,
-        endpoint=endpoint,
+        endpoint=settings.hf_endpoint,
         progress=progress,
     )
     return LocalModels(xtts_dir=xtts_dir, asr_backend=settings.asr_backend, asr_model=asr_model)
@@ -147,11 +128,9 @@ class LocalTools:
         self,
         settings: Settings,
         *,
-        environ: Mapping[str, str] | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
-        self._environ = os.environ if environ is None else environ
         self._engines: dict[str, Any] = {}
         self._announce = announce or (lambda line: log.info("%s", line))
 
@@ -173,8 +152,7 @@ class LocalTools:
             from worker.analysis.asr import load_transcriber
 
             s = self._settings
-            endpoint = self._environ.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT)
-            model = resolve_asr_model(s.asr_backend, s.asr_model, s.model_cache_dir, endpoint=endpoint)
+            model = resolve_asr_model(s.asr_backend, s.asr_model, s.model_cache_dir, endpoint=s.hf_endpoint)
             return load_transcriber(s.asr_backend, model, resolve_device(s.device), s.model_cache_dir)
         if name == "gate":
             from worker.analysis.quality import QualityGate

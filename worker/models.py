@@ -20,11 +20,11 @@ from typing import Final, Literal
 
 import httpx
 
+from core.settings import DEFAULT_HF_ENDPOINT
 from worker.errors import ModelUnavailable
 
 log = logging.getLogger("voxclone.worker.models")
 
-DEFAULT_HF_ENDPOINT: Final = "https://huggingface.co"  # overridden by HF_ENDPOINT (a mirror)
 XTTS_REPO: Final = "coqui/XTTS-v2"
 XTTS_FOLDER: Final = "xtts_v2"
 XTTS_REQUIRED_FILES: Final = ("config.json", "model.pth", "vocab.json")

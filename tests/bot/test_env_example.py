@@ -27,7 +27,6 @@ def example_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``.env.example`` copied unchanged into an empty folder, with nothing of ours in the environment."""
     for name in Settings.model_fields:
         monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.delenv("COQUI_TOS_AGREED", raising=False)
     shutil.copy(EXAMPLE, tmp_path / ".env")
     monkeypatch.chdir(tmp_path)
     return tmp_path / ".env"
@@ -44,7 +43,7 @@ def test_unchanged_example_is_the_defaults(example_env: Path) -> None:
 def test_empty_model_dir_is_not_the_current_folder(example_env: Path) -> None:
     settings = load_settings(env_file=str(example_env))
     with pytest.raises(ModelUnavailable) as info:
-        resolve_local_models(settings, environ={})
+        resolve_local_models(settings)
     # The download path (it asks for the licence first), not "the current folder is not XTTS-v2".
     assert "COQUI_TOS_AGREED=1" in info.value.message
     assert "is not an XTTS-v2 folder" not in info.value.message

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
-PAUSE_ENV: Final = "VOXCLONE_TEST_MIGRATION_PAUSE"  # test hook, see pause_point()
+# Test hook: the revision pause_point() stops in (tests/storage/_child.py sets it in a child process).
+pause_at: str | None = None
 _PG_LOCK_KEY: Final = 0x766F78636C6F6E65  # "voxclone": one advisory lock for all upgraders
 
 
@@ -75,12 +76,12 @@ def newer_revision_message(safe_url: str, current: str) -> str:
 
 
 def pause_point(revision: str) -> None:
-    """Test hook: if ``VOXCLONE_TEST_MIGRATION_PAUSE`` names this revision, announce and sleep.
+    """Test hook: if :data:`pause_at` names this revision, announce and sleep.
 
-    Lets a test SIGKILL ``upgrade`` deterministically in the middle of a migration. Unset in
-    production, where it costs one environment lookup per migration.
+    Lets a test SIGKILL ``upgrade`` deterministically in the middle of a migration (its child process
+    sets :data:`pause_at`). Never set in production: no setting or variable reaches it.
     """
-    if os.environ.get(PAUSE_ENV) != revision:
+    if pause_at != revision:
         return
     sys.stderr.write(f"migration {revision} paused\n")
     sys.stderr.flush()

@@ -1,6 +1,7 @@
 """A separate OS process for the storage tests: ``python -m tests.storage._child COMMAND URL ...``.
 
-- ``upgrade URL``: run the migrations (the killed-migration test SIGKILLs it mid-way).
+- ``upgrade URL [REVISION]``: run the migrations, pausing inside REVISION when given
+  (``storage.migrate.pause_at``: the killed-migration test SIGKILLs it there).
 - ``write URL WORKER N START_AT``: wait until the epoch time START_AT, then make N write
   transactions through the repositories, alternating an upsert of one shared guild-settings row
   and a voice share (which reads the owner's profile before it writes: the pattern that fails
@@ -15,7 +16,7 @@ import asyncio
 import sys
 import time
 
-from storage import Database, Repositories, upgrade
+from storage import Database, Repositories, migrate, upgrade
 from storage.errors import StorageError
 
 SHARED_GUILD = 4242
@@ -46,6 +47,7 @@ async def _open(url: str) -> None:
 def main(argv: list[str]) -> None:
     command, url = argv[0], argv[1]
     if command == "upgrade":
+        migrate.pause_at = argv[2] if len(argv) > 2 else None
         print(asyncio.run(upgrade(url)))
     elif command == "write":
         asyncio.run(_write(url, int(argv[2]), int(argv[3]), float(argv[4])))

@@ -98,7 +98,6 @@ def subprocess_env() -> Iterator[dict[str, str]]:
     """Environment for child Python processes that import this checkout's packages."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.pop("VOXCLONE_TEST_MIGRATION_PAUSE", None)
     yield env
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from storage import Database, check, current_revision, head_revision, upgrade
 from storage.errors import MigrationError
-from storage.migrate import PAUSE_ENV, alembic_config
+from storage.migrate import alembic_config
 from storage.schema import TABLE_NAMES, consent_records, metadata, voice_profiles
 from tests.storage.conftest import start_child
 
@@ -54,7 +54,7 @@ async def test_migration_creates_exactly_the_schema(database_url: str) -> None:
 async def test_migration_killed_half_way_is_completed_by_the_next_upgrade(
     database_url: str, subprocess_env: dict[str, str]
 ) -> None:
-    child = await start_child("upgrade", database_url, env=subprocess_env | {PAUSE_ENV: "0001"})
+    child = await start_child("upgrade", database_url, "0001", env=subprocess_env)
     try:
         assert child.stderr is not None
         line = await asyncio.wait_for(child.stderr.readline(), timeout=60)

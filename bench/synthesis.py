@@ -31,11 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.batching.graphs import FastDecode
 from worker.kernels.attention import BLOCKS as ATTENTION_BLOCKS
-from worker.kernels.attention import FUSED_ATTENTION_ENV
 from worker.kernels.attention import works_for as fused_attention_works
-from worker.kernels.norm import FUSED_NORM_ENV
 from worker.kernels.norm import works_for as fused_norm_works
-from worker.kernels.sampling import FUSED_SAMPLING_ENV
 from worker.kernels.sampling import works_for as fused_sampling_works
 from worker.serving.engine import XttsEngine
 from worker.serving.scheduler import SynthesisScheduler
@@ -212,20 +209,6 @@ def decode_steps(engine: XttsEngine, voice: VoiceEmbedding, levels: list[int], s
     return out
 
 
-def switched(env: str, value: str, run: Any) -> Any:
-    """``run()`` with the switch ``env`` (``VOXCLONE_FUSED_NORM``, ...) at ``value`` for decoders built
-    meanwhile."""
-    before = os.environ.get(env)
-    os.environ[env] = value
-    try:
-        return run()
-    finally:
-        if before is None:
-            del os.environ[env]
-        else:
-            os.environ[env] = before
-
-
 def reference_decode_ms(engine: XttsEngine, voice: VoiceEmbedding, steps: int) -> float:
     """ms per token of the one-request reference loop (HF GPT-2 forward with a dynamic cache, float32)."""
     speech = engine.prepare(SpeechRequest(TEXT, LANGUAGE, voice, seed=0)).to(engine.device)
@@ -250,7 +233,12 @@ def agreement(
     ``vocoder`` says otherwise."""
     params = SamplingParams(greedy=True, repetition_penalty=engine.sampling.repetition_penalty)
     greedy = XttsEngine(
-        engine.model, engine.model_id, engine.device, sampling=params, fast_decode=engine.fast_decode
+        engine.model,
+        engine.model_id,
+        engine.device,
+        sampling=params,
+        fast_decode=engine.fast_decode,
+        settings=engine.settings,
     )
     greedy.vocoder_precision = vocoder or engine.vocoder_precision
     requests = [request(voice, tokens, seed) for seed in range(3)]
@@ -820,7 +808,14 @@ def main() -> None:
 
     started = time.perf_counter()
     model_dir = args.model_dir or make_test_model(Path(tempfile.mkdtemp()), size=args.size)
-    engine = XttsEngine.load(model_dir, args.device)
+    # The worker's switches (FAST_DECODE, VOXCLONE_*: bench/README.md), read and checked as the worker does.
+    try:
+        from core.settings import load_settings
+    except ImportError as exc:  # the GPU image has no pydantic: carried in .whl/ (bench/README.md)
+        raise SystemExit(
+            f"the worker's settings need {exc.name}: carry it in .whl/ (bench/README.md)"
+        ) from exc
+    engine = XttsEngine.load(model_dir, args.device, settings=load_settings().engine)
     if args.watermark:
         from worker.analysis.watermark import Watermarker
 
@@ -840,7 +835,9 @@ def main() -> None:
     rows: list[Row] = []
     result: dict[str, Any] = {"errors": {}}
     meta: dict[str, Any] = {}
-    eager = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=FastDecode())
+    eager = XttsEngine(
+        engine.model, engine.model_id, args.device, fast_decode=FastDecode(), settings=engine.settings
+    )
 
     def stage(name: str, run: Any) -> Any:
         """One part of the run; a failure is reported and recorded, and the rest still runs."""
@@ -906,7 +903,13 @@ def main() -> None:
 
     def copy_of(**changes: Any) -> XttsEngine:
         """Another engine on the same model (its own decoders and graphs), with attributes changed."""
-        other = XttsEngine(engine.model, engine.model_id, args.device, fast_decode=engine.fast_decode)
+        other = XttsEngine(
+            engine.model,
+            engine.model_id,
+            args.device,
+            fast_decode=engine.fast_decode,
+            settings=engine.settings,
+        )
         for key, value in changes.items():
             setattr(other, key, value)
         return other
@@ -978,7 +981,7 @@ def main() -> None:
             or []
         )
     # After stock, so that a run out of time loses these diagnostics rather than the ratios. The captured
-    # step with one fusion switched the other way at a time: what each buys. Each its own engine and
+    # step with one fusion switched off at a time: what each buys. Each its own engine and
     # decoders (one more capture each, ~10 s), built with the switch flipped.
     gpt = engine.model.gpt
 
@@ -1002,21 +1005,31 @@ def main() -> None:
             dtype=engine.fast_decode.dtype,
         )
 
+    fast = engine.fast_decode
     flips = [
-        ("decode_unfused_norm", FUSED_NORM_ENV, "off", lambda: fused_norm_works(gpt.gpt.h[0].ln_2)),
-        ("decode_unfused_sampling", FUSED_SAMPLING_ENV, "off", sampling_works),
+        (
+            "decode_unfused_norm",
+            {"fused_norm": "off"},
+            lambda: fast.fused_norm != "off" and fused_norm_works(gpt.gpt.h[0].ln_2),
+        ),
+        (
+            "decode_unfused_sampling",
+            {"fused_sampling": "off"},
+            lambda: fast.fused_sampling != "off" and sampling_works(),
+        ),
     ]
-    if attention_works():  # in use where it timed faster (or everywhere, switched on): measure without
-        flips.append(("decode_unfused_attention", FUSED_ATTENTION_ENV, "off", lambda: True))
-    for key, env, value, applies in flips:
-        if engine.fast_decode.graphs and applies():
+    # The attention is in use where it timed faster (or everywhere, switched on): measured without it.
+    if fast.fused_attention != "off" and attention_works():
+        flips.append(("decode_unfused_attention", {"fused_attention": "off"}, lambda: True))
+    for key, switch, applies in flips:
+        if fast.graphs and applies():
+            unfused = dataclasses.replace(fast, **switch)
             result[key] = stage(
                 key.replace("_", "-"),
-                lambda env=env, value=value: switched(
-                    env,
-                    value,
-                    lambda: [asdict(d) for d in decode_steps(copy_of(), voice, [1, max(levels)], steps=50)],
-                ),
+                lambda unfused=unfused: [
+                    asdict(d)
+                    for d in decode_steps(copy_of(fast_decode=unfused), voice, [1, max(levels)], steps=50)
+                ],
             )
     if profile_levels:  # last: a profiler failure below Python must not cost the parts before it
         where = out.parent if out is not None else None

@@ -89,7 +89,7 @@ async def load_local_service(settings: Settings, models: LocalModels) -> SpeechS
         max_queue=settings.worker_max_queue,
         download_root=settings.model_cache_dir,
         max_batch=settings.worker_max_batch,
-        fast_decode=settings.fast_decode,
+        engine=settings.engine,
     )
 
 
@@ -103,7 +103,7 @@ async def load_synthesis_service(settings: Settings, xtts_dir: Path) -> SpeechSe
         device=settings.device,
         max_queue=settings.worker_max_queue,
         max_batch=settings.worker_max_batch,
-        fast_decode=settings.fast_decode,
+        engine=settings.engine,
         analysis=False,
     )
 

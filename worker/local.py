@@ -33,6 +33,7 @@ from worker.types import (
 )
 
 if TYPE_CHECKING:
+    from core.engine_settings import EngineSettings
     from worker.analysis.asr import Transcriber
     from worker.analysis.quality import QualityGate
     from worker.analysis.verify import SpeakerVerifier
@@ -126,13 +127,13 @@ class LocalSpeechService:
         max_queue: int = 32,
         download_root: Path | None = None,
         max_batch: int | None = None,
-        fast_decode: str | None = None,
+        engine: EngineSettings | None = None,
         analysis: bool = True,
     ) -> LocalSpeechService:
         """Load every engine (in worker threads, side by side) and start the synthesis thread.
 
         ``max_batch``: requests decoded together (None: the engine's default, 32 on CUDA, 4 on CPU).
-        ``fast_decode``: off/auto/on for CUDA-graph decoding (None: ``$VOXCLONE_FAST_DECODE`` or auto).
+        ``engine``: the engine's switches, ``Settings.engine`` (None: every default, CUDA graphs on CUDA).
         ``analysis=False`` leaves out Whisper and speaker verification: cloning and speaking only
         (``voxclone say``), so no Whisper model is needed; ``transcribe`` and ``compare_speakers`` then
         raise ModelUnavailable.
@@ -141,7 +142,6 @@ class LocalSpeechService:
         from worker.analysis.quality import QualityGate
         from worker.analysis.verify import SpeakerVerifier
         from worker.analysis.watermark import Watermarker
-        from worker.batching.graphs import resolve_fast_decode
 
         resolved = resolve_device(device)
         log.info("loading speech engines on %s", resolved)
@@ -154,7 +154,7 @@ class LocalSpeechService:
                 XttsEngine.load,
                 Path(xtts_dir),
                 resolved,
-                fast_decode=resolve_fast_decode(resolved, fast_decode),
+                settings=engine,
             ),
             asyncio.to_thread(QualityGate),
             asyncio.to_thread(load_transcriber, asr_backend, asr_model, resolved, download_root)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.engine_settings import EngineSettings
 from tests.support.audio import espeak_wav, read_wav
 from worker.errors import (
     InternalWorkerError,
@@ -100,7 +101,7 @@ async def test_load_builds_every_engine(tiny_xtts_dir: Path, asr_model_dir: str)
         device="auto",
         max_queue=3,
         max_batch=2,
-        fast_decode="off",
+        engine=EngineSettings(fast_decode="off"),
     )
     try:
         assert isinstance(svc, SpeechService)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from worker.kernels.attention import BLOCK_POSITIONS, decode_attention
-from worker.kernels.attention import mode as attention_mode
 from worker.kernels.attention import works_for as fused_attention_works
 from worker.kernels.norm import add_layer_norm
 from worker.kernels.norm import works_for as fused_norm_works
@@ -28,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from TTS.tts.layers.xtts.gpt import GPT
+
+    from core.engine_settings import AutoOnOff
 
 LENGTH_BUCKET_MIN = 128  # positions: the smallest cache window a captured step attends over
 PREFILL_WIDTH_MIN = 64  # positions: the narrowest captured prefill (a sentence's prefix is 35+ positions)
@@ -120,11 +121,13 @@ def gelu_epilogue(linear: Any, act: Callable[[torch.Tensor], torch.Tensor]) -> b
     return got.shape == want.shape and float((got - want).abs().max()) <= 1e-2 * scale
 
 
-def attention_choice(device: torch.device, agrees: Callable[[], bool]) -> tuple[bool, bool]:
+def attention_choice(
+    device: torch.device, agrees: Callable[[], bool], mode: AutoOnOff = "auto"
+) -> tuple[bool, bool]:
     """(the fused attention in every step, timed against PyTorch's per captured shape) for a decoder on
-    ``device``, by ``$VOXCLONE_FUSED_ATTENTION`` (:mod:`worker.kernels.attention`); ``agrees`` is the probe,
-    asked only on CUDA and unless switched off."""
-    wanted = attention_mode() if device.type == "cuda" else "off"
+    ``device``, by ``mode`` (``VOXCLONE_FUSED_ATTENTION``, see :mod:`worker.kernels.attention`); ``agrees``
+    is the probe, asked only on CUDA and unless switched off."""
+    wanted = mode if device.type == "cuda" else "off"
     if wanted == "off" or not agrees():
         return False, False
     return wanted == "on", wanted == "auto"
@@ -163,7 +166,10 @@ class BatchDecoder:
         fused_sampling: bool | None = None,
         fused_attention: bool | None = None,
         timed_attention: bool | None = None,
+        attention_mode: AutoOnOff = "auto",
     ) -> None:
+        """``fused_*`` None: the Triton kernel where its probe on the device agrees (CUDA only); the
+        attention then by ``attention_mode`` (``VOXCLONE_FUSED_ATTENTION``: timed, always or never)."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.params = params
@@ -224,6 +230,7 @@ class BatchDecoder:
                 lambda: fused_attention_works(
                     heads=self.heads, head_dim=self.head_dim, device=self.device, dtype=dtype
                 ),
+                attention_mode,
             )
             timed_attention = timed if timed_attention is None else timed_attention
         self.fused_attention = fused_attention  # what an uncaptured (eager) step uses

@@ -1,8 +1,8 @@
 """Low-overhead decoding on CUDA: the batched decode step captured as CUDA graphs, in half precision.
 
-:func:`resolve_fast_decode` decides whether (``VOXCLONE_FAST_DECODE``); the capture functions record the
-step, the prefills and HiFi-GAN per bucket and check each graph against the eager code before use, turning
-graphs off when one fails.
+:func:`resolve_fast_decode` decides whether (``FAST_DECODE``, from the engine's settings); the capture
+functions record the step, the prefills and HiFi-GAN per bucket and check each graph against the eager code
+before use, turning graphs off when one fails.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from core.engine_settings import AutoOff, AutoOnOff, EngineSettings
 from worker.kernels.attention import BLOCK_POSITIONS, BLOCKS
 
 if TYPE_CHECKING:
@@ -27,22 +27,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FAST_DECODE_ENV = "VOXCLONE_FAST_DECODE"  # "auto" (default), "off", or "on"
-PREFILL_GRAPHS_ENV = "VOXCLONE_PREFILL_GRAPHS"  # "on" (default: with decode graphs) or "off"
-VOCODER_GRAPHS_ENV = "VOXCLONE_VOCODER_GRAPHS"  # "on" (default: with decode graphs) or "off"
-DECODE_DTYPE_ENV = "VOXCLONE_DECODE_DTYPE"  # "float16" (CUDA default), "bfloat16" or "float32"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}  # latent max abs diff
 
 
 @dataclass(frozen=True)
 class FastDecode:
-    """How the batched decoder runs: CUDA graphs or eager, and the GPT's dtype."""
+    """How the batched decoder runs: CUDA graphs or eager, the GPT's dtype, the fused kernels asked for."""
 
     graphs: bool = False
     dtype: torch.dtype = torch.float32
     prefill_graphs: bool = True  # with graphs: the prefill captured too (``VOXCLONE_PREFILL_GRAPHS``)
     vocoder_graphs: bool = True  # with graphs: HiFi-GAN's standard shapes too (``VOXCLONE_VOCODER_GRAPHS``)
+    # With graphs, each Triton kernel where its probe agrees (``auto``), or not (``off``); the attention
+    # also in every step without timing (``on``): VOXCLONE_FUSED_NORM, _SAMPLING and _ATTENTION.
+    fused_norm: AutoOff = "auto"
+    fused_sampling: AutoOff = "auto"
+    fused_attention: AutoOnOff = "auto"
 
     @property
     def label(self) -> str:
@@ -57,41 +58,34 @@ class FastDecode:
         return f"{kind}/{str(self.dtype).removeprefix('torch.')}"
 
 
-DEFAULT_FAST_DECODE = "auto"  # measured on an H100: bench/README.md
+def resolve_fast_decode(device: str, settings: EngineSettings | None = None) -> FastDecode:
+    """The decode mode for ``device`` by the engine's switches (``settings``; None: the defaults).
 
-
-def resolve_fast_decode(device: str, mode: str | None = None, dtype: str | None = None) -> FastDecode:
-    """The decode mode for ``device``: ``mode`` (or ``$VOXCLONE_FAST_DECODE``) is auto, on or off.
-
-    ``auto`` and ``on`` mean CUDA graphs and float16 on a CUDA device; on the CPU ``auto`` is eager
-    float32 and ``on`` is refused. ``dtype`` (or ``$VOXCLONE_DECODE_DTYPE``) overrides the precision.
-    With graphs, prefills and HiFi-GAN are captured too unless ``$VOXCLONE_PREFILL_GRAPHS`` or
-    ``$VOXCLONE_VOCODER_GRAPHS`` is ``off``.
+    ``fast_decode`` ``auto`` and ``on`` mean CUDA graphs and float16 on a CUDA device; on the CPU ``auto``
+    is eager float32 and ``on`` is refused. ``decode_dtype`` overrides the precision. With graphs,
+    prefills and HiFi-GAN are captured too unless ``prefill_graphs`` or ``vocoder_graphs`` is ``off``.
     The default is ``auto``: on an H100 the captured float16 step took 2.5 ms against 11.6 ms eager at
     batch 1, and its greedy audio matched the float32 reference to 2 LSB (``bench/README.md``).
     """
-    mode = (mode or os.environ.get(FAST_DECODE_ENV) or DEFAULT_FAST_DECODE).strip().lower()
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"{FAST_DECODE_ENV} must be auto, on or off, not {mode!r}")
+    settings = settings or EngineSettings()
     cuda = torch.device(device).type == "cuda"
-    if mode == "on" and not cuda:
-        raise ValueError(f"{FAST_DECODE_ENV}=on needs a CUDA device; this worker runs on {device}")
-    fast = cuda and mode != "off"
-    name = (dtype or os.environ.get(DECODE_DTYPE_ENV) or ("float16" if fast else "float32")).strip().lower()
-    if name not in _DTYPES:
-        raise ValueError(f"{DECODE_DTYPE_ENV} must be one of {', '.join(_DTYPES)}, not {name!r}")
+    if settings.fast_decode == "on" and not cuda:
+        raise ValueError(f"FAST_DECODE=on needs a CUDA device; this worker runs on {device}")
+    fast = cuda and settings.fast_decode != "off"
+    name = settings.decode_dtype or ("float16" if fast else "float32")
     if not cuda and name != "float32":
-        raise ValueError("reduced-precision decoding is only supported on CUDA")
-    prefill, vocoder = (_switch(env) for env in (PREFILL_GRAPHS_ENV, VOCODER_GRAPHS_ENV))
-    return FastDecode(graphs=fast, dtype=_DTYPES[name], prefill_graphs=prefill, vocoder_graphs=vocoder)
-
-
-def _switch(env: str) -> bool:
-    """An on/off environment variable that is on unless set to ``off``."""
-    value = os.environ.get(env, "on").strip().lower()
-    if value not in ("on", "off"):
-        raise ValueError(f"{env} must be on or off, not {value!r}")
-    return value == "on"
+        raise ValueError(
+            f"VOXCLONE_DECODE_DTYPE={name}: reduced-precision decoding is only supported on CUDA"
+        )
+    return FastDecode(
+        graphs=fast,
+        dtype=_DTYPES[name],
+        prefill_graphs=settings.prefill_graphs == "on",
+        vocoder_graphs=settings.vocoder_graphs == "on",
+        fused_norm=settings.fused_norm,
+        fused_sampling=settings.fused_sampling,
+        fused_attention=settings.fused_attention,
+    )
 
 
 def capture_steps(decoder: BatchDecoder) -> bool:

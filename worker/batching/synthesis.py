@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from core.audio import OUTPUT_SAMPLE_RATE
+from core.engine_settings import AutoOnOff
 from worker.errors import InternalWorkerError, SpeechError
 from worker.tts.gpt import UniformDraws, draw_uniform, text_prefix, undraw_uniform
 from worker.tts.vocoder import (
@@ -679,10 +680,12 @@ class DecoderPool:
             # The fused residual add + LayerNorm (Triton) saves kernels in a captured step. An eager step is
             # bound by host time per op, and a custom op's dispatch plus a Triton launch is not known to be
             # cheaper there than the two ops it replaces (not measured): graphs only.
-            fused_norm=None if fast.graphs else False,
-            fused_sampling=None if fast.graphs else False,  # the step's end (token choice...): likewise
+            fused_norm=None if fast.graphs and fast.fused_norm != "off" else False,
+            # the step's end (token choice...): likewise
+            fused_sampling=None if fast.graphs and fast.fused_sampling != "off" else False,
             fused_attention=None if fast.graphs else False,  # and the attention: where it times faster
             timed_attention=None if fast.graphs else False,
+            attention_mode=fast.fused_attention,
         )
         graphs = False
         if fast.graphs:
@@ -723,17 +726,12 @@ def max_positions(gpt: object) -> int:
     return -(-needed // 64) * 64  # a multiple of 64: attention kernels want aligned mask rows
 
 
-PIPELINE_ENV = "VOXCLONE_PIPELINE"  # "auto" (default: on with CUDA), "on" or "off"
-
-
-def decode_pipeline(device: str, mode: str | None = None) -> bool:
+def decode_pipeline(device: str, mode: AutoOnOff = "auto") -> bool:
     """Whether the engine loop launches each decode step before reading the last one's tokens.
 
-    ``auto`` (the default) pipelines on CUDA, where the device can run a step while the host books the
-    last one; on the CPU both are the same cores, and each sentence's end would cost one dropped step.
-    ``on`` pipelines anywhere (the same audio; for tests), ``off`` nowhere.
+    ``mode`` is ``VOXCLONE_PIPELINE`` (``EngineSettings.pipeline``). ``auto`` (the default) pipelines on
+    CUDA, where the device can run a step while the host books the last one; on the CPU both are the
+    same cores, and each sentence's end would cost one dropped step. ``on`` pipelines anywhere (the same
+    audio; for tests), ``off`` nowhere.
     """
-    mode = (mode or os.environ.get(PIPELINE_ENV) or "auto").strip().lower()
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"{PIPELINE_ENV} must be auto, on or off, not {mode!r}")
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")

@@ -1,14 +1,13 @@
 """A decode step's attention and its KV-cache write in one Triton kernel, on CUDA.
 
 :func:`decode_attention` equals PyTorch's attention up to rounding (the cache bit for bit);
-``VOXCLONE_FUSED_ATTENTION`` (:func:`mode`) uses it per captured step shape where timing favours it
-(``auto``), everywhere (``on``) or nowhere (``off``).
+``VOXCLONE_FUSED_ATTENTION`` (``EngineSettings.fused_attention``, which the decoder is given) uses it per
+captured step shape where timing favours it (``auto``), everywhere (``on``) or nowhere (``off``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +16,6 @@ from worker.kernels import loader
 
 log = logging.getLogger(__name__)
 
-FUSED_ATTENTION_ENV = "VOXCLONE_FUSED_ATTENTION"  # "auto" (default: where timed faster), "on" or "off"
-_MODES = ("auto", "on", "off")
 BLOCK_POSITIONS = 64  # cache positions per loop iteration of a program (with ``on``)
 # The block sizes timed against PyTorch's attention with ``auto``. At sm_90 in float16 (cuobjdump) blocks of
 # 64 take 251 registers per thread (two programs of 128 threads per multiprocessor), of 32 take 156 (three).
@@ -105,25 +102,16 @@ def decode_attention_torch(
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias[:, None, None], scale=scale)
 
 
-def mode() -> str:
-    """``$VOXCLONE_FUSED_ATTENTION``: ``auto`` (the default), ``on`` or ``off``."""
-    value = os.environ.get(FUSED_ATTENTION_ENV, "auto").strip().lower()
-    if value not in _MODES:
-        raise ValueError(f"{FUSED_ATTENTION_ENV} must be auto, on or off, not {value!r}")
-    return value
-
-
 def works_for(*, heads: int, head_dim: int, device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether :func:`decode_attention` may stand in for the step's cache write and attention.
 
-    Not with ``VOXCLONE_FUSED_ATTENTION=off``; only on CUDA (or under Triton's interpreter), only for the
-    dtypes it was checked in. Then a probe on the device: the cache written bit for bit as
-    :func:`decode_attention_torch` writes it, the output within a few float16 ulp of it. (Whether it is
-    also faster is measured per captured step shape, :func:`worker.batching.graphs.capture_steps`.)
+    Only on CUDA (or under Triton's interpreter), only for the dtypes it was checked in (the decoder asks
+    only where ``VOXCLONE_FUSED_ATTENTION`` is not ``off``). Then a probe on the device: the cache written
+    bit for bit as :func:`decode_attention_torch` writes it, the output within a few float16 ulp of it.
+    (Whether it is also faster is measured per captured step shape,
+    :func:`worker.batching.graphs.capture_steps`.)
     """
     device = torch.device(device)
-    if mode() == "off":
-        return False
     if dtype not in _TOLERANCE or (device.type != "cuda" and not loader.interpreting()):
         return False
     if head_dim & (head_dim - 1):

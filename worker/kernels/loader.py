@@ -9,13 +9,22 @@ too: a worker without Triton (or without a GPU) never imports it.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (on the CPU) rather than compiling them."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether Triton runs kernels in its interpreter (on the CPU) rather than compiling them.
+
+    ``TRITON_INTERPRET`` is Triton's own switch, not one of ours: Triton's ``knobs.runtime.interpret`` is
+    what ``triton.jit`` itself consults, so asking it gives Triton's answer (and its reading of values
+    such as ``true``). Without Triton nothing is interpreted. Asked only off CUDA (the kernels' probes on
+    the CPU, in the tests) and when a kernel is built, which imports Triton anyway.
+    """
+    try:
+        from triton import knobs
+    except ImportError:
+        return False
+    return bool(knobs.runtime.interpret)
 
 
 def kernel(name: str) -> Any:

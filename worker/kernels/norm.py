@@ -1,13 +1,13 @@
 """A residual add and the LayerNorm after it in one Triton kernel, for the decode step on CUDA.
 
 :func:`add_layer_norm` gives PyTorch's sum bit for bit and its LayerNorm within a few ulp; :func:`works_for`
-checks it on the device before use, and ``VOXCLONE_FUSED_NORM=off`` turns it off.
+checks it on the device before use, and ``VOXCLONE_FUSED_NORM=off`` turns it off (the decoder then never
+asks: ``EngineSettings.fused_norm``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -16,7 +16,6 @@ from worker.kernels import loader
 
 log = logging.getLogger(__name__)
 
-FUSED_NORM_ENV = "VOXCLONE_FUSED_NORM"  # "auto" (default: where the probe agrees) or "off"
 _TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}  # normalised, max abs diff
 
 
@@ -56,12 +55,10 @@ def add_layer_norm(
 def works_for(norm: Any) -> bool:
     """Whether :func:`add_layer_norm` can stand in for ``h + delta`` then ``norm(h)``, on ``norm``'s device.
 
-    Only a LayerNorm with weight and bias over one dimension; only on CUDA (or under Triton's interpreter);
-    not with ``VOXCLONE_FUSED_NORM=off``. Then a probe on the device: the sum must be bit for bit
+    Only a LayerNorm with weight and bias over one dimension; only on CUDA (or under Triton's interpreter).
+    Then a probe on the device: the sum must be bit for bit
     PyTorch's, the normalised output within a few ulp of ``norm``'s.
     """
-    if os.environ.get(FUSED_NORM_ENV, "auto").strip().lower() == "off":
-        return False
     if not isinstance(norm, torch.nn.LayerNorm) or norm.weight is None or norm.bias is None:
         return False
     if len(norm.normalized_shape) != 1:

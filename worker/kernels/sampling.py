@@ -1,14 +1,14 @@
 """The end of a decode step (the token choice and the rows' bookkeeping) in one Triton kernel, on CUDA.
 
 :func:`finish_step` equals :func:`finish_step_torch` up to float rounding and ties; :func:`works_for` checks
-the two against each other on the device before use, and ``VOXCLONE_FUSED_SAMPLING=off`` turns it off.
+the two against each other on the device before use, and ``VOXCLONE_FUSED_SAMPLING=off`` turns it off (the
+decoder then never asks: ``EngineSettings.fused_sampling``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import numpy as np
 import torch
@@ -19,7 +19,6 @@ from worker.tts.gpt import SamplingParams, choose_tokens
 
 log = logging.getLogger(__name__)
 
-FUSED_SAMPLING_ENV = "VOXCLONE_FUSED_SAMPLING"  # "auto" (default: where the probe agrees) or "off"
 PROBE_ROWS = 64
 PROBE_AGREEMENT = 0.95  # of the probe's rows must get PyTorch's token (all of them when greedy)
 MUTABLE = ("seen", "steps", "pos", "x", "out_latent", "out_tokens")  # what the end of a step writes
@@ -240,14 +239,12 @@ def works_for(
 ) -> bool:
     """Whether :func:`finish_step` can stand in for :func:`finish_step_torch` with ``params``.
 
-    Only on CUDA (or under Triton's interpreter), not with ``VOXCLONE_FUSED_SAMPLING=off``. Then a probe
+    Only on CUDA (or under Triton's interpreter). Then a probe
     on the device with random rows shaped like a decode step's (``dtype`` logits and tables): the tokens
     PyTorch's for at least 95 % of the rows (every row when greedy), and the bookkeeping exactly
     :func:`advance`'s for the kernel's tokens.
     """
     device = torch.device(device)
-    if os.environ.get(FUSED_SAMPLING_ENV, "auto").strip().lower() == "off":
-        return False
     if device.type != "cuda" and not loader.interpreting():
         return False
     logits, latent, rows = random_rows(PROBE_ROWS, vocab, dim, positions, seed=0, dtype=dtype, device=device)

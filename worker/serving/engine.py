@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from core.audio import OUTPUT_SAMPLE_RATE
+from core.engine_settings import EngineSettings
 from worker.batching.graphs import FastDecode, resolve_fast_decode
 from worker.batching.synthesis import (
     BatchSynthesis,
@@ -66,7 +67,10 @@ class XttsEngine:
         chunks: ChunkPlan | None = None,
         sampling: SamplingParams | None = None,
         fast_decode: FastDecode | None = None,
+        settings: EngineSettings | None = None,
     ) -> None:
+        """``settings``: the engine's switches (``Settings.engine``; None: the defaults). ``fast_decode``
+        replaces what they say about the decoder (the benchmark's variants)."""
         self.model = model
         self.model_id = model_id
         self.device = device
@@ -82,9 +86,12 @@ class XttsEngine:
         self.languages: tuple[str, ...] = tuple(cfg.languages)
         self.max_tokens = int(model.gpt.max_gen_mel_tokens)  # audio tokens per sentence the model allows
         self.sample_rate = OUTPUT_SAMPLE_RATE
-        self.fast_decode = fast_decode or resolve_fast_decode(device)
-        self.pipeline = decode_pipeline(device)  # CUDA: each decode step launched before the last is read
-        self.vocoder_precision = vocoder_precision(device)  # CUDA: batched HiFi-GAN calls in float16
+        self.settings = settings or EngineSettings()
+        self.fast_decode = fast_decode or resolve_fast_decode(device, self.settings)
+        # CUDA: each decode step launched before the last is read
+        self.pipeline = decode_pipeline(device, self.settings.pipeline)
+        # CUDA: batched HiFi-GAN calls in float16
+        self.vocoder_precision = vocoder_precision(device, self.settings.vocoder_dtype)
         self.decoders = DecoderPool(self)
 
     @classmethod
@@ -97,6 +104,7 @@ class XttsEngine:
         chunks: ChunkPlan | None = None,
         sampling: SamplingParams | None = None,
         fast_decode: FastDecode | None = None,
+        settings: EngineSettings | None = None,
     ) -> XttsEngine:
         """Load an XTTS-v2 folder (``config.json``, ``model.pth``, ``vocab.json``) onto ``device``."""
         model, model_id = load_xtts(Path(model_dir), device)
@@ -108,6 +116,7 @@ class XttsEngine:
             chunks=chunks,
             sampling=sampling,
             fast_decode=fast_decode,
+            settings=settings,
         )
 
     # ----- batching ----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,6 +21,8 @@ from worker.tts.transfer import to_device
 
 if TYPE_CHECKING:
     from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
+
+    from core.engine_settings import VocoderDtype
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,6 @@ def prewarm(
     return len(shapes)
 
 
-VOCODER_DTYPE_ENV = "VOXCLONE_VOCODER_DTYPE"  # "auto" (default), "float16" or "float32"
 # auto: float16 HiFi-GAN only where it stays this close to float32 on the loaded weights (SNR on a probe,
 # see precision_snr): its error then carries at most 1/30,000 of the audio's energy.
 VOCODER_MIN_SNR_DB = 45.0
@@ -421,8 +421,9 @@ class VocoderPrecision:
         return str(self.dtype).removeprefix("torch.")
 
 
-def vocoder_precision(device: str) -> VocoderPrecision:
-    """How batched HiFi-GAN calls run on ``device`` (``$VOXCLONE_VOCODER_DTYPE``).
+def vocoder_precision(device: str, name: VocoderDtype = "auto") -> VocoderPrecision:
+    """How batched HiFi-GAN calls run on ``device``: ``name`` is ``VOXCLONE_VOCODER_DTYPE``
+    (``EngineSettings.vocoder_dtype``).
 
     ``auto`` (the default) is float16 on CUDA, checked against float32 on the loaded weights when the first
     batch session opens (below :data:`VOCODER_MIN_SNR_DB` the worker stays in float32 and says so), and
@@ -430,12 +431,9 @@ def vocoder_precision(device: str) -> VocoderPrecision:
     float32 (bench/README.md). ``float16`` skips the check (the SNR is still logged); ``float32`` keeps
     the model's own HiFi-GAN. The CPU has no fast float16 convolution, so it refuses ``float16``.
     """
-    name = os.environ.get(VOCODER_DTYPE_ENV, "auto").strip().lower()
-    if name not in ("auto", "float32", "float16"):
-        raise ValueError(f"{VOCODER_DTYPE_ENV} must be auto, float16 or float32, not {name!r}")
     cuda = torch.device(device).type == "cuda"
     if name == "float16" and not cuda:
-        raise ValueError(f"{VOCODER_DTYPE_ENV}=float16 needs a CUDA device; this worker runs on {device}")
+        raise ValueError(f"VOXCLONE_VOCODER_DTYPE=float16 needs a CUDA device; this worker runs on {device}")
     if name == "float32" or not cuda:
         return VocoderPrecision()
     return VocoderPrecision(torch.float16, checked=name == "auto")

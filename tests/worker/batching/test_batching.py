@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.engine_settings import EngineSettings
+from core.settings import load_settings
 from worker.batching import decoder as batch_gpt
 from worker.batching.decoder import BatchDecoder, fused_activation, gelu_epilogue
 from worker.batching.graphs import FastDecode, VocoderGraphs, resolve_fast_decode
@@ -34,7 +36,7 @@ from worker.serving.engine import XttsEngine
 from worker.serving.scheduler import SynthesisScheduler, SynthesisStream
 from worker.tts.gpt import SamplingParams
 from worker.tts.speech import StreamStats
-from worker.tts.vocoder import StreamingVocoder, decode_windows
+from worker.tts.vocoder import StreamingVocoder, VocoderPrecision, decode_windows
 from worker.types import SpeechRequest, VoiceEmbedding
 
 TOLERANCE_LSB = 2  # int16 steps; see the module docstring
@@ -1016,46 +1018,77 @@ def test_the_default_chunks_fill_the_standard_vocoder_widths(engine: XttsEngine)
     assert min(new for _, new in steady) >= max(widths) - context - 2
 
 
-def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(
-    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("VOXCLONE_FAST_DECODE", raising=False)
-    monkeypatch.delenv("VOXCLONE_DECODE_DTYPE", raising=False)
+def test_fast_decode_is_off_on_the_cpu_and_on_for_cuda(engine: XttsEngine) -> None:
     assert engine.fast_decode == FastDecode(graphs=False, dtype=torch.float32)
     session = engine.open_batch(2)
     assert not session.graphs and not session.decoder.replay
     session.close()
     assert resolve_fast_decode("cuda") == FastDecode(graphs=True, dtype=torch.float16)
-    assert resolve_fast_decode("cuda", "auto") == FastDecode(graphs=True, dtype=torch.float16)
-    assert resolve_fast_decode("cuda:0", "off") == FastDecode(graphs=False, dtype=torch.float32)
-    assert resolve_fast_decode("cuda", dtype="bfloat16").dtype == torch.bfloat16
+    assert resolve_fast_decode("cuda", EngineSettings(fast_decode="auto")) == FastDecode(True, torch.float16)
+    off = EngineSettings(fast_decode="off")
+    assert resolve_fast_decode("cuda:0", off) == FastDecode(graphs=False, dtype=torch.float32)
+    assert resolve_fast_decode("cuda", EngineSettings(decode_dtype="bfloat16")).dtype == torch.bfloat16
     assert resolve_fast_decode("cuda").prefill_graphs
-    monkeypatch.setenv("VOXCLONE_PREFILL_GRAPHS", "off")
-    assert resolve_fast_decode("cuda") == FastDecode(graphs=True, dtype=torch.float16, prefill_graphs=False)
-    assert "eager prefill" in resolve_fast_decode("cuda").label
-    monkeypatch.setenv("VOXCLONE_PREFILL_GRAPHS", "maybe")
-    with pytest.raises(ValueError, match="VOXCLONE_PREFILL_GRAPHS must be on or off"):
-        resolve_fast_decode("cuda")
-    monkeypatch.delenv("VOXCLONE_PREFILL_GRAPHS")
-    assert resolve_fast_decode("cuda").vocoder_graphs
-    monkeypatch.setenv("VOXCLONE_VOCODER_GRAPHS", "off")
-    assert not resolve_fast_decode("cuda").vocoder_graphs and resolve_fast_decode("cuda").prefill_graphs
-    assert "(eager vocoder)/float16" in resolve_fast_decode("cuda").label
-    monkeypatch.setenv("VOXCLONE_PREFILL_GRAPHS", "off")
-    assert "(eager prefill and vocoder)" in resolve_fast_decode("cuda").label
-    monkeypatch.setenv("VOXCLONE_VOCODER_GRAPHS", "1")
-    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_GRAPHS must be on or off"):
-        resolve_fast_decode("cuda")
-    monkeypatch.delenv("VOXCLONE_VOCODER_GRAPHS")
-    monkeypatch.delenv("VOXCLONE_PREFILL_GRAPHS")
-    monkeypatch.setenv("VOXCLONE_FAST_DECODE", "off")
-    assert not resolve_fast_decode("cuda").graphs
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        resolve_fast_decode("cpu", "on")
-    with pytest.raises(ValueError, match="auto, on or off"):
-        resolve_fast_decode("cuda", "sometimes")
-    with pytest.raises(ValueError, match="only supported on CUDA"):
-        resolve_fast_decode("cpu", dtype="float16")
+    eager_prefill = EngineSettings(prefill_graphs="off")
+    assert resolve_fast_decode("cuda", eager_prefill) == FastDecode(True, torch.float16, prefill_graphs=False)
+    assert "eager prefill" in resolve_fast_decode("cuda", eager_prefill).label
+    eager_vocoder = resolve_fast_decode("cuda", EngineSettings(vocoder_graphs="off"))
+    assert not eager_vocoder.vocoder_graphs and eager_vocoder.prefill_graphs
+    assert "(eager vocoder)/float16" in eager_vocoder.label
+    both = EngineSettings(prefill_graphs="off", vocoder_graphs="off")
+    assert "(eager prefill and vocoder)" in resolve_fast_decode("cuda", both).label
+    kernels = EngineSettings(fused_norm="off", fused_sampling="off", fused_attention="on")
+    fast = resolve_fast_decode("cuda", kernels)
+    assert (fast.fused_norm, fast.fused_sampling, fast.fused_attention) == ("off", "off", "on")
+    assert fast.label == "cuda-graphs/float16"  # the decoder's log line says which kernels it took
+    with pytest.raises(ValueError, match="FAST_DECODE=on needs a CUDA device"):
+        resolve_fast_decode("cpu", EngineSettings(fast_decode="on"))
+    with pytest.raises(ValueError, match=r"VOXCLONE_DECODE_DTYPE=float16: .* only supported on CUDA"):
+        resolve_fast_decode("cpu", EngineSettings(decode_dtype="float16"))
+
+
+def test_the_engine_takes_its_switches_from_its_settings(engine: XttsEngine) -> None:
+    """What ``Settings.engine`` says reaches the decoder, the engine loop and the vocoder."""
+    switches = load_settings(
+        {"FAST_DECODE": "off", "VOXCLONE_PIPELINE": "On", "VOXCLONE_FUSED_NORM": "off"}, env_file=None
+    ).engine
+    other = XttsEngine(engine.model, engine.model_id, "cpu", settings=switches)
+    assert other.settings == switches and other.pipeline and not other.fast_decode.graphs
+    assert other.fast_decode.fused_norm == "off"
+    assert other.vocoder_precision == VocoderPrecision(torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("switches", "asked"),
+    [
+        (FastDecode(True), {"fused_norm": None, "fused_sampling": None, "attention_mode": "auto"}),
+        (
+            FastDecode(True, fused_norm="off", fused_sampling="off", fused_attention="on"),
+            {"fused_norm": False, "fused_sampling": False, "attention_mode": "on"},
+        ),
+        (FastDecode(False), {"fused_norm": False, "fused_sampling": False, "fused_attention": False}),
+    ],
+)
+def test_the_pool_builds_decoders_with_the_engines_kernel_switches(
+    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch, switches: FastDecode, asked: dict[str, object]
+) -> None:
+    """``off`` means the probe is never run; otherwise the decoder probes (None), the attention by mode."""
+    import worker.batching.graphs
+    from worker.batching.synthesis import DecoderPool
+
+    built: list[dict[str, object]] = []
+
+    def decoder(*_: object, **kwargs: object) -> Any:
+        built.append(kwargs)
+        return BatchDecoder(
+            *_, **kwargs | {"fused_norm": False, "fused_sampling": False, "fused_attention": False}
+        )  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch_gpt, "BatchDecoder", decoder)
+    monkeypatch.setattr(worker.batching.graphs, "capture_steps", lambda _decoder: False)  # no CUDA here
+    other = XttsEngine(engine.model, engine.model_id, "cpu", fast_decode=switches)
+    DecoderPool(other)._build(2)
+    assert len(built) == 1 and asked.items() <= built[0].items()
 
 
 def test_every_engine_thread_prewarms_the_vocoder_once(
@@ -1088,12 +1121,9 @@ def test_every_engine_thread_prewarms_the_vocoder_once(
     pool._prewarm(16)  # logged, not raised: the session opens and the shapes warm up on first use
 
 
-def test_the_engine_loop_is_pipelined_on_cuda_and_not_on_the_cpu(
-    engine: XttsEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_engine_loop_is_pipelined_on_cuda_and_not_on_the_cpu(engine: XttsEngine) -> None:
     from worker.batching.synthesis import decode_pipeline
 
-    monkeypatch.delenv("VOXCLONE_PIPELINE", raising=False)
     assert decode_pipeline("cuda") and decode_pipeline("cuda:1")
     assert not decode_pipeline("cpu")  # the same cores: nothing to overlap, a dropped step per sentence
     cpu = XttsEngine(engine.model, engine.model_id, "cpu")
@@ -1101,16 +1131,10 @@ def test_the_engine_loop_is_pipelined_on_cuda_and_not_on_the_cpu(
     assert not session.pipeline
     session.close()
     assert decode_pipeline("cpu", "on") and not decode_pipeline("cuda", "off")
-    monkeypatch.setenv("VOXCLONE_PIPELINE", "off")
-    assert not decode_pipeline("cuda")
-    monkeypatch.setenv("VOXCLONE_PIPELINE", "On")
-    on = XttsEngine(engine.model, engine.model_id, "cpu")
+    on = XttsEngine(engine.model, engine.model_id, "cpu", settings=EngineSettings(pipeline="on"))
     session = on.open_batch(2)
     assert session.pipeline
     session.close()
-    monkeypatch.setenv("VOXCLONE_PIPELINE", "maybe")
-    with pytest.raises(ValueError, match="VOXCLONE_PIPELINE must be auto, on or off"):
-        decode_pipeline("cuda")
 
 
 def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> None:
@@ -1126,23 +1150,15 @@ def test_an_engine_that_cannot_batch_runs_one_at_a_time(engine: XttsEngine) -> N
     assert (serial.max_batch, batching.max_batch) == (1, engine.default_max_batch)
 
 
-def test_the_vocoder_runs_float16_on_cuda_after_a_check_and_float32_elsewhere(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from worker.tts.vocoder import VocoderPrecision, vocoder_precision
+def test_the_vocoder_runs_float16_on_cuda_after_a_check_and_float32_elsewhere() -> None:
+    from worker.tts.vocoder import vocoder_precision
 
-    monkeypatch.delenv("VOXCLONE_VOCODER_DTYPE", raising=False)
     assert vocoder_precision("cuda") == VocoderPrecision(torch.float16, checked=True)
     assert vocoder_precision("cpu") == VocoderPrecision(torch.float32)
-    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "Float16 ")
-    assert vocoder_precision("cuda:0") == VocoderPrecision(torch.float16, checked=False)
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        vocoder_precision("cpu")
-    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "float32")
-    assert vocoder_precision("cuda") == vocoder_precision("cpu") == VocoderPrecision(torch.float32)
-    monkeypatch.setenv("VOXCLONE_VOCODER_DTYPE", "int8")
-    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_DTYPE must be auto, float16 or float32"):
-        vocoder_precision("cuda")
+    assert vocoder_precision("cuda:0", "float16") == VocoderPrecision(torch.float16, checked=False)
+    with pytest.raises(ValueError, match="VOXCLONE_VOCODER_DTYPE=float16 needs a CUDA device"):
+        vocoder_precision("cpu", "float16")
+    assert vocoder_precision("cuda", "float32") == vocoder_precision("cpu", "float32") == VocoderPrecision()
 
 
 def test_the_precision_probe_tells_a_faithful_copy_from_a_stray_one(greedy: XttsEngine) -> None:
@@ -1182,7 +1198,6 @@ async def test_batched_vocoder_calls_run_in_the_engines_vocoder_precision(
     One copy of HiFi-GAN in that precision, made once and used by every session; audio comes back as
     float32 and, float64 being closer to exact, within the batching tolerance of the float32 path.
     """
-    from worker.tts.vocoder import VocoderPrecision
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     engine.vocoder_precision = VocoderPrecision(torch.float64, checked=True)  # passes: closer than float32
@@ -1215,7 +1230,6 @@ def test_a_vocoder_copy_that_fails_its_check_leaves_batched_calls_in_float32(
     """``auto`` keeps the model's own HiFi-GAN where the copy strays (here: a bar no copy can pass), says
     so once, and does not try again for every session; an explicitly asked precision is used anyway."""
     import worker.batching.synthesis
-    from worker.tts.vocoder import VocoderPrecision
 
     monkeypatch.setattr(worker.batching.synthesis, "VOCODER_MIN_SNR_DB", math.inf)
     checked = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
@@ -1240,7 +1254,6 @@ def test_a_vocoder_copy_that_cannot_be_made_leaves_batched_calls_in_float32(
     greedy: XttsEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import worker.batching.synthesis
-    from worker.tts.vocoder import VocoderPrecision
 
     def out_of_memory(*_: object) -> float:
         raise RuntimeError("CUDA out of memory")
@@ -1369,7 +1382,6 @@ async def test_a_reduced_precision_call_that_overflows_is_redone_in_float32(
     """Members never hear an overflow: a non-finite sample from the reduced-precision copy (here one
     made to give NaN everywhere) sends that call to the model's own HiFi-GAN, and the audio is the
     float32 path's."""
-    from worker.tts.vocoder import VocoderPrecision
 
     engine = XttsEngine(greedy.model, greedy.model_id, "cpu", sampling=greedy.sampling)
     engine.vocoder_precision = VocoderPrecision(torch.float64, checked=False)  # used unchecked, as asked

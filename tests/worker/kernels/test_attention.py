@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.engine_settings import AutoOnOff
 from tests.support.decoding import decode_two_rows
 from worker.batching.decoder import BatchDecoder, attention_choice
 from worker.batching.synthesis import max_positions
 from worker.kernels import attention as fused_attention
 from worker.kernels import loader
-from worker.kernels.attention import FUSED_ATTENTION_ENV, decode_attention, decode_attention_torch, works_for
+from worker.kernels.attention import decode_attention, decode_attention_torch, works_for
 from worker.serving.engine import XttsEngine
 from worker.tts.gpt import SamplingParams
 
@@ -101,23 +102,18 @@ def test_the_kernel_refuses_inputs_it_would_misread() -> None:
             decode_attention(qkv, cache, pos, layer=0, length=40, scale=0.25, block=block)
 
 
-def test_the_probe_says_yes_only_when_not_switched_off_and_agreeing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_probe_says_yes_only_where_the_kernel_runs_and_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether it is asked at all is the decoder's switch (see the attention_choice test below)."""
+
     def probe(dtype: torch.dtype = torch.float32, head_dim: int = 16) -> bool:
         return works_for(heads=4, head_dim=head_dim, device="cpu", dtype=dtype)
 
-    monkeypatch.setenv(FUSED_ATTENTION_ENV, "off")
-    assert not probe()
-    monkeypatch.setenv(FUSED_ATTENTION_ENV, "sometimes")
-    with pytest.raises(ValueError, match="VOXCLONE_FUSED_ATTENTION must be auto, on or off, not 'sometimes'"):
-        probe()
-    monkeypatch.delenv(FUSED_ATTENTION_ENV)
-    assert fused_attention.mode() == "auto" and probe()  # auto: a candidate, timed per captured shape
-    monkeypatch.setenv(FUSED_ATTENTION_ENV, " ON ")
     assert probe() and probe(torch.float16)  # the interpreter stands in for a GPU here
     assert not probe(head_dim=24)  # the kernel needs a power of two
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    interpreting = loader.interpreting
+    monkeypatch.setattr(loader, "interpreting", lambda: False)
     assert not probe()  # the CPU without the interpreter: not tried at all
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(loader, "interpreting", interpreting)
 
     def missing(*_: object) -> object:
         raise ImportError("No module named 'triton'")
@@ -185,19 +181,17 @@ def test_a_decoder_with_the_fused_attention_decodes_as_one_without_it(
     assert float(plain_latents.abs().max()) > 0.1
 
 
-def test_a_cuda_decoder_times_the_fused_attention_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cuda_decoder_times_the_fused_attention_by_default() -> None:
     """(in every step, timed per captured shape): by default timed where the probe agrees, in every step
     only when switched on; the probe is not run where it could not be used."""
     asked: list[int] = []
 
-    def choice(device: str, agrees: bool = True) -> tuple[bool, bool]:
-        return attention_choice(torch.device(device), lambda: asked.append(1) or agrees)
+    def choice(device: str, agrees: bool = True, mode: AutoOnOff = "auto") -> tuple[bool, bool]:
+        return attention_choice(torch.device(device), lambda: asked.append(1) or agrees, mode)
 
-    monkeypatch.delenv(FUSED_ATTENTION_ENV, raising=False)
     assert choice("cuda") == (False, True) and len(asked) == 1
     assert choice("cuda", agrees=False) == (False, False)
     assert choice("cpu") == (False, False) and len(asked) == 2  # the CPU decodes eagerly: no probe
-    monkeypatch.setenv(FUSED_ATTENTION_ENV, "on")
-    assert choice("cuda") == (True, False) and choice("cuda", agrees=False) == (False, False)
-    monkeypatch.setenv(FUSED_ATTENTION_ENV, "off")
-    assert choice("cuda") == (False, False) and len(asked) == 4
+    assert choice("cuda", mode="on") == (True, False)
+    assert choice("cuda", agrees=False, mode="on") == (False, False)
+    assert choice("cuda", mode="off") == (False, False) and len(asked) == 4

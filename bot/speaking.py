@@ -157,6 +157,11 @@ class SpeakingService:
             return 0
         return player.drop_voice(owner_id)
 
+    async def forget_guild(self, guild_id: int) -> None:
+        """A server's data was deleted: close its player (dropping its queue) and forget its cooldowns."""
+        await self.players.discard(guild_id)
+        self.policy.forget_guild(guild_id)
+
     async def check_voice(
         self, requester: discord.Member, owner: discord.Member | discord.User, text: str | None = None
     ) -> CheckedVoice:

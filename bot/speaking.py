@@ -157,24 +157,39 @@ class SpeakingService:
             return 0
         return player.drop_voice(owner_id)
 
+    async def forget_guild(self, guild_id: int) -> None:
+        """A server's data was deleted: close its player (dropping its queue) and forget its cooldowns."""
+        await self.players.discard(guild_id)
+        self.policy.forget_guild(guild_id)
+
     async def check_voice(
-        self, requester: discord.Member, owner: discord.Member | discord.User, text: str | None = None
+        self,
+        requester: discord.Member,
+        owner: discord.Member | discord.User,
+        text: str | None = None,
+        *,
+        for_assistant: bool = False,
     ) -> CheckedVoice:
         """The policy sequence before ``requester`` uses ``owner``'s voice here; raises at the first refusal.
 
-        Cloning on and roles, an enrolled voice that is the requester's own or shared with them, then
-        ``text`` (when given: normalised, then its length), then the cooldown. Nothing is recorded: the
-        caller records the utterance once it is on its way (``policy.record_spoke``).
+        Cloning on and roles, an enrolled voice that is the requester's own or shared with them (for the
+        assistant: whose owner opted in), then ``text`` (when given: normalised, then its length), then
+        the cooldown. Nothing is recorded: the caller records the utterance once it is on its way
+        (``policy.record_spoke``).
         """
         guild = requester.guild
         rules = await self.repos.settings.get(guild.id)
         actor = Actor.from_member(requester)
         voice = await self.repos.profiles.get_voice(guild.id, owner.id)
-        shared = owner.id != requester.id and await self.repos.shares.is_shared(
-            guild.id, owner.id, requester.id
-        )
-        facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared)
-        self.policy.check_speak(actor, rules, facts)
+        others = owner.id != requester.id
+        if for_assistant:
+            opted_in = others and await self.repos.assistant.is_opted_in(guild.id, owner.id)
+            facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared_with_actor=False)
+            self.policy.check_assistant_voice(actor, rules, facts, owner_opted_in=opted_in)
+        else:
+            shared = others and await self.repos.shares.is_shared(guild.id, owner.id, requester.id)
+            facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared)
+            self.policy.check_speak(actor, rules, facts)
         spoken = ""
         if text is not None:
             spoken = normalize_for_speech(text, names_for(guild))
@@ -244,20 +259,15 @@ class SpeakingService:
     ) -> AssistantVoice:
         """Check once that the assistant may answer ``requester`` in ``owner``'s voice where they are.
 
-        The same checks as :meth:`say` (cloning on, roles, an enrolled voice, cooldown, Connect/Speak),
-        with the assistant's rule for the voice: the requester's own, or one whose owner opted in.
+        The checks of :meth:`say` (:meth:`check_voice`, then Connect/Speak), with the assistant's rule for
+        the voice: the requester's own, or one whose owner opted in.
         """
         guild = requester.guild
         channel = channel or member_voice_channel(requester)
-        rules = await self.repos.settings.get(guild.id)
-        actor = Actor.from_member(requester)
-        voice = await self.repos.profiles.get(guild.id, owner.id)
-        opted_in = owner.id != requester.id and await self.repos.assistant.is_opted_in(guild.id, owner.id)
-        facts = VoiceFacts(owner.id, owner.display_name, voice is not None, shared_with_actor=False)
-        self.policy.check_assistant_voice(actor, rules, facts, owner_opted_in=opted_in)
-        self.policy.check_cooldown(guild.id, actor, rules)
+        checked = await self.check_voice(requester, owner, for_assistant=True)
+        rules = checked.rules
         self.players.get(guild).check_can_join(channel)
-        self.policy.record_spoke(guild.id, actor)
+        self.policy.record_spoke(guild.id, checked.actor)
         await self.repos.profiles.touch_last_used(guild.id, owner.id)
         announcement = None
         if rules.announce:

@@ -1,8 +1,9 @@
-"""A member's voice data in a server: the one path that deletes it.
+"""Voice data in a server: the one path that deletes it, a member's or the whole server's.
 
-Every deletion (the member's ``/voice delete``, an admin's ``/consent purge``, leaving the server, the
-retention sweep) goes through :meth:`VoiceDataService.delete_member`: the stored data goes in one
-transaction, then anything queued or playing in that voice stops.
+Every deletion of a member's data (their ``/voice delete``, an admin's ``/consent purge``, leaving the
+server, the retention sweep) goes through :meth:`VoiceDataService.delete_member`: the stored data goes in
+one transaction, then anything queued or playing in that voice stops. The bot leaving a server goes
+through :meth:`VoiceDataService.delete_guild`: everything stored about it, its player and its cooldowns.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.speaking import SpeakingService
-from storage import DeletionReport, Repositories
+from storage import DeletionReport, GuildDeletionReport, Repositories
 
 log = logging.getLogger("voxclone.voice_data")
 
@@ -51,3 +52,10 @@ class VoiceDataService:
                 },
             )
         return MemberDeletion(report, stopped)
+
+    async def delete_guild(self, guild_id: int) -> GuildDeletionReport:
+        """Delete everything stored about a server (the bot left it); close its player, forget cooldowns."""
+        report = await self.repos.profiles.delete_guild(guild_id)
+        await self.speaking.forget_guild(guild_id)
+        log.info("server data deleted", extra={"guild_id": guild_id, "profiles": report.profiles})
+        return report

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 import discord
 from discord.ext import commands, tasks
 
-from storage import DeletionReport, GuildDeletionReport
+from storage import DeletionReport
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -66,14 +66,6 @@ class Lifecycle(commands.Cog):
         deleted = await self.bot.voice_data.delete_member(guild_id, user_id, actor_id=None, reason=reason)
         return deleted.report
 
-    async def forget_guild(self, guild_id: int) -> GuildDeletionReport:
-        """Delete everything about a server, close its player and forget its cooldowns."""
-        report = await self.bot.repos.profiles.delete_guild(guild_id)
-        await self.bot.players.discard(guild_id)
-        self.bot.policy.forget_guild(guild_id)
-        log.info("server data deleted", extra={"guild_id": guild_id, "profiles": report.profiles})
-        return report
-
     async def sweep(self, now: datetime | None = None) -> SweepReport:
         """Delete voices unused past their server's retention period, and purge old consent phrases."""
         now = now or utcnow()
@@ -106,7 +98,7 @@ class Lifecycle(commands.Cog):
         servers = members = unchecked = 0
         for guild_id in sorted(await self.bot.repos.profiles.guild_ids()):
             if guild_id not in present and self._on_my_shards(guild_id):
-                await self.forget_guild(guild_id)
+                await self.bot.voice_data.delete_guild(guild_id)
                 servers += 1
         for guild in present.values():
             if guild.unavailable:
@@ -159,7 +151,7 @@ class Lifecycle(commands.Cog):
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         # Only a real removal (kicked, banned, server deleted): an outage is `on_guild_unavailable`.
-        await self.forget_guild(guild.id)
+        await self.bot.voice_data.delete_guild(guild.id)
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:

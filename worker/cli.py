@@ -180,12 +180,18 @@ def _with_tools(
     """Run ``op`` on a worker (``--worker-url``) or on just the one engine it needs, loaded here."""
 
     async def main() -> _T:
-        from worker.factory import LocalTools, create_http_service
+        from worker.factory import create_http_service
 
         overrides = {k: getattr(args, k) for k in ("asr_model", "asr_backend") if getattr(args, k, None)}
         local = settings.model_copy(update=overrides)
         urls = _worker_urls(args)
-        tools: SpeechTools = create_http_service(local, urls) if urls else LocalTools(local, announce=_note)
+        tools: SpeechTools
+        if urls:
+            tools = create_http_service(local, urls)
+        else:
+            from worker.local import LocalTools  # torch: only when the engines run here
+
+            tools = LocalTools(local, announce=_note)
         try:
             return await op(tools)
         finally:

@@ -50,6 +50,11 @@ from worker.wire import (
     FRAME_DATA,
     FRAME_END,
     FRAMING_VERSION,
+    PHRASE_ADAPTER,
+    QUALITY_ADAPTER,
+    SPEAKER_ADAPTER,
+    TRANSCRIPTION_ADAPTER,
+    WATERMARK_ADAPTER,
     AudioBody,
     FrameDecoder,
     FrameError,
@@ -75,11 +80,6 @@ _PROXY_DOWN: Final = frozenset({502, 504})  # a load balancer answering for a wo
 _BYTES_PER_SECOND: Final = OUTPUT_SAMPLE_RATE * OUTPUT_SAMPLE_WIDTH
 
 _T = TypeVar("_T")
-_QUALITY = TypeAdapter(QualityReport)
-_TRANSCRIPTION = TypeAdapter(Transcription)
-_SPEAKER = TypeAdapter(SpeakerCheck)
-_PHRASE = TypeAdapter(PhraseMatch)
-_WATERMARK = TypeAdapter(WatermarkResult)
 
 
 class StreamInterrupted(WorkerUnavailable):
@@ -169,7 +169,7 @@ class HttpSpeechService:
 
     async def check_quality(self, pcm: FloatArray, sample_rate: int) -> QualityReport:
         data = await self._post("/v1/quality", AudioBody(audio=WirePcm.from_array(pcm, sample_rate)))
-        return _parse(_QUALITY, data)
+        return _parse(QUALITY_ADAPTER, data)
 
     async def embed(self, pcm: FloatArray, sample_rate: int) -> EmbeddingResult:
         data = await self._post("/v1/embeddings", AudioBody(audio=WirePcm.from_array(pcm, sample_rate)))
@@ -179,7 +179,7 @@ class HttpSpeechService:
             raise InternalWorkerError(
                 "The speech worker sent a voice embedding that cannot be read."
             ) from exc
-        return EmbeddingResult(embedding=embedding, quality=_parse(_QUALITY, data.get("quality")))
+        return EmbeddingResult(embedding=embedding, quality=_parse(QUALITY_ADAPTER, data.get("quality")))
 
     def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
         return self._synthesize(SpeechBody.from_request(request).model_dump_json().encode())
@@ -188,22 +188,22 @@ class HttpSpeechService:
         self, pcm: FloatArray, sample_rate: int, language: str | None = None
     ) -> Transcription:
         body = TranscriptionBody(audio=WirePcm.from_array(pcm, sample_rate), language=language)
-        return _parse(_TRANSCRIPTION, await self._post("/v1/transcriptions", body))
+        return _parse(TRANSCRIPTION_ADAPTER, await self._post("/v1/transcriptions", body))
 
     async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
         body = VerifyBody(
             audio_a=WirePcm.from_array(pcm_a, sample_rate), audio_b=WirePcm.from_array(pcm_b, sample_rate)
         )
         data = await self._post("/v1/verify", body)
-        return _parse(_SPEAKER, data.get("speaker"))
+        return _parse(SPEAKER_ADAPTER, data.get("speaker"))
 
     async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
         data = await self._post("/v1/verify", VerifyBody(expected=expected, heard=heard))
-        return _parse(_PHRASE, data.get("phrase"))
+        return _parse(PHRASE_ADAPTER, data.get("phrase"))
 
     async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
         data = await self._post("/v1/watermark/detect", AudioBody(audio=WirePcm.from_array(pcm, sample_rate)))
-        return _parse(_WATERMARK, data)
+        return _parse(WATERMARK_ADAPTER, data)
 
     async def ready(self) -> bool:
         """True when at least one worker has its models loaded (asked of them all at once)."""
@@ -479,7 +479,7 @@ def _rebuild(error: SpeechError) -> SpeechError:
     report = error.details.get("report")
     if isinstance(error, QualityRejected) and isinstance(report, dict):
         try:
-            error.details["report"] = _QUALITY.validate_python(report)
+            error.details["report"] = QUALITY_ADAPTER.validate_python(report)
         except ValidationError:
             log.debug("quality report in an error could not be parsed")
     return error

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
 from worker.client import HttpSpeechService
 from worker.errors import ModelNotReady, SpeechError
@@ -106,105 +105,6 @@ async def load_synthesis_service(settings: Settings, xtts_dir: Path) -> SpeechSe
         engine=settings.engine,
         analysis=False,
     )
-
-
-# What each single engine of LocalTools is, for "loading ..." lines.
-ENGINE_NAMES: Final = {
-    "asr": "Whisper",
-    "gate": "the quality gate (voice activity detection)",
-    "verifier": "speaker verification (Resemblyzer)",
-    "watermarker": "the watermark detector (perth)",
-}
-
-
-class LocalTools:
-    """Single engines loaded on first use, for the command-line tools that need only one of them.
-
-    ``voxclone transcribe`` should not need XTTS-v2 on disk, nor ``check-voice`` Whisper. Each method
-    validates its input and calls its engine exactly as ``LocalSpeechService`` does.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        announce: Callable[[str], None] | None = None,
-    ) -> None:
-        self._settings = settings
-        self._engines: dict[str, Any] = {}
-        self._announce = announce or (lambda line: log.info("%s", line))
-
-    async def _engine(self, name: str) -> Any:
-        if name not in self._engines:
-            what = ENGINE_NAMES.get(name, name)
-            if name == "asr":
-                what = f"Whisper ({self._settings.asr_backend}, {self._settings.asr_model})"
-            self._announce(f"loading {what} ...")
-            started = time.perf_counter()
-            self._engines[name] = await asyncio.to_thread(self._load, name)
-            self._announce(f"loaded in {time.perf_counter() - started:.1f} s")
-        return self._engines[name]
-
-    def _load(self, name: str) -> Any:
-        from worker.local import resolve_device
-
-        if name == "asr":
-            from worker.analysis.asr import load_transcriber
-
-            s = self._settings
-            model = resolve_asr_model(s.asr_backend, s.asr_model, s.model_cache_dir, endpoint=s.hf_endpoint)
-            return load_transcriber(s.asr_backend, model, resolve_device(s.device), s.model_cache_dir)
-        if name == "gate":
-            from worker.analysis.quality import QualityGate
-
-            return QualityGate()
-        if name == "verifier":
-            from worker.analysis.verify import SpeakerVerifier
-
-            return SpeakerVerifier()
-        from worker.analysis.watermark import Watermarker
-
-        return Watermarker()
-
-    async def check_quality(self, pcm: FloatArray, sample_rate: int) -> QualityReport:
-        from worker.local import check_input
-
-        gate = await self._engine("gate")
-        report: QualityReport = await asyncio.to_thread(
-            gate.analyze, check_input(pcm, sample_rate), sample_rate
-        )
-        return report
-
-    async def transcribe(
-        self, pcm: FloatArray, sample_rate: int, language: str | None = None
-    ) -> Transcription:
-        from worker.analysis.quality import to_analysis_rate
-        from worker.local import check_input, transcribe_speech
-
-        gate, transcriber = await self._engine("gate"), await self._engine("asr")
-        pcm16k = await asyncio.to_thread(to_analysis_rate, check_input(pcm, sample_rate), sample_rate)
-        return await asyncio.to_thread(transcribe_speech, gate, transcriber, pcm16k, language)
-
-    async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
-        from worker.local import check_input, require_speech
-
-        gate, verifier = await self._engine("gate"), await self._engine("verifier")
-        a, b = check_input(pcm_a, sample_rate), check_input(pcm_b, sample_rate)
-        for clip, which in ((a, "first"), (b, "second")):
-            await asyncio.to_thread(require_speech, gate, clip, sample_rate, which)
-        check: SpeakerCheck = await asyncio.to_thread(verifier.compare, a, b, sample_rate)
-        return check
-
-    async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
-        from worker.local import check_input
-
-        watermarker = await self._engine("watermarker")
-        audio = check_input(pcm, sample_rate)
-        result: WatermarkResult = await asyncio.to_thread(watermarker.detect, audio, sample_rate)
-        return result
-
-    async def aclose(self) -> None:
-        self._engines.clear()
 
 
 def create_http_service(settings: Settings, urls: list[str] | None = None) -> HttpSpeechService:

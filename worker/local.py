@@ -3,14 +3,17 @@
 :class:`LocalSpeechService` wires the XTTS engine (behind
 :class:`~worker.serving.scheduler.SynthesisScheduler`), the quality gate, Whisper, speaker verification and
 the watermark together. Every blocking call leaves the event loop (``asyncio.to_thread``); synthesis streams
-chunks as they are made. ``voxclone worker`` serves the same object over HTTP.
+chunks as they are made. ``voxclone worker`` serves the same object over HTTP. :class:`LocalTools` runs the
+same analysis for the command-line tools, loading only the engine each one needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -18,6 +21,7 @@ import numpy as np
 
 from core.audio import ACCEPTED_INPUT_RATES, ANALYSIS_SAMPLE_RATE
 from worker.errors import InvalidAudio, ModelUnavailable, QualityRejected
+from worker.models import resolve_asr_model
 from worker.serving.engine import XttsEngine, validate_pcm
 from worker.serving.scheduler import DEFAULT_BUFFER_CHUNKS, SynthesisScheduler
 from worker.types import (
@@ -34,6 +38,7 @@ from worker.types import (
 
 if TYPE_CHECKING:
     from core.engine_settings import EngineSettings
+    from core.settings import Settings
     from worker.analysis.asr import Transcriber
     from worker.analysis.quality import QualityGate
     from worker.analysis.verify import SpeakerVerifier
@@ -91,7 +96,53 @@ def require_speech(gate: QualityGate, pcm: FloatArray, sample_rate: int, which: 
         )
 
 
-class LocalSpeechService:
+class LocalAnalysis(ABC):
+    """The analysis operations on engines in this process: the input is checked, then the engine runs off
+    the event loop. Subclasses say how each engine is had: loaded up front (:class:`LocalSpeechService`)
+    or on first use (:class:`LocalTools`)."""
+
+    @abstractmethod
+    async def _gate(self) -> QualityGate: ...
+
+    @abstractmethod
+    async def _transcriber(self) -> Transcriber: ...
+
+    @abstractmethod
+    async def _verifier(self) -> SpeakerVerifier: ...
+
+    @abstractmethod
+    async def _watermarker(self) -> Watermarker: ...
+
+    async def check_quality(self, pcm: FloatArray, sample_rate: int) -> QualityReport:
+        audio = check_input(pcm, sample_rate)
+        gate = await self._gate()
+        return await asyncio.to_thread(gate.analyze, audio, sample_rate)
+
+    async def transcribe(
+        self, pcm: FloatArray, sample_rate: int, language: str | None = None
+    ) -> Transcription:
+        from worker.analysis.quality import to_analysis_rate
+
+        audio = check_input(pcm, sample_rate)
+        gate, transcriber = await self._gate(), await self._transcriber()
+        pcm16k = await asyncio.to_thread(to_analysis_rate, audio, sample_rate)
+        return await asyncio.to_thread(transcribe_speech, gate, transcriber, pcm16k, language)
+
+    async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
+        a = check_input(pcm_a, sample_rate)
+        b = check_input(pcm_b, sample_rate)
+        gate, verifier = await self._gate(), await self._verifier()
+        for clip, which in ((a, "first"), (b, "second")):
+            await asyncio.to_thread(require_speech, gate, clip, sample_rate, which)
+        return await asyncio.to_thread(verifier.compare, a, b, sample_rate)
+
+    async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
+        audio = check_input(pcm, sample_rate)
+        watermarker = await self._watermarker()
+        return await asyncio.to_thread(watermarker.detect, audio, sample_rate)
+
+
+class LocalSpeechService(LocalAnalysis):
     """Every speech operation, run by engines loaded in this process."""
 
     def __init__(
@@ -178,10 +229,6 @@ class LocalSpeechService:
         """Synthesis requests waiting for the engine (exported as a metric by the HTTP worker)."""
         return self.scheduler.queue_depth
 
-    async def check_quality(self, pcm: FloatArray, sample_rate: int) -> QualityReport:
-        audio = check_input(pcm, sample_rate)
-        return await asyncio.to_thread(self.quality_gate.analyze, audio, sample_rate)
-
     async def embed(self, pcm: FloatArray, sample_rate: int) -> EmbeddingResult:
         """Quality gate, then XTTS latents from the best ≤ 30 s of speech it kept."""
         from worker.analysis.quality import extract_kept
@@ -204,32 +251,22 @@ class LocalSpeechService:
         finally:
             stream.cancel()
 
-    async def transcribe(
-        self, pcm: FloatArray, sample_rate: int, language: str | None = None
-    ) -> Transcription:
-        from worker.analysis.quality import to_analysis_rate
-
-        audio = check_input(pcm, sample_rate)
-        transcriber = self._loaded(self.transcriber, "Whisper")
-        pcm16k = await asyncio.to_thread(to_analysis_rate, audio, sample_rate)
-        return await asyncio.to_thread(transcribe_speech, self.quality_gate, transcriber, pcm16k, language)
-
-    async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
-        a = check_input(pcm_a, sample_rate)
-        b = check_input(pcm_b, sample_rate)
-        verifier = self._loaded(self.verifier, "speaker verification")
-        for clip, which in ((a, "first"), (b, "second")):
-            await asyncio.to_thread(require_speech, self.quality_gate, clip, sample_rate, which)
-        return await asyncio.to_thread(verifier.compare, a, b, sample_rate)
-
     async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
         from worker.analysis.verify import match_phrase
 
         return match_phrase(expected, heard)
 
-    async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
-        audio = check_input(pcm, sample_rate)
-        return await asyncio.to_thread(self.watermarker.detect, audio, sample_rate)
+    async def _gate(self) -> QualityGate:
+        return self.quality_gate
+
+    async def _transcriber(self) -> Transcriber:
+        return self._loaded(self.transcriber, "Whisper")
+
+    async def _verifier(self) -> SpeakerVerifier:
+        return self._loaded(self.verifier, "speaker verification")
+
+    async def _watermarker(self) -> Watermarker:
+        return self.watermarker
 
     @staticmethod
     def _loaded(engine: _E | None, name: str) -> _E:
@@ -248,13 +285,83 @@ class LocalSpeechService:
         await asyncio.to_thread(self.scheduler.close)
 
 
+# What each single engine of LocalTools is, for "loading ..." lines.
+ENGINE_NAMES: Final = {
+    "asr": "Whisper",
+    "gate": "the quality gate (voice activity detection)",
+    "verifier": "speaker verification (Resemblyzer)",
+    "watermarker": "the watermark detector (perth)",
+}
+
+
+class LocalTools(LocalAnalysis):
+    """Single engines loaded on first use, for the command-line tools that need only one of them.
+
+    ``voxclone transcribe`` should not need XTTS-v2 on disk, nor ``check-voice`` Whisper. The operations
+    are :class:`LocalSpeechService`'s own (:class:`LocalAnalysis`); only how an engine is had differs.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._engines: dict[str, Any] = {}
+        self._announce = announce or (lambda line: log.info("%s", line))
+
+    async def _engine(self, name: str, load: Callable[[], _E]) -> _E:
+        """The engine called ``name``, loaded with ``load`` (in a worker thread) the first time."""
+        if name not in self._engines:
+            what = ENGINE_NAMES.get(name, name)
+            if name == "asr":
+                what = f"Whisper ({self._settings.asr_backend}, {self._settings.asr_model})"
+            self._announce(f"loading {what} ...")
+            started = time.perf_counter()
+            self._engines[name] = await asyncio.to_thread(load)
+            self._announce(f"loaded in {time.perf_counter() - started:.1f} s")
+        engine: _E = self._engines[name]
+        return engine
+
+    async def _gate(self) -> QualityGate:
+        from worker.analysis.quality import QualityGate
+
+        return await self._engine("gate", QualityGate)
+
+    async def _transcriber(self) -> Transcriber:
+        return await self._engine("asr", self._load_whisper)
+
+    async def _verifier(self) -> SpeakerVerifier:
+        from worker.analysis.verify import SpeakerVerifier
+
+        return await self._engine("verifier", SpeakerVerifier)
+
+    async def _watermarker(self) -> Watermarker:
+        from worker.analysis.watermark import Watermarker
+
+        return await self._engine("watermarker", Watermarker)
+
+    def _load_whisper(self) -> Transcriber:
+        from worker.analysis.asr import load_transcriber
+
+        s = self._settings
+        model = resolve_asr_model(s.asr_backend, s.asr_model, s.model_cache_dir, endpoint=s.hf_endpoint)
+        return load_transcriber(s.asr_backend, model, resolve_device(s.device), s.model_cache_dir)
+
+    async def aclose(self) -> None:
+        self._engines.clear()
+
+
 def pcm16_to_float(data: bytes) -> FloatArray:
     """s16le bytes (as :meth:`LocalSpeechService.synthesize` yields them) as float32 in [-1, 1]."""
     return (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
 
 
 __all__ = [
+    "LocalAnalysis",
     "LocalSpeechService",
+    "LocalTools",
     "check_input",
     "pcm16_to_float",
     "require_speech",

@@ -37,7 +37,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from core.audio import ACCEPTED_INPUT_RATES, OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
 from worker.errors import InvalidAudio, InvalidRequest
-from worker.types import FloatArray, SpeechRequest, VoiceEmbedding, check_range
+from worker.types import (
+    FloatArray,
+    PhraseMatch,
+    QualityReport,
+    SpeakerCheck,
+    SpeechRequest,
+    Transcription,
+    VoiceEmbedding,
+    WatermarkResult,
+    check_range,
+)
 
 STREAM_MEDIA_TYPE: Final = "application/vnd.voxclone.pcm-frames"
 FRAMING_VERSION: Final = "voxclone-frames-1"
@@ -164,6 +174,13 @@ class SpeechBody(BaseModel):
 
 
 _T = TypeVar("_T")
+
+# The results as JSON objects, both ways: the server dumps them, the client validates them.
+QUALITY_ADAPTER: Final = TypeAdapter(QualityReport)
+TRANSCRIPTION_ADAPTER: Final = TypeAdapter(Transcription)
+SPEAKER_ADAPTER: Final = TypeAdapter(SpeakerCheck)
+PHRASE_ADAPTER: Final = TypeAdapter(PhraseMatch)
+WATERMARK_ADAPTER: Final = TypeAdapter(WatermarkResult)
 
 
 def to_json_obj(adapter: TypeAdapter[_T], value: _T) -> Any:

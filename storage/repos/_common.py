@@ -1,4 +1,4 @@
-"""Helpers shared by the repositories: dialect-specific upserts, row mapping, array BLOBs.
+"""Helpers shared by the repositories: dialect-specific upserts, rows to dataclasses, array BLOBs.
 
 Arrays are stored as raw little-endian bytes with their shape and dtype beside them, so a
 voice comes back bit-identical on any machine and either database.
@@ -6,11 +6,12 @@ voice comes back bit-identical on any machine and either database.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
-from sqlalchemy import Row, Select, Table, select
+from sqlalchemy import Row, RowMapping, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -18,6 +19,11 @@ from storage.errors import StorageError
 from storage.models import AuditEntry, Challenge, ConsentRecord, VoiceProfile, VoiceShare
 from storage.schema import consent_records, voice_profiles
 from worker.types import FloatArray
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_D = TypeVar("_D", bound="DataclassInstance")
 
 STORED_DTYPE: Final = "<f4"  # little-endian float32, whatever the machine's byte order
 
@@ -68,17 +74,19 @@ async def find_profile(conn: AsyncConnection, guild_id: int, user_id: int) -> Vo
     return profile_from_row(row) if row is not None else None
 
 
+def from_row(cls: type[_D], row: Row[Any] | RowMapping, **given: Any) -> _D:
+    """A ``cls`` from the row's columns of its fields' names; ``given`` sets the others (a renamed column,
+    a converted value). A field in neither is a ``KeyError``: no field quietly falls back to its default.
+
+    Values pass through as the column types return them (aware datetimes, ints, floats, str).
+    """
+    m = row._mapping if isinstance(row, Row) else row
+    values = {f.name: m[f.name] for f in dataclasses.fields(cls) if f.init and f.name not in given}
+    return cls(**values, **given)
+
+
 def profile_from_row(row: Row[Any]) -> VoiceProfile:
-    m = row._mapping
-    return VoiceProfile(
-        id=m["id"],
-        guild_id=m["guild_id"],
-        user_id=m["user_id"],
-        language=m["language"],
-        created_at=m["created_at"],
-        enrolled_at=m["enrolled_at"],
-        last_used_at=m["last_used_at"],
-    )
+    return from_row(VoiceProfile, row)
 
 
 def consent_query(*, with_recording: bool) -> Select[Any]:
@@ -89,55 +97,19 @@ def consent_query(*, with_recording: bool) -> Select[Any]:
 
 def consent_from_row(row: Row[Any]) -> ConsentRecord:
     """A consent record from a :func:`consent_query` row (``recording`` None if not selected)."""
-    m = row._mapping
-    recording = m.get("recording")
-    return ConsentRecord(
-        id=m["id"],
-        statement_version=m["statement_version"],
-        phrase=m["phrase"],
-        transcript=m["transcript"],
-        match_score=m["match_score"],
-        speaker_similarity=m["speaker_similarity"],
-        recorded_at=m["recorded_at"],
-        clip_hash=m["clip_hash"],
-        recording=bytes(recording) if recording is not None else None,
-        recording_mime=m["recording_mime"],
-    )
+    recording = row._mapping.get("recording")
+    return from_row(ConsentRecord, row, recording=bytes(recording) if recording is not None else None)
 
 
 def challenge_from_row(row: Row[Any]) -> Challenge:
-    m = row._mapping
-    return Challenge(
-        id=m["id"],
-        guild_id=m["guild_id"],
-        user_id=m["user_id"],
-        phrase=m["phrase"],
-        issued_at=m["issued_at"],
-        expires_at=m["expires_at"],
-        used_at=m["used_at"],
-    )
+    return from_row(Challenge, row)
 
 
 def share_from_row(row: Row[Any]) -> VoiceShare:
     """A row of ``voice_shares`` joined with its profile's guild_id and user_id (as owner_user_id)."""
-    m = row._mapping
-    return VoiceShare(
-        guild_id=m["guild_id"],
-        owner_user_id=m["owner_user_id"],
-        grantee_user_id=m["grantee_user_id"],
-        created_at=m["created_at"],
-    )
+    return from_row(VoiceShare, row)
 
 
 def audit_from_row(row: Row[Any]) -> AuditEntry:
-    m = row._mapping
-    details = m["details"]
-    return AuditEntry(
-        id=m["id"],
-        guild_id=m["guild_id"],
-        actor_id=m["actor_id"],
-        action=m["action"],
-        subject_id=m["subject_id"],
-        details=dict(details) if isinstance(details, dict) else {},
-        at=m["at"],
-    )
+    details = row._mapping["details"]
+    return from_row(AuditEntry, row, details=dict(details) if isinstance(details, dict) else {})

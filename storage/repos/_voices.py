@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import StorageError
 from storage.models import EmbeddingInfo, ReferenceClip, StoredVoice, quality_from_json
-from storage.repos._common import decode_array, find_profile
+from storage.repos._common import decode_array, find_profile, from_row
 from storage.schema import embeddings
 from worker.types import VoiceEmbedding
 
@@ -28,15 +28,12 @@ async def embedding_rows(conn: AsyncConnection, profile_id: int) -> list[Row[Any
 
 def embedding_info(row: Row[Any]) -> EmbeddingInfo:
     m = row._mapping
-    return EmbeddingInfo(
-        kind=m["kind"],
-        model_id=m["model_id"],
+    return from_row(
+        EmbeddingInfo,
+        row,
         shape=tuple(int(n) for n in m["shape"]),
-        dtype=m["dtype"],
-        clip_hash=m["clip_hash"],
         speech_seconds=float(m["speech_seconds"]),
         quality=quality_from_json(m["quality"]),
-        created_at=m["created_at"],
     )
 
 

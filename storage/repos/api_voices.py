@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.models import quality_to_json
-from storage.repos._common import STORED_DTYPE, decode_array, encode_array
+from storage.repos._common import STORED_DTYPE, decode_array, encode_array, from_row
 from storage.schema import api_voice_consents, api_voices
 from storage.types import utcnow
 from worker.types import ApiVoice, ApiVoiceConsent, ApiVoiceInfo, NewApiVoice, VoiceEmbedding
@@ -101,9 +101,7 @@ class ApiVoiceRepo:
             gpt_cond_latent=decode_array(m["gpt_cond_latent"], m["gpt_cond_shape"], STORED_DTYPE),
             speaker_embedding=decode_array(m["speaker_embedding"], m["speaker_shape"], STORED_DTYPE),
         )
-        return ApiVoice(
-            name=m["name"], language=m["language"], embedding=embedding, created_at=m["created_at"]
-        )
+        return from_row(ApiVoice, row, embedding=embedding)
 
     async def list(self) -> list[ApiVoiceInfo]:
         """Every voice, by name."""
@@ -134,20 +132,7 @@ class ApiVoiceRepo:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
-        m = row._mapping
-        return ApiVoiceConsent(
-            speaker_name=m["speaker_name"],
-            statement_version=m["statement_version"],
-            statement=m["statement"],
-            transcript=m["transcript"],
-            word_error_rate=m["word_error_rate"],
-            speaker_similarity=m["speaker_similarity"],
-            added_by=m["added_by"],
-            recorded_at=m["recorded_at"],
-            clip_hash=m["clip_hash"],
-            recording=bytes(m["recording"]),
-            recording_mime=m["recording_mime"],
-        )
+        return from_row(ApiVoiceConsent, row, recording=bytes(row._mapping["recording"]))
 
     async def remove(self, name: str) -> bool:
         """Delete the voice and its consent record; False if there was no such voice."""
@@ -226,14 +211,8 @@ def _check(voice: NewApiVoice) -> None:
 
 
 def _info(m: RowMapping) -> ApiVoiceInfo:
-    return ApiVoiceInfo(
-        name=m["name"],
-        language=m["language"],
-        model_id=m["model_id"],
-        speech_seconds=float(m["speech_seconds"]),
-        created_at=m["created_at"],
-        added_by=m["added_by"],
-        consent_recorded_at=m["recorded_at"],
+    return from_row(
+        ApiVoiceInfo, m, speech_seconds=float(m["speech_seconds"]), consent_recorded_at=m["recorded_at"]
     )
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,16 +42,14 @@ from worker.errors import (
     Unauthorized,
 )
 from worker.service import SpeechService
-from worker.types import (
-    FloatArray,
-    PhraseMatch,
-    QualityReport,
-    SpeakerCheck,
-    Transcription,
-    WatermarkResult,
-)
+from worker.types import FloatArray
 from worker.voices import VoiceLibrary
 from worker.wire import (
+    PHRASE_ADAPTER,
+    QUALITY_ADAPTER,
+    SPEAKER_ADAPTER,
+    TRANSCRIPTION_ADAPTER,
+    WATERMARK_ADAPTER,
     AudioBody,
     SpeechBody,
     TranscriptionBody,
@@ -83,12 +81,6 @@ _ENDPOINTS: Final = frozenset(
 )
 _M = TypeVar("_M", bound=BaseModel)
 _R = TypeVar("_R")
-
-_QUALITY = TypeAdapter(QualityReport)
-_TRANSCRIPTION = TypeAdapter(Transcription)
-_SPEAKER = TypeAdapter(SpeakerCheck)
-_PHRASE = TypeAdapter(PhraseMatch)
-_WATERMARK = TypeAdapter(WatermarkResult)
 
 
 @dataclass(frozen=True)
@@ -300,7 +292,10 @@ def create_app(
         body = await read_body(request, AudioBody, max_body_bytes)
         pcm, rate = audio_within(body.audio, limits, "clip_s"), body.audio.sample_rate
         result = await _call("embed", lambda: service.embed(pcm, rate))
-        return {"embedding": result.embedding.to_wire(), "quality": to_json_obj(_QUALITY, result.quality)}
+        return {
+            "embedding": result.embedding.to_wire(),
+            "quality": to_json_obj(QUALITY_ADAPTER, result.quality),
+        }
 
     @secured.post("/v1/speech")
     async def speech(request: Request) -> Response:
@@ -315,7 +310,7 @@ def create_app(
         result = await _call(
             "transcribe", lambda: service.transcribe(pcm, body.audio.sample_rate, body.language)
         )
-        return to_json_obj(_TRANSCRIPTION, result)
+        return to_json_obj(TRANSCRIPTION_ADAPTER, result)
 
     @secured.post("/v1/verify")
     async def verify(request: Request) -> dict[str, Any]:
@@ -327,7 +322,7 @@ def create_app(
         body = await read_body(request, AudioBody, max_body_bytes)
         pcm, rate = audio_within(body.audio, limits, "clip_s"), body.audio.sample_rate
         result = await _call("check_quality", lambda: service.check_quality(pcm, rate))
-        return to_json_obj(_QUALITY, result)
+        return to_json_obj(QUALITY_ADAPTER, result)
 
     @secured.post("/v1/watermark/detect")
     async def watermark_detect(request: Request) -> Any:
@@ -336,7 +331,7 @@ def create_app(
         result = await _call(
             "detect_watermark", lambda: service.detect_watermark(pcm, body.audio.sample_rate)
         )
-        return to_json_obj(_WATERMARK, result)
+        return to_json_obj(WATERMARK_ADAPTER, result)
 
     app.include_router(secured)
     app.include_router(
@@ -362,11 +357,11 @@ async def _verify(service: SpeechService, body: VerifyBody, limits: AudioLimits)
         pcm_a, pcm_b = (audio_within(c, limits, "clip_s") for c in (body.audio_a, body.audio_b))
         rate = body.audio_a.sample_rate
         check = await _call("compare_speakers", lambda: service.compare_speakers(pcm_a, pcm_b, rate))
-        result["speaker"] = to_json_obj(_SPEAKER, check)
+        result["speaker"] = to_json_obj(SPEAKER_ADAPTER, check)
     if body.expected is not None and body.heard is not None:
         expected, heard = body.expected, body.heard
         match = await _call("match_phrase", lambda: service.match_phrase(expected, heard))
-        result["phrase"] = to_json_obj(_PHRASE, match)
+        result["phrase"] = to_json_obj(PHRASE_ADAPTER, match)
     return result
 
 

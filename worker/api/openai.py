@@ -38,7 +38,7 @@ from worker.api.encode import (
     encode,
 )
 from worker.api.metrics import WorkerMetrics
-from worker.api.stream import close_iterator
+from worker.api.stream import start_synthesis, unexpected
 from worker.errors import InternalWorkerError, InvalidRequest, PayloadTooLarge, SpeechError
 from worker.service import SpeechService
 from worker.types import SpeechRequest, Transcription
@@ -267,7 +267,7 @@ def openai_router(
         request = SpeechRequest(
             text=text, language=body.language or voice.language, embedding=voice.embedding
         )
-        first, chunks = await _start(service, request)
+        first, chunks = await start_synthesis(service, request)
         metrics.first_chunk.observe(time.perf_counter() - started)
         counted = _Counted(chunks)
         encoded = encode(first, counted, fmt, body.speed)
@@ -330,35 +330,7 @@ async def _call(op: Callable[[], Awaitable[Transcription]]) -> Transcription:
     except SpeechError:
         raise
     except Exception as exc:
-        raise _unexpected("transcribe failed") from exc
-
-
-async def _start(service: SpeechService, request: SpeechRequest) -> tuple[bytes, AsyncIterator[bytes]]:
-    """Start synthesis and wait for its first chunk, so early failures are ordinary error responses."""
-    try:
-        chunks = service.synthesize(request)
-    except SpeechError:
-        raise
-    except Exception as exc:
-        raise _unexpected("synthesis failed to start") from exc
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = b""
-    except SpeechError:
-        await close_iterator(chunks)
-        raise
-    except BaseException as exc:
-        await close_iterator(chunks)
-        if isinstance(exc, Exception):
-            raise _unexpected("synthesis failed before the first chunk") from exc
-        raise
-    return first, chunks
-
-
-def _unexpected(what: str) -> InternalWorkerError:
-    log.exception(what)
-    return InternalWorkerError("The speech worker failed unexpectedly; an admin can find details in its log.")
+        raise unexpected("transcribe failed") from exc
 
 
 class _Counted:

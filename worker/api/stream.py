@@ -97,34 +97,46 @@ async def stream_speech(
     service: SpeechService, request: SpeechRequest, metrics: WorkerMetrics, started: float
 ) -> PcmStreamResponse:
     """Start synthesis, wait for the first chunk, and return the streaming response."""
-    try:
-        chunks = service.synthesize(request)
-    except SpeechError:
-        raise
-    except Exception as exc:
-        raise _unexpected("synthesis failed to start") from exc
-    try:
-        first: bytes | None = await anext(chunks)
-    except StopAsyncIteration:
-        first = None
-    except SpeechError:
-        await close_iterator(chunks)
-        raise
-    except Exception as exc:
-        await close_iterator(chunks)
-        raise _unexpected("synthesis failed before the first chunk") from exc
+    first, chunks = await start_synthesis(service, request)
     metrics.first_chunk.observe(time.perf_counter() - started)
     outcome = StreamOutcome()
     return PcmStreamResponse(_frames(first, chunks, metrics, started, outcome), chunks, outcome)
 
 
-def _unexpected(what: str) -> InternalWorkerError:
+async def start_synthesis(
+    service: SpeechService, request: SpeechRequest
+) -> tuple[bytes, AsyncIterator[bytes]]:
+    """Start synthesis and wait for its first chunk (``b""`` when there is none), so that early failures
+    are ordinary error responses. A failure or a cancellation before the first chunk closes the chunks."""
+    try:
+        chunks = service.synthesize(request)
+    except SpeechError:
+        raise
+    except Exception as exc:
+        raise unexpected("synthesis failed to start") from exc
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+    except SpeechError:
+        await close_iterator(chunks)
+        raise
+    except BaseException as exc:
+        await close_iterator(chunks)
+        if isinstance(exc, Exception):
+            raise unexpected("synthesis failed before the first chunk") from exc
+        raise
+    return first, chunks
+
+
+def unexpected(what: str) -> InternalWorkerError:
+    """Log the exception being handled (``what`` failed) and return the error a client is shown."""
     log.exception(what)
     return InternalWorkerError(UNEXPECTED_MESSAGE)
 
 
 async def _frames(
-    first: bytes | None,
+    first: bytes,
     chunks: AsyncIterator[bytes],
     metrics: WorkerMetrics,
     started: float,
@@ -137,23 +149,22 @@ async def _frames(
         if first:
             total += len(first)
             yield data_frame(first)
-        if first is not None:
-            try:
-                async for chunk in chunks:
-                    if chunk:
-                        total += len(chunk)
-                        yield data_frame(chunk)
-            except SpeechError as exc:
-                log.warning("synthesis failed mid-stream: %s", exc.code)
-                outcome.status = exc.http_status
-                yield error_frame(exc.to_json())
-                return
-            except Exception:
-                log.exception("synthesis failed mid-stream")
-                failure = InternalWorkerError("The speech worker failed in the middle of this sentence.")
-                outcome.status = failure.http_status
-                yield error_frame(failure.to_json())
-                return
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    total += len(chunk)
+                    yield data_frame(chunk)
+        except SpeechError as exc:
+            log.warning("synthesis failed mid-stream: %s", exc.code)
+            outcome.status = exc.http_status
+            yield error_frame(exc.to_json())
+            return
+        except Exception:
+            log.exception("synthesis failed mid-stream")
+            failure = InternalWorkerError("The speech worker failed in the middle of this sentence.")
+            outcome.status = failure.http_status
+            yield error_frame(failure.to_json())
+            return
         completed = True
         yield end_frame(total)
         outcome.status = 200

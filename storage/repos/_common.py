@@ -115,6 +115,7 @@ def challenge_from_row(row: Row[Any]) -> Challenge:
         issued_at=m["issued_at"],
         expires_at=m["expires_at"],
         used_at=m["used_at"],
+        language=m["language"],
     )
 
 

@@ -222,10 +222,10 @@ class LocalSpeechService:
             await asyncio.to_thread(require_speech, self.quality_gate, clip, sample_rate, which)
         return await asyncio.to_thread(verifier.compare, a, b, sample_rate)
 
-    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
+    async def match_phrase(self, expected: str, heard: str, language: str = "en") -> PhraseMatch:
         from worker.analysis.verify import match_phrase
 
-        return match_phrase(expected, heard)
+        return match_phrase(expected, heard, language=language)
 
     async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
         audio = check_input(pcm, sample_rate)

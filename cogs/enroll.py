@@ -13,12 +13,12 @@ from discord.ext import commands
 from bot.attachments import read_upload, voice_attachment
 from bot.enrollment import (
     MAX_CLIP_BYTES,
-    PREVIEW_TEXT,
     STAGE_TEXT,
     EnrollmentResult,
     Stage,
     Upload,
     consent_statement,
+    phrase_language,
 )
 from bot.errors import NotOwnRecording
 from bot.policy import Actor
@@ -84,7 +84,8 @@ class Enroll(commands.Cog):
         guild, member = guild_member(interaction)
         actor = Actor.from_member(member)
         if clip is None:
-            challenge = await self.bot.enrollment.begin(guild.id, actor)
+            language = phrase_language(interaction.locale)  # the member's Discord client language
+            challenge = await self.bot.enrollment.begin(guild.id, actor, language)
             rules = await self.bot.repos.settings.get(guild.id)
             text = consent_statement(challenge.phrase, guild.name, rules.retention_days, challenge.expires_at)
             await respond(interaction, text, ephemeral=True)
@@ -137,7 +138,7 @@ class Enroll(commands.Cog):
                 await respond(interaction, NO_PREVIEW, ephemeral=True)
                 return
             file = discord.File(io.BytesIO(wav), filename="preview.wav")
-            await respond(interaction, f"Your new voice: “{PREVIEW_TEXT}”", files=[file], ephemeral=True)
+            await respond(interaction, f"Your new voice: “{request.text}”", files=[file], ephemeral=True)
         except discord.HTTPException as exc:
             log.warning("could not send the enrolment preview: HTTP %s", exc.status)
         except Exception:

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 from discord.utils import format_dt
 
-from bot.enrollment import PREVIEW_TEXT
+from bot.enrollment import preview_text
 from bot.errors import NOT_ENROLLED, NoVoiceProfile
 from bot.policy import Actor
 from bot.replies import guild_member, respond, size_text, user_message
@@ -284,7 +284,8 @@ class Voice(
         await interaction.response.defer(ephemeral=True, thinking=True)
         self.bot.policy.record_spoke(guild.id, checked.actor)
         voice = checked.voice
-        request = SpeechRequest(PREVIEW_TEXT, voice.profile.language, voice.embedding)
+        language = voice.profile.language  # the sentence is in the language the voice was enrolled in
+        request = SpeechRequest(preview_text(language), language, voice.embedding)
         wav = await self.bot.enrollment.preview(request)
         if wav is None:
             await respond(
@@ -296,7 +297,7 @@ class Voice(
             return
         await self.bot.repos.profiles.touch_last_used(guild.id, member.id)
         file = discord.File(io.BytesIO(wav), filename="voice-preview.wav")
-        await respond(interaction, f"“{PREVIEW_TEXT}”", files=[file], ephemeral=True)
+        await respond(interaction, f"“{request.text}”", files=[file], ephemeral=True)
 
     @app_commands.command(name="delete")
     async def delete(self, interaction: discord.Interaction) -> None:

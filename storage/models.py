@@ -119,6 +119,7 @@ class Challenge:
     issued_at: datetime
     expires_at: datetime
     used_at: datetime | None
+    language: str = "en"  # what the phrase is in: the reading is transcribed in it, the voice enrolled in it
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,8 @@ consent_challenges = Table(
     Column("guild_id", BigInteger, nullable=False),
     Column("user_id", BigInteger, nullable=False),
     Column("phrase", Text, nullable=False),
+    # The language the phrase is in (a Whisper/XTTS code): what it is transcribed and compared in.
+    Column("language", String(16), nullable=False, server_default="en"),
     Column("issued_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("used_at", UTCDateTime, nullable=True),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.audio import espeak_wav, to_voice_message
+from tests.support.whisper_base import join_whisper_base
 
 # The worker's Triton kernels (worker.kernels.triton_kernels, a CUDA path) run in Triton's interpreter
 # in this suite, which has no GPU. Triton decides that when it is first imported, hence here. Nothing
@@ -66,3 +67,9 @@ def speech_wav(speech_dir: Path) -> Path:
 def speech_ogg(speech_wav: Path, speech_dir: Path) -> Path:
     """``speech_wav`` as a Discord voice message (OGG/Opus, mono, 48 kHz, 32 kb/s)."""
     return to_voice_message(speech_wav, speech_dir / "speech.ogg")
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Whisper base, multilingual (faster-whisper), joined from the test extra's two wheels, once."""
+    return join_whisper_base(tmp_path_factory.mktemp("whisper-base"))

@@ -197,8 +197,8 @@ class HttpSpeechService:
         data = await self._post("/v1/verify", body)
         return _parse(SPEAKER_ADAPTER, data.get("speaker"))
 
-    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
-        data = await self._post("/v1/verify", VerifyBody(expected=expected, heard=heard))
+    async def match_phrase(self, expected: str, heard: str, language: str = "en") -> PhraseMatch:
+        data = await self._post("/v1/verify", VerifyBody(expected=expected, heard=heard, language=language))
         return _parse(PHRASE_ADAPTER, data.get("phrase"))
 
     async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:

@@ -181,8 +181,8 @@ class DeferredSpeechService:
     async def compare_speakers(self, pcm_a: FloatArray, pcm_b: FloatArray, sample_rate: int) -> SpeakerCheck:
         return await self._engine().compare_speakers(pcm_a, pcm_b, sample_rate)
 
-    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
-        return await self._engine().match_phrase(expected, heard)
+    async def match_phrase(self, expected: str, heard: str, language: str = "en") -> PhraseMatch:
+        return await self._engine().match_phrase(expected, heard, language)
 
     async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
         return await self._engine().detect_watermark(pcm, sample_rate)

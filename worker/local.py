@@ -251,10 +251,10 @@ class LocalSpeechService(LocalAnalysis):
         finally:
             stream.cancel()
 
-    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
+    async def match_phrase(self, expected: str, heard: str, language: str = "en") -> PhraseMatch:
         from worker.analysis.verify import match_phrase
 
-        return match_phrase(expected, heard)
+        return match_phrase(expected, heard, language=language)
 
     async def _gate(self) -> QualityGate:
         return self.quality_gate

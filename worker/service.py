@@ -54,7 +54,9 @@ class SpeechService(SpeechTools, Protocol):
         """Stream 24 kHz mono s16le PCM chunks; closing the iterator cancels the GPU work."""
         ...
 
-    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch: ...
+    async def match_phrase(self, expected: str, heard: str, language: str = "en") -> PhraseMatch:
+        """Whether ``heard`` says ``expected``, both normalised by ``language``'s rules."""
+        ...
 
     async def ready(self) -> bool:
         """True once the models are loaded and requests will be served."""

@@ -124,6 +124,7 @@ class VerifyBody(BaseModel):
     audio_b: WirePcm | None = None
     expected: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     heard: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    language: str = Field(default="en", min_length=1, max_length=16)  # of the phrase: how both are normalised
 
 
 class SpeechBody(BaseModel):

@@ -22,6 +22,7 @@ from storage.types import utcnow
 
 CHALLENGE_TTL: Final = timedelta(minutes=10)
 MAX_PHRASE_CHARS: Final = 500
+MAX_LANGUAGE_CHARS: Final = 16  # a Whisper/XTTS language code ("en", "fr", "zh-cn")
 PURGE_GRACE: Final = timedelta(days=1)  # expired phrases stay this long, then go
 
 
@@ -37,13 +38,18 @@ class ChallengeRepo:
         user_id: int,
         phrase: str,
         *,
+        language: str = "en",
         ttl: timedelta = CHALLENGE_TTL,
         now: datetime | None = None,
     ) -> Challenge:
-        """A new phrase for the member; it replaces any earlier one they were given here."""
+        """A new phrase in ``language`` for the member; it replaces any earlier one they were given here."""
         phrase = phrase.strip()
         if not 0 < len(phrase) <= MAX_PHRASE_CHARS:
             raise ValueError(f"phrase must be 1-{MAX_PHRASE_CHARS} characters")
+        if not 0 < len(language) <= MAX_LANGUAGE_CHARS or language != language.strip():
+            raise ValueError(
+                f"language must be a code of 1-{MAX_LANGUAGE_CHARS} characters, got {language!r}"
+            )
         if ttl <= timedelta(0):
             raise ValueError("ttl must be positive")
         now = now or utcnow()
@@ -57,7 +63,12 @@ class ChallengeRepo:
                 await conn.execute(
                     consent_challenges.insert()
                     .values(
-                        guild_id=guild_id, user_id=user_id, phrase=phrase, issued_at=now, expires_at=now + ttl
+                        guild_id=guild_id,
+                        user_id=user_id,
+                        phrase=phrase,
+                        language=language,
+                        issued_at=now,
+                        expires_at=now + ttl,
                     )
                     .returning(*consent_challenges.c)
                 )

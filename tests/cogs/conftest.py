@@ -161,7 +161,7 @@ async def open_world(speech: LocalSpeechService, tmp: Path, **env: str) -> Async
     )
     await bot.setup_hook()
     bot.loop = asyncio.get_running_loop()  # set by a real login; gateway events are scheduled on it
-    bot.enrollment.make_phrase = lambda: TEST_PHRASE
+    bot.enrollment.make_phrase = lambda language: TEST_PHRASE
     # Each request's sampling seed too (production draws one per request): with random weights a draw can
     # pick the stop token after a few tokens, and a test would then see ~0.2 s of audio some runs.
     seeds = SimpleNamespace(randbits=lambda bits: SPEECH_SEED)

@@ -81,3 +81,25 @@ async def test_purge_and_validation(repos: Repositories) -> None:
         await repos.challenges.issue(GUILD, ALICE, "   ")
     with pytest.raises(ValueError, match="ttl"):
         await repos.challenges.issue(GUILD, ALICE, PHRASE, ttl=timedelta(0))
+
+
+async def test_a_phrase_keeps_its_language(repos: Repositories) -> None:
+    """The language decides what the reading is transcribed in: it must survive issue, lookup and use."""
+    phrase = "le bateau, la tasse, la moto, la cabane, le kiwi, la montagne, le café"
+    issued = await repos.challenges.issue(GUILD, ALICE, phrase, language="fr", now=T0)
+    assert (issued.phrase, issued.language) == (phrase, "fr")
+    found = await repos.challenges.active(GUILD, ALICE, now=T0 + timedelta(minutes=1))
+    assert found is not None and found.language == "fr" and found.phrase == phrase
+    used = await repos.challenges.consume(issued.id, guild_id=GUILD, user_id=ALICE, now=T0)
+    assert used.language == "fr"
+    english = await repos.challenges.issue(GUILD, BOB, PHRASE, now=T0)  # English unless told
+    assert english.language == "en"
+    exported = await repos.profiles.export_member(GUILD, ALICE)
+    assert [c.language for c in exported.challenges] == ["fr"]
+
+
+@pytest.mark.parametrize("language", ["", " fr", "x" * 17])
+async def test_a_phrase_language_must_be_a_code(repos: Repositories, language: str) -> None:
+    with pytest.raises(ValueError, match="language must be a code"):
+        await repos.challenges.issue(GUILD, ALICE, PHRASE, language=language, now=T0)
+    assert await repos.challenges.active(GUILD, ALICE, now=T0) is None

@@ -18,10 +18,10 @@ from sqlalchemy.engine import Connection
 from storage import Database, check, current_revision, head_revision, upgrade
 from storage.errors import MigrationError
 from storage.migrate import alembic_config
-from storage.schema import TABLE_NAMES, consent_records, metadata, voice_profiles
+from storage.schema import TABLE_NAMES, consent_challenges, consent_records, metadata, voice_profiles
 from tests.storage.conftest import start_child
 
-HEAD = "0004_api_voices"
+HEAD = "0005_challenge_language"
 
 
 async def _tables(url: str) -> set[str]:
@@ -176,3 +176,42 @@ async def test_0002_keeps_only_the_consent_for_the_voice_in_use(database_url: st
             (ids[2], b"only"),
         ]
     assert (await check(database_url)).healthy
+
+
+async def _columns(url: str, table: str) -> set[str]:
+    async with Database(url) as db, db.read() as conn:
+        return {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns(table))}
+
+
+async def test_0005_phrases_issued_before_are_english_and_downgrade_drops_the_language(
+    database_url: str,
+) -> None:
+    await _upgrade_to(database_url, "0004_api_voices")
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    async with Database(database_url) as db, db.write() as conn:
+        await conn.execute(  # the columns of 0004: no language
+            consent_challenges.insert().values(
+                guild_id=1, user_id=2, phrase="an open english phrase", issued_at=now, expires_at=now
+            )
+        )
+    assert await upgrade(database_url) == HEAD
+    async with Database(database_url) as db, db.read() as conn:
+        rows = (await conn.execute(select(consent_challenges.c.phrase, consent_challenges.c.language))).all()
+    assert [tuple(r) for r in rows] == [("an open english phrase", "en")]
+
+    await _downgrade_to(database_url, "0004_api_voices")
+    assert "language" not in await _columns(database_url, "consent_challenges")
+    async with Database(database_url) as db, db.read() as conn:
+        phrases = (await conn.execute(text("SELECT phrase FROM consent_challenges"))).scalars().all()
+    assert phrases == ["an open english phrase"]  # the rows stay, without their language
+    assert await upgrade(database_url) == HEAD
+    assert (await check(database_url)).healthy
+
+
+async def _downgrade_to(url: str, revision: str) -> None:
+    def run(conn: Connection) -> None:
+        command.downgrade(alembic_config(conn), revision)
+        conn.commit()
+
+    async with Database(url, _foreign_keys=False) as db, db.engine.connect() as conn:
+        await conn.run_sync(run)

@@ -599,6 +599,7 @@ class Harness:
         itype: int,
         data: dict[str, Any],
         permissions: int | None = None,
+        locale: str = "en-US",
     ) -> dict[str, Any]:
         self.last_channel_id = fx.text_channel.id
         perms = permissions if permissions is not None else fx.text_channel.permissions_for(member).value
@@ -615,7 +616,7 @@ class Harness:
             "channel": {"id": str(fx.text_channel.id), "type": 0},
             "member": member_payload,
             "data": data,
-            "locale": "en-US",
+            "locale": locale,  # the member's Discord client language (interaction.locale)
             "guild_locale": "en-US",
             "app_permissions": str(fx.text_channel.permissions_for(fx.guild.me).value),
             "attachment_size_limit": 10 * 1024 * 1024,
@@ -636,8 +637,12 @@ class Harness:
         permissions: int | None = None,
         roles: dict[str, int] | None = None,
         channels: dict[str, discord.abc.GuildChannel] | None = None,
+        locale: str = "en-US",
     ) -> discord.Interaction:
-        """Dispatch ``/command [sub] option:value``; ``command`` may be "group sub"."""
+        """Dispatch ``/command [sub] option:value``; ``command`` may be "group sub".
+
+        ``locale`` is the member's Discord client language, as Discord sends it ("fr", "en-US", "pt-BR").
+        """
         opts: list[dict[str, Any]] = []
         resolved: dict[str, Any] = {}
         for name, value in (options or {}).items():
@@ -683,7 +688,7 @@ class Harness:
             "resolved": resolved,
             "guild_id": str(fx.guild.id),
         }
-        return await self._dispatch(self._base(fx, member, 2, data, permissions))
+        return await self._dispatch(self._base(fx, member, 2, data, permissions, locale))
 
     async def autocomplete(
         self,
@@ -712,7 +717,13 @@ class Harness:
         return list(((answer.payload or {}).get("data") or {}).get("choices") or [])
 
     async def message_command(
-        self, fx: GuildFixture, member: discord.Member, name: str, message: dict[str, Any]
+        self,
+        fx: GuildFixture,
+        member: discord.Member,
+        name: str,
+        message: dict[str, Any],
+        *,
+        locale: str = "en-US",
     ) -> discord.Interaction:
         """Dispatch a message context-menu command on ``message`` (a message payload)."""
         data = {
@@ -723,7 +734,7 @@ class Harness:
             "resolved": {"messages": {message["id"]: message}},
             "guild_id": str(fx.guild.id),
         }
-        return await self._dispatch(self._base(fx, member, 2, data))
+        return await self._dispatch(self._base(fx, member, 2, data, locale=locale))
 
     async def click(
         self, fx: GuildFixture, member: discord.Member, custom_id: str, message: dict[str, Any] | None = None

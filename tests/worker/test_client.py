@@ -81,6 +81,8 @@ async def test_every_operation_round_trips(tone_client: HttpSpeechService) -> No
     assert (await tone_client.compare_speakers(pcm, pcm, 16_000)).same_speaker
     assert not (await tone_client.compare_speakers(pcm, -pcm, 16_000)).same_speaker
     assert (await tone_client.match_phrase("Blue moon", "blue moon")).matched
+    assert (await tone_client.match_phrase("la lune, le café", "Lune, cafe.", "fr")).matched
+    assert not (await tone_client.match_phrase("la lune, le café", "Lune, cafe.", "en")).matched
     assert (await tone_client.detect_watermark(pcm + 0.5, 16_000)).detected
     assert await tone_client.ready()
 

@@ -180,6 +180,7 @@ async def test_watermark_detection_and_phrase_wiring(
     assert not (await service.detect_watermark(pcm, rate)).detected
     match = await service.match_phrase("purple river seven", "Purple river, seven.")
     assert match.matched
+    assert (await service.match_phrase("la lune, le café", "Lune, cafe.", "fr")).matched
 
 
 async def test_transcribe_known_speech(service: LocalSpeechService, speech: tuple[np.ndarray, int]) -> None:

@@ -54,6 +54,17 @@ def normalize_language(code: str | None, supported: set[str], english_only: bool
     return found
 
 
+def warn_english_only(model_id: str) -> None:
+    """Say at start-up what an English-only model (``*.en``) cannot do: members whose Discord is in French
+    get French consent phrases, and their readings would be refused."""
+    log.warning(
+        "asr: %s understands English only: French consent phrases (members whose Discord is in French) "
+        "and other languages will be refused. "
+        "Set ASR_MODEL to a multilingual model (e.g. small, not small.en).",
+        model_id,
+    )
+
+
 def _check_pcm(pcm16k: Any) -> FloatArray:
     if not isinstance(pcm16k, np.ndarray) or pcm16k.ndim != 1 or pcm16k.size == 0:
         raise InvalidAudio("The audio to transcribe must be a non-empty single channel of samples.")
@@ -98,6 +109,8 @@ class FasterWhisperTranscriber:
         self._english_only = not self._model.model.is_multilingual
         self._languages = set(_LANGUAGE_CODES)
         log.info("asr: loaded %s on %s (%s)", self.model_id, device, compute)
+        if self._english_only:
+            warn_english_only(self.model_id)
 
     def transcribe(self, pcm16k: FloatArray, language: str | None) -> Transcription:
         lang = normalize_language(language, self._languages, self._english_only)
@@ -181,6 +194,8 @@ class OpenAIWhisperTranscriber:
         # decode() installs key/value-cache hooks on the shared modules: one transcription at a time.
         self._lock = threading.Lock()
         log.info("asr: loaded %s on %s", self.model_id, self._device)
+        if self._english_only:
+            warn_english_only(self.model_id)
 
     def transcribe(self, pcm16k: FloatArray, language: str | None) -> Transcription:
         lang = normalize_language(language, self._languages, self._english_only)

@@ -2,7 +2,8 @@
 
 :class:`SpeakerVerifier` compares two clips with Resemblyzer's speaker embeddings;
 :func:`match_phrase` compares a transcript with the expected consent phrase by word error rate;
-:func:`make_consent_phrase` draws a fresh one-time phrase for a member to read.
+:func:`make_consent_phrase` draws a fresh one-time phrase for a member to read, in English or French
+(:data:`PHRASEBOOKS`: one entry per language, with its words and how its transcripts are normalised).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 import secrets
 import unicodedata
 import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -59,6 +62,26 @@ PHRASE_WORDS: Final = tuple(
 # 21-99 without round tens or units that sound like words ("sixty two" is heard as "60 to").
 PHRASE_NUMBERS: Final = tuple(n for n in range(21, 100) if n % 10 in (1, 3, 5, 6, 7, 9))
 PHRASE_WORD_COUNT: Final = 6  # plus a two-word number: eight words, about four seconds to read
+
+# French nouns with their article, so that Whisper hears French sentences rather than isolated sounds
+# (its language model spells bare words phonetically: "chapeau" alone came back as "Shapo"). Only words
+# that start with a consonant (no elision: "l'orange"), common, concrete, without homophones. Chosen by
+# reading phrases with espeak-ng's French voice to Whisper base (the smallest multilingual model):
+# words it got wrong in at least half of their readings were taken out, most of them espeak's poor
+# French "r" and nasal vowels (pirate, tortue, maison, mouton, journal, valise, ...), and those it
+# heard as another word or spelled another way (cabane as campagne, bicyclette as biciclete).
+FRENCH_PHRASE_WORDS: Final = tuple(
+    word.strip()
+    for word in """le bateau, le bébé, le biscuit, le cacao, le cactus, le cadeau, le café, le capitaine,
+    le chapeau, le château, le chocolat, le domino, le kiwi, le métro, le musée, le parasol, le piano,
+    le pilote, le poisson, le pyjama, le sac, le soleil, le tapis, le taxi, le téléphone, la banane,
+    la bouteille, la casserole, la chemise, la cuisine, la fenêtre, la lune,
+    la machine, la montagne, la moto, la moustache, la musique, la planète, la plage, la poupée,
+    la salade, la tasse, la tomate""".split(",")  # noqa: SIM905
+)
+# Seven nouns and no number (French number words are long, and Whisper writes them as digits): about
+# five seconds to read. Only the nouns are scored: 2 wrong of 7 pass, 3 do not.
+FRENCH_PHRASE_WORD_COUNT: Final = 7
 
 
 class SpeakerVerifier:
@@ -117,26 +140,102 @@ def number_to_words(n: int) -> str:
     return " ".join(_ONES[int(d)] for d in str(n))  # read digit by digit
 
 
-def normalize_text(text: str) -> str:
-    """Lowercase words without punctuation, numbers spelled out: what two transcripts are compared as."""
+@dataclass(frozen=True)
+class Normalisation:
+    """How transcripts in one language are reduced before two of them are compared, word by word."""
+
+    spell_number: Callable[[int], str] | None = None  # digits → words ("47" → "forty seven"); None: kept
+    fold_accents: bool = False  # "é" → "e", "œ" → "oe": Whisper is not consistent with them
+    drop: tuple[str, ...] = ()  # patterns deleted after lowercasing (elided articles, silent endings)
+
+
+@dataclass(frozen=True)
+class Phrasebook:
+    """What consent phrases in one language are drawn from, and how their readings are compared."""
+
+    language: str  # the Whisper and XTTS-v2 code
+    words: tuple[str, ...]
+    word_count: int  # distinct words drawn for each phrase
+    numbers: tuple[str, ...] = ()  # one of these (in words) joins each phrase when there are any
+    normalisation: Normalisation = Normalisation()
+
+
+ENGLISH: Final = Phrasebook(
+    "en",
+    PHRASE_WORDS,
+    PHRASE_WORD_COUNT,
+    numbers=tuple(number_to_words(n) for n in PHRASE_NUMBERS),
+    normalisation=Normalisation(
+        spell_number=number_to_words,
+        drop=(r"(?<=\d)(?:st|nd|rd|th)\b",),  # 21st → 21: read close enough
+    ),
+)
+FRENCH: Final = Phrasebook(
+    "fr",
+    FRENCH_PHRASE_WORDS,
+    FRENCH_PHRASE_WORD_COUNT,
+    normalisation=Normalisation(
+        fold_accents=True,
+        drop=(
+            r"\b(?:qu|[cdjlmnst])['’]",  # l'orange → orange: Whisper may add an article the phrase lacks
+            r"(?<=\w\w\w)[sx]\b",  # bateaux → bateau: a silent plural ending is not a wrong word
+            r"\b(?:le|la|les|un|une|des|du)\b",  # articles help Whisper hear French; only the nouns count
+        ),
+    ),
+)
+# The languages consent phrases come in: one more is one more entry (its words, measured as above).
+PHRASEBOOKS: Final[Mapping[str, Phrasebook]] = {book.language: book for book in (ENGLISH, FRENCH)}
+_PLAIN: Final = Normalisation()  # transcripts in a language with no phrasebook
+
+
+def consent_language(language: str | None) -> str:
+    """The language a consent phrase for ``language`` is in: itself when it has a phrasebook, else English.
+
+    Accepts Whisper, XTTS and locale spellings ("fr", "FR", "fr-CA", "fr_FR").
+    """
+    base = _base_language(language)
+    return base if base in PHRASEBOOKS else ENGLISH.language
+
+
+def _base_language(code: str | None) -> str:
+    return (code or "").strip().lower().replace("_", "-").split("-", 1)[0]
+
+
+def normalize_text(text: str, language: str = "en") -> str:
+    """Lowercase words without punctuation, by ``language``'s rules: what two transcripts are compared as.
+
+    English spells numbers out ("47" → "forty seven"); French folds accents and ligatures and drops
+    elided articles and silent plural endings, on both sides alike. Other languages are lowercased and
+    stripped of punctuation only.
+    """
+    book = PHRASEBOOKS.get(_base_language(language))
+    rules = book.normalisation if book is not None else _PLAIN
     text = unicodedata.normalize("NFKC", text).lower()
+    if rules.fold_accents:
+        text = text.replace("œ", "oe").replace("æ", "ae")
+        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
     text = re.sub(r"(?<=\d)[,_](?=\d{3})", "", text)  # 2,000 → 2000
-    text = re.sub(r"(\d+)(st|nd|rd|th)\b", r"\1", text)  # 21st → 21 (ordinals read close enough)
+    for pattern in rules.drop:
+        text = re.sub(pattern, "", text)
     text = re.sub(r"[-–—/]", " ", text)  # forty-seven → forty seven
     text = re.sub(r"[^\w\s]", "", text)  # apostrophes and punctuation
-    text = re.sub(r"\d+", lambda m: f" {number_to_words(int(m.group()))} ", text)
+    if rules.spell_number is not None:
+        spell = rules.spell_number
+        text = re.sub(r"\d+", lambda m: f" {spell(int(m.group()))} ", text)
     text = text.replace("_", " ")
     return " ".join(text.split())
 
 
-def match_phrase(expected: str, heard: str, max_wer: float = DEFAULT_MAX_WER) -> PhraseMatch:
+def match_phrase(
+    expected: str, heard: str, max_wer: float = DEFAULT_MAX_WER, language: str = "en"
+) -> PhraseMatch:
     """Whether ``heard`` (a transcript) says ``expected``, by word error rate after :func:`normalize_text`."""
     import jiwer
 
-    reference = normalize_text(expected)
+    reference = normalize_text(expected, language)
     if not reference:
         raise InvalidRequest("The expected phrase is empty.")
-    hypothesis = normalize_text(heard)
+    hypothesis = normalize_text(heard, language)
     wer = float(jiwer.wer(reference, hypothesis)) if hypothesis else 1.0
     return PhraseMatch(
         expected=expected,
@@ -147,15 +246,19 @@ def match_phrase(expected: str, heard: str, max_wer: float = DEFAULT_MAX_WER) ->
     )
 
 
-def make_consent_phrase(rng: random.Random | None = None) -> str:
-    """A fresh phrase to read aloud: six distinct common words and a number in words, comma-separated.
+def make_consent_phrase(language: str = "en", rng: random.Random | None = None) -> str:
+    """A fresh phrase to read aloud in ``language`` (English when it has no phrasebook, as
+    :func:`consent_language` says): distinct common words, comma-separated, in English with a number.
 
     The commas make readers pause between words, which keeps the transcript word for word (Whisper
-    tiny.en on espeak-ng readings: 17 of 20 phrases matched; without commas, 10 of 15). About 2^47
-    possible phrases, so none can be recorded in advance. Pass ``rng`` only in tests; the default is
-    the operating system's secure source.
+    tiny.en on espeak-ng readings: 17 of 20 phrases matched; without commas, 10 of 15; Whisper base on
+    espeak-ng's French voice: 16 of 22). About 2^47 possible English phrases and 2^37 French ones, so
+    none can be recorded in advance. Pass ``rng`` only in tests; the default is the operating system's
+    secure source.
     """
+    book = PHRASEBOOKS[consent_language(language)]
     rng = rng or secrets.SystemRandom()
-    words = rng.sample(PHRASE_WORDS, PHRASE_WORD_COUNT)
-    words.insert(rng.randrange(1, PHRASE_WORD_COUNT), number_to_words(rng.choice(PHRASE_NUMBERS)))
+    words = rng.sample(book.words, book.word_count)
+    if book.numbers:  # never first: a phrase starts with a word
+        words.insert(rng.randrange(1, book.word_count), rng.choice(book.numbers))
     return ", ".join(words)

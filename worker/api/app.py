@@ -359,8 +359,8 @@ async def _verify(service: SpeechService, body: VerifyBody, limits: AudioLimits)
         check = await _call("compare_speakers", lambda: service.compare_speakers(pcm_a, pcm_b, rate))
         result["speaker"] = to_json_obj(SPEAKER_ADAPTER, check)
     if body.expected is not None and body.heard is not None:
-        expected, heard = body.expected, body.heard
-        match = await _call("match_phrase", lambda: service.match_phrase(expected, heard))
+        expected, heard, language = body.expected, body.heard, body.language
+        match = await _call("match_phrase", lambda: service.match_phrase(expected, heard, language))
         result["phrase"] = to_json_obj(PHRASE_ADAPTER, match)
     return result
 

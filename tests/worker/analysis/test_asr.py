@@ -43,7 +43,7 @@ def test_consent_phrases_are_heard_as_read(tiny_en_transcriber: Transcriber, tmp
     rng = random.Random(20261126)
     results = []
     for i in range(4):
-        phrase = make_consent_phrase(rng)
+        phrase = make_consent_phrase("en", rng)
         pcm = decode(speech_message(tmp_path, f"phrase{i}", phrase, speed=140), 16_000)
         results.append(match_phrase(phrase, tiny_en_transcriber.transcribe(pcm, "en").text))
     assert sum(r.matched for r in results) >= 3, results

@@ -10,10 +10,13 @@ import pytest
 
 from tests.worker.conftest import decode
 from worker.analysis.verify import (
+    FRENCH_PHRASE_WORDS,
     PHRASE_NUMBERS,
     PHRASE_WORDS,
+    PHRASEBOOKS,
     SAME_SPEAKER_THRESHOLD,
     SpeakerVerifier,
+    consent_language,
     make_consent_phrase,
     match_phrase,
     normalize_text,
@@ -124,16 +127,83 @@ def test_number_words() -> None:
 
 
 def test_consent_phrase_shape() -> None:
-    phrase = make_consent_phrase(random.Random(1))
+    phrase = make_consent_phrase("en", random.Random(1))
     parts = phrase.split(", ")
     assert len(parts) == 7
     numbers = [p for p in parts if p not in PHRASE_WORDS]
     assert len(numbers) == 1 and numbers[0] in {number_to_words(n) for n in PHRASE_NUMBERS}
     assert parts[0] in PHRASE_WORDS, "a phrase starts with a word, not the number"
     assert len(set(parts)) == 7
-    assert make_consent_phrase(random.Random(1)) == phrase
+    assert make_consent_phrase("en", random.Random(1)) == phrase
 
 
 def test_consent_phrases_are_fresh() -> None:
     phrases = {make_consent_phrase() for _ in range(200)}
     assert len(phrases) == 200
+
+
+def test_french_consent_phrase_shape() -> None:
+    phrase = make_consent_phrase("fr", random.Random(1))
+    parts = phrase.split(", ")
+    assert len(parts) == 7 and len(set(parts)) == 7
+    assert all(p in FRENCH_PHRASE_WORDS for p in parts), phrase
+    assert not any(c.isdigit() for c in phrase)
+    assert make_consent_phrase("fr", random.Random(1)) == phrase
+    assert len({make_consent_phrase("fr") for _ in range(200)}) == 200
+
+
+def test_phrase_words_are_unambiguous() -> None:
+    """No elision, no digits, no duplicates, and no two words that normalise alike."""
+    for book in PHRASEBOOKS.values():
+        assert len(set(book.words)) == len(book.words), book.language
+        normal = [normalize_text(w, book.language) for w in book.words]
+        assert len(set(normal)) == len(normal) and all(normal), book.language
+        assert not any("'" in w or any(c.isdigit() for c in w) for w in book.words), book.language
+    assert all(w.split()[0] in ("le", "la") and len(w.split()) == 2 for w in FRENCH_PHRASE_WORDS)
+    assert all(len(normalize_text(w, "fr").split()) == 1 for w in FRENCH_PHRASE_WORDS)
+
+
+@pytest.mark.parametrize(
+    ("code", "language"),
+    [("fr", "fr"), ("FR", "fr"), ("fr-CA", "fr"), ("fr_FR", "fr"), ("en-US", "en"), ("de", "en"),
+     ("pt-BR", "en"), ("", "en"), (None, "en")],
+)  # fmt: skip
+def test_languages_without_phrases_fall_back_to_english(code: str | None, language: str) -> None:
+    assert consent_language(code) == language
+
+
+def test_unknown_language_gets_an_english_phrase() -> None:
+    phrase = make_consent_phrase("de", random.Random(1))
+    assert phrase == make_consent_phrase("en", random.Random(1))
+
+
+@pytest.mark.parametrize(
+    ("text", "normal"),
+    [
+        ("La Fenêtre, le CAFÉ !", "fenetre cafe"),  # accents folded, articles dropped
+        ("l'orange, les bateaux", "orange bateau"),  # elision and silent plural
+        ("le bébé — la planète…", "bebe planete"),
+        ("un œuf, aujourd’hui", "oeuf aujourdhui"),  # ligature; the curly apostrophe too
+        ("le piano 47", "piano 47"),  # no English number words in French
+    ],
+)
+def test_french_normalisation(text: str, normal: str) -> None:
+    assert normalize_text(text, "fr") == normal
+
+
+def test_french_match_scores_the_nouns_only() -> None:
+    expected = "le bateau, la tasse, la moto, la cabane, le kiwi, la montagne, le café"
+    heard = "Le bateau, la tasse, la moto, la cabane, le kiwi, la montagne, le café."
+    assert match_phrase(expected, heard, language="fr").word_error_rate == 0.0
+    # Accents and articles as Whisper may write them are no wrong words.
+    assert match_phrase(expected, "bateau tasse moto cabane kiwi montagne cafe", language="fr").matched
+    two_wrong = "Le bateau, la casse, la moto, la cabane, le kiwi, la montagne, le cadeau."
+    three_wrong = "Le bateau, la casse, la photo, la cabane, le kiwi, la montagne, le cadeau."
+    assert match_phrase(expected, two_wrong, language="fr").matched
+    assert not match_phrase(expected, three_wrong, language="fr").matched
+    # English rules count the articles as words and keep the accents: the same reading fails there.
+    assert not match_phrase(expected, "bateau tasse moto cabane kiwi montagne cafe").matched
+
+
+def test_other_languages_are_compared_plainly() -> None:
+    assert normalize_text("Der Bär, 47 Äpfel!", "de") == "der bär 47 äpfel"

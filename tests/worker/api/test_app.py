@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from worker.analysis.verify import normalize_text
 from worker.api.app import create_app
 from worker.errors import IncompatibleVoice, InvalidRequest, QualityRejected, UnsupportedLanguage
 from worker.service import SpeechService
@@ -112,8 +113,8 @@ class ToneService:
         similarity = float(np.corrcoef(pcm_a[:1000], pcm_b[:1000])[0, 1])
         return SpeakerCheck(similarity=similarity, threshold=0.75, same_speaker=similarity >= 0.75)
 
-    async def match_phrase(self, expected: str, heard: str) -> PhraseMatch:
-        same = expected.lower().split() == heard.lower().split()
+    async def match_phrase(self, expected: str, heard: str, language: str = "en") -> PhraseMatch:
+        same = normalize_text(expected, language) == normalize_text(heard, language)
         return PhraseMatch(expected, heard, 0.0 if same else 1.0, 0.25, same)
 
     async def detect_watermark(self, pcm: FloatArray, sample_rate: int) -> WatermarkResult:
@@ -304,6 +305,13 @@ async def test_verify_speakers_and_phrase(api: httpx.AsyncClient) -> None:
     data = (await api.post("/v1/verify", json=body, headers=AUTH)).json()
     assert data["speaker"]["same_speaker"] is True and data["speaker"]["similarity"] == pytest.approx(1.0)
     assert data["phrase"]["matched"] is True
+    french = {"expected": "la lune, le café", "heard": "Lune, cafe."}  # the same in French, not in English
+    assert (await api.post("/v1/verify", json=french | {"language": "fr"}, headers=AUTH)).json()["phrase"][
+        "matched"
+    ]
+    assert not (await api.post("/v1/verify", json=french, headers=AUTH)).json()["phrase"]["matched"]
+    too_long = french | {"language": "x" * 17}
+    assert error_of(await api.post("/v1/verify", json=too_long, headers=AUTH)) == (400, "invalid_request")
     only_a = {"audio_a": audio_json(pcm)}
     assert error_of(await api.post("/v1/verify", json=only_a, headers=AUTH)) == (400, "invalid_request")
     rates = {"audio_a": audio_json(pcm), "audio_b": audio_json(pcm, 48_000)}

@@ -17,7 +17,7 @@ from discord.utils import format_dt
 from bot.enrollment import PREVIEW_TEXT
 from bot.errors import NOT_ENROLLED, NoVoiceProfile
 from bot.policy import Actor
-from bot.replies import guild_member, respond, size_text, user_message
+from bot.replies import guild_member, respond, size_text, use_interaction_locale, user_message
 from core.errors import VoxcloneError
 from storage import (
     Challenge,
@@ -190,6 +190,7 @@ class ConfirmDelete(discord.ui.View):
         self.owner_id = origin.user.id
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        use_interaction_locale(interaction)  # buttons run outside the command tree's check
         if interaction.user.id == self.owner_id:
             return True
         await respond(

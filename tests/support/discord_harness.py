@@ -286,6 +286,8 @@ class Harness:
         # Who Discord says is in each server (GET /guilds/{id}/members/{user}), cached or not.
         self.remote_members: dict[int, dict[int, dict[str, Any]]] = {}
         self.member_fetch_status: int | None = None  # answer member fetches with this HTTP error
+        self.locale = "en-US"  # the client language of members' interactions (e.g. "fr")
+        self.guild_locale = "en-US"  # the servers' language (channel posts)
         state = bot._connection
         state.user = discord.ClientUser(
             state=state, data=self.user_payload(BOT_USER_ID, "voxclone", bot=True)
@@ -509,7 +511,7 @@ class Harness:
             "large": False,
             "unavailable": False,
             "premium_tier": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.guild_locale,
             "verification_level": 0,
             "default_message_notifications": 0,
             "explicit_content_filter": 0,
@@ -615,8 +617,8 @@ class Harness:
             "channel": {"id": str(fx.text_channel.id), "type": 0},
             "member": member_payload,
             "data": data,
-            "locale": "en-US",
-            "guild_locale": "en-US",
+            "locale": self.locale,
+            "guild_locale": fx.guild.preferred_locale.value,
             "app_permissions": str(fx.text_channel.permissions_for(fx.guild.me).value),
             "attachment_size_limit": 10 * 1024 * 1024,
             "entitlements": [],

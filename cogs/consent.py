@@ -134,9 +134,9 @@ def settings_embed(
             name=tr("⚠ Read-aloud channels are not active"), value=tr(READ_ALOUD_NO_INTENT), inline=False
         )
     if s.updated_at is not None:
-        when = f"{s.updated_at:%Y-%m-%d %H:%M}"
+        when, member = f"{s.updated_at:%Y-%m-%d %H:%M}", f"<@{s.updated_by}>"
         footer = (
-            tr("Last changed {when} UTC by {member}", when=when, member=f"<@{s.updated_by}>")
+            tr("Last changed {when} UTC by {member}", when=when, member=member)
             if s.updated_by
             else tr("Last changed {when} UTC", when=when)
         )
@@ -152,7 +152,7 @@ def audit_line(entry: AuditEntry) -> str:
     reason = entry.details.get("reason")
     fields = entry.details.get("fields")
     extra = f" ({reason})" if reason else f" ({', '.join(fields)})" if fields else ""
-    return tr("{when} {who}: {what}", when=when, who=who, what=f"{what}{subject}{extra}")
+    return tr("{when} {who}: {what}", when=when, who=who, what=what + subject + extra)
 
 
 @app_commands.guild_only()
@@ -317,10 +317,9 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
             return
         s = await self.bot.repos.settings.update(guild.id, updated_by=admin.id, **changes)
         log.info("assistant settings changed", extra={"guild_id": guild.id, "fields": sorted(changes)})
+        owner = f"<@{s.assistant_voice_user_id}>"
         whose = (
-            tr("{member}'s voice", member=f"<@{s.assistant_voice_user_id}>")
-            if s.assistant_voice_user_id
-            else tr("the asker's own voice")
+            tr("{member}'s voice", member=owner) if s.assistant_voice_user_id else tr("the asker's own voice")
         )
         instructions = tr("your instructions") if s.llm_system_prompt else tr("the default instructions")
         text = tr(

@@ -37,9 +37,8 @@ class Speak(commands.Cog):
             and (member.voice.channel.id == player.channel_id)
         )
         if not in_channel and not member.guild_permissions.manage_guild:
-            raise NotInVoiceChannel(
-                tr("Join {channel} to control what I say there.", channel=f"<#{player.channel_id}>")
-            )
+            channel = f"<#{player.channel_id}>"
+            raise NotInVoiceChannel(tr("Join {channel} to control what I say there.", channel=channel))
         return player
 
     @app_commands.command(name="speak")

@@ -286,6 +286,7 @@ class ConfirmDelete(discord.ui.View):
         await interaction.response.edit_message(content=tr("Cancelled: nothing was deleted."), view=None)
 
     async def on_timeout(self) -> None:
+        use_interaction_locale(self.origin)  # the view's own timer task: the asking member's language
         try:
             await self.origin.edit_original_response(
                 content=tr(

@@ -143,6 +143,16 @@ async def test_a_french_member_goes_through_the_commands_in_french(fr: World, vo
     english_free(deleted, "Deleted", "Nothing else", "voice share")
     assert await fr.bot.repos.profiles.get(gid, fr.ada.id) is None
 
+    # A prompt left unanswered says so in French (the view's own timer task).
+    await store_voice(fr.bot.repos, gid, fr.ada.id, voice)
+    cog = fr.bot.get_cog("Voice")
+    assert cog is not None
+    cog.confirm_timeout_s = 0.2  # type: ignore[attr-defined]
+    set_locale("en")  # the harness runs commands in the test's task: the view must not rely on it
+    await say(fr, fr.ada, "voice delete")
+    await wait_for(lambda: "Pas de réponse à temps" in h.last_text(), timeout=5)
+    assert h.last_text().startswith("Pas de réponse à temps : rien n'a été supprimé."), dump(fr)
+
     # The admin's audit log, French too.
     audit = text_of(await say(fr, fr.admin, "consent audit"))
     assert "Journal du clonage de voix" in audit and "a modifié les réglages" in audit, audit

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run install test worker lint imports bench clean-venv
+.PHONY: run install test worker lint imports bench messages clean-venv
 
 run: $(STAMP_RUN)
 	@scripts/system-deps.sh run
@@ -32,6 +32,11 @@ lint: imports
 # The import contract in pyproject.toml: every import points down the layers, no circles.
 imports: $(STAMP_TEST)
 	$(VENV)/bin/lint-imports
+
+# After changing what the bot says: new messages appear, untranslated, in every catalog (core/locales).
+messages: $(STAMP_TEST)
+	$(PY) -m bot.catalogs update
+	$(PY) -m bot.catalogs check || true
 
 bench: $(STAMP_TEST)
 	$(PY) bench/synthesis.py --size tiny

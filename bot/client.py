@@ -142,6 +142,11 @@ class VoxcloneBot(commands.Bot):
         await self._sync_commands()
 
     async def load_cogs(self) -> None:
+        """The commands, translated into each member's client language (``bot.translator``)."""
+        from bot.translator import CatalogTranslator
+
+        if self.tree.translator is None:
+            await self.tree.set_translator(CatalogTranslator())
         for name in EXTENSIONS:
             try:
                 await self.load_extension(name)

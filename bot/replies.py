@@ -12,17 +12,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import discord
+from babel.numbers import format_decimal
 from discord import app_commands
 
 from core.errors import VoxcloneError
+from core.i18n import N_, current_locale, ngettext, set_locale, tr
 from worker.errors import QualityRejected
 
 log = logging.getLogger("voxclone.replies")
 
 TOKEN_LIFETIME = timedelta(minutes=15)  # Discord's interaction token validity
 TOKEN_MARGIN = timedelta(seconds=30)  # stop using the token a little before it expires
-GENERIC_FAILURE = "Something went wrong on my side and it has been logged. Please try again in a minute."
-RESTARTING_REPLY = "voxclone is restarting: try again in a minute."
+GENERIC_FAILURE = N_("Something went wrong on my side and it has been logged. Please try again in a minute.")
+RESTARTING_REPLY = N_("voxclone is restarting: try again in a minute.")
 
 
 def token_expired(interaction: discord.Interaction, now: datetime | None = None) -> bool:
@@ -102,45 +104,50 @@ def user_message(error: BaseException) -> str:
     if isinstance(error, VoxcloneError):
         return error.message
     if isinstance(error, app_commands.NoPrivateMessage):
-        return "This command only works inside a server."
+        return tr("This command only works inside a server.")
     if isinstance(error, app_commands.MissingPermissions):
-        return f"You need the {', '.join(_perm(p) for p in error.missing_permissions)} permission to do that."
+        return tr(
+            "You need the {permissions} permission to do that.", permissions=_perms(error.missing_permissions)
+        )
     if isinstance(error, app_commands.BotMissingPermissions):
-        return (
-            f"I'm missing the {', '.join(_perm(p) for p in error.missing_permissions)} permission here. "
-            "A server admin can grant it in the channel or role settings."
+        return tr(
+            "I'm missing the {permissions} permission here. "
+            "A server admin can grant it in the channel or role settings.",
+            permissions=_perms(error.missing_permissions),
         )
     if isinstance(error, app_commands.CommandOnCooldown):
-        return f"Slow down a little: try again in {error.retry_after:.0f} s."
+        return tr("Slow down a little: try again in {seconds} s.", seconds=round(error.retry_after))
     if isinstance(error, app_commands.TransformerError):
-        return f"I couldn't understand `{error.value}` for that option."
+        return tr("I couldn't understand `{value}` for that option.", value=error.value)
     if isinstance(error, app_commands.CheckFailure):
-        return "You can't use this command here."
+        return tr("You can't use this command here.")
     if isinstance(error, discord.Forbidden):
-        return "Discord refused that action: I may be missing a permission in this channel."
-    return GENERIC_FAILURE
+        return tr("Discord refused that action: I may be missing a permission in this channel.")
+    return tr(GENERIC_FAILURE)
 
 
 def size_text(size: int) -> str:
     """A byte count a member reads at a glance: "512 bytes", "45 kB", "1.2 MB" (decimal units)."""
     if size < 1000:
-        return f"{size} byte{'' if size == 1 else 's'}"
+        return ngettext("{n} byte", "{n} bytes", size)
     if size < 1_000_000:
-        return f"{size / 1000:.0f} kB"
-    return f"{size / 1_000_000:.1f} MB"
+        return tr("{size} kB", size=format_decimal(round(size / 1000), locale=current_locale()))
+    return tr("{size} MB", size=format_decimal(round(size / 1_000_000, 1), locale=current_locale()))
 
 
-def _perm(name: str) -> str:
-    return name.replace("_", " ").replace("guild", "server").title()
+def _perms(names: list[str]) -> str:
+    """Discord's permission names as its client shows them (``manage_guild`` → "Manage Server")."""
+    return ", ".join(name.replace("_", " ").replace("guild", "server").title() for name in names)
 
 
 class VoxcloneTree(app_commands.CommandTree):
     """The command tree with the bot's one error handler."""
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        """Refuse new commands while the bot shuts down (``bot.shutdown``), saying so."""
+        """Answer in the member's language; refuse new commands while the bot shuts down, saying so."""
+        use_interaction_locale(interaction)
         if getattr(self.client, "shutting_down", False):
-            await respond(interaction, RESTARTING_REPLY, ephemeral=True)
+            await respond(interaction, tr(RESTARTING_REPLY), ephemeral=True)
             return False
         return True
 
@@ -165,6 +172,11 @@ class VoxcloneTree(app_commands.CommandTree):
                 extra={"command": command, "guild_id": interaction.guild_id, "user_id": interaction.user.id},
             )
         await respond(interaction, user_message(original), ephemeral=True)
+
+
+def use_interaction_locale(interaction: discord.Interaction) -> str:
+    """Speak the member's client language for the rest of this interaction (components call it too)."""
+    return set_locale(interaction.locale.value)
 
 
 def guild_member(interaction: discord.Interaction) -> tuple[discord.Guild, discord.Member]:

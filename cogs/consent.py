@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
+from babel.numbers import format_decimal
 from discord import app_commands
 from discord.ext import commands
 
@@ -18,6 +19,7 @@ from bot.policy import Actor
 from bot.read_aloud import NO_INTENT as READ_ALOUD_NO_INTENT
 from bot.replies import Refused, guild_member, respond, size_text
 from core.errors import VoxcloneError
+from core.i18n import N_, current_locale, ngettext, tr
 from storage import AuditEntry, GuildSettings, StoredSize
 
 if TYPE_CHECKING:
@@ -26,61 +28,100 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxclone.cogs.consent")
 
 ACTIONS = {
-    "voice.enrolled": "enrolled a voice",
-    "voice.deleted": "voice deleted",
-    "voice.shared": "shared a voice",
-    "voice.unshared": "stopped sharing a voice",
-    "assistant.opted_in": "let the assistant use their voice",
-    "assistant.opted_out": "stopped the assistant using their voice",
-    "settings.updated": "changed settings",
-    "guild.purged": "server data purged",
+    "voice.enrolled": N_("enrolled a voice"),
+    "voice.deleted": N_("voice deleted"),
+    "voice.shared": N_("shared a voice"),
+    "voice.unshared": N_("stopped sharing a voice"),
+    "assistant.opted_in": N_("let the assistant use their voice"),
+    "assistant.opted_out": N_("stopped the assistant using their voice"),
+    "settings.updated": N_("changed settings"),
+    "guild.purged": N_("server data purged"),
+}
+VOICE_MESSAGE_MODES = {
+    "off": N_("off"),
+    "transcribe": N_("transcribe"),
+    "relay": N_("relay"),
+    "assistant": N_("assistant"),
 }
 
 
 def _ids(ids: tuple[int, ...], fmt: str) -> str:
-    return ", ".join(fmt.format(i) for i in ids) if ids else "everyone"
+    return ", ".join(fmt.format(i) for i in ids) if ids else tr("everyone")
+
+
+def _number(value: float, pattern: str = "0.##") -> str:
+    """A number in the reader's notation ("2.5" in English, "2,5" in French)."""
+    return format_decimal(value, format=pattern, locale=current_locale())
 
 
 def settings_embed(
     s: GuildSettings, *, message_content_intent: bool, stored: StoredSize | None = None
 ) -> discord.Embed:
     embed = discord.Embed(
-        title="Voice cloning settings",
+        title=tr("Voice cloning settings"),
         colour=discord.Colour.green() if s.cloning_enabled else discord.Colour.dark_grey(),
     )
-    embed.add_field(name="Cloning", value="on" if s.cloning_enabled else "off (nobody can enroll)")
-    embed.add_field(name="Who may enroll", value=_ids(s.enroll_role_ids, "<@&{}>"))
-    embed.add_field(name="Who may speak", value=_ids(s.speak_role_ids, "<@&{}>"))
-    embed.add_field(name="Sharing voices", value="allowed" if s.allow_sharing else "not allowed")
-    embed.add_field(name="Announce cloned speech", value="yes" if s.announce else "no")
-    embed.add_field(name="Max text length", value=f"{s.max_text_length} characters")
-    embed.add_field(name="Cooldown", value=f"{s.cooldown_s:.0f} s per member")
     embed.add_field(
-        name="Retention",
-        value=f"{s.retention_days} days after last use" if s.retention_days else "until deleted",
+        name=tr("Cloning"), value=tr("on") if s.cloning_enabled else tr("off (nobody can enroll)")
     )
-    channels = _ids(s.voice_message_channel_ids, "<#{}>") if s.voice_message_channel_ids else "none"
-    embed.add_field(name="Voice messages", value=f"{s.voice_message_mode} in {channels}")
+    embed.add_field(name=tr("Who may enroll"), value=_ids(s.enroll_role_ids, "<@&{}>"))
+    embed.add_field(name=tr("Who may speak"), value=_ids(s.speak_role_ids, "<@&{}>"))
+    embed.add_field(name=tr("Sharing voices"), value=tr("allowed") if s.allow_sharing else tr("not allowed"))
+    embed.add_field(name=tr("Announce cloned speech"), value=tr("yes") if s.announce else tr("no"))
     embed.add_field(
-        name="Voice message limits",
-        value=f"{s.voice_message_max_seconds / 60:g} min, {s.voice_message_max_mb} MB",
+        name=tr("Max text length"), value=ngettext("{n} character", "{n} characters", s.max_text_length)
     )
-    read_aloud = _ids(s.read_aloud_channel_ids, "<#{}>") if s.read_aloud_channel_ids else "none"
-    embed.add_field(name="Read aloud", value=f"messages in {read_aloud}, in their authors' voices")
-    assistant_voice = f"<@{s.assistant_voice_user_id}>" if s.assistant_voice_user_id else "the asker's own"
-    prompt = "custom" if s.llm_system_prompt else "default"
-    embed.add_field(name="Assistant", value=f"voice: {assistant_voice}; system prompt: {prompt}")
+    embed.add_field(
+        name=tr("Cooldown"), value=tr("{seconds} s per member", seconds=_number(s.cooldown_s, "0"))
+    )
+    embed.add_field(
+        name=tr("Retention"),
+        value=ngettext("{n} day after last use", "{n} days after last use", s.retention_days)
+        if s.retention_days
+        else tr("until deleted"),
+    )
+    channels = _ids(s.voice_message_channel_ids, "<#{}>") if s.voice_message_channel_ids else tr("none")
+    mode = VOICE_MESSAGE_MODES.get(s.voice_message_mode, s.voice_message_mode)
+    embed.add_field(
+        name=tr("Voice messages"), value=tr("{mode} in {channels}", mode=tr(mode), channels=channels)
+    )
+    embed.add_field(
+        name=tr("Voice message limits"),
+        value=tr(
+            "{minutes} min, {size} MB",
+            minutes=_number(s.voice_message_max_seconds / 60),
+            size=s.voice_message_max_mb,
+        ),
+    )
+    read_aloud = _ids(s.read_aloud_channel_ids, "<#{}>") if s.read_aloud_channel_ids else tr("none")
+    embed.add_field(
+        name=tr("Read aloud"),
+        value=tr("messages in {channels}, in their authors' voices", channels=read_aloud),
+    )
+    assistant_voice = (
+        f"<@{s.assistant_voice_user_id}>" if s.assistant_voice_user_id else tr("the asker's own")
+    )
+    prompt = tr("custom") if s.llm_system_prompt else tr("default")
+    embed.add_field(
+        name=tr("Assistant"),
+        value=tr("voice: {voice}; system prompt: {prompt}", voice=assistant_voice, prompt=prompt),
+    )
     if stored is not None:
         embed.add_field(
-            name="Stored voice data",
-            value=f"{stored.voices} voice{'' if stored.voices == 1 else 's'}, "
-            f"{stored.consent_records} consent recording{'' if stored.consent_records == 1 else 's'}: "
-            f"{size_text(stored.total_bytes)}",
+            name=tr("Stored voice data"),
+            value=tr(
+                "{voices}, {recordings}: {size}",
+                voices=ngettext("{n} voice", "{n} voices", stored.voices),
+                recordings=ngettext(
+                    "{n} consent recording", "{n} consent recordings", stored.consent_records
+                ),
+                size=size_text(stored.total_bytes),
+            ),
         )
     if s.voice_message_mode != "off" and not message_content_intent:
         embed.add_field(
-            name="⚠ Automatic voice messages are not active",
-            value=(
+            name=tr("⚠ Automatic voice messages are not active"),
+            value=tr(
                 "The bot runs without the Message Content intent, so it can't read voice messages on its "
                 "own. Members can still use the message commands **Transcribe** and **Answer**. The bot's "
                 "operator can enable the intent in the developer portal and set "
@@ -89,22 +130,29 @@ def settings_embed(
             inline=False,
         )
     if s.read_aloud_channel_ids and not message_content_intent:
-        embed.add_field(name="⚠ Read-aloud channels are not active", value=READ_ALOUD_NO_INTENT, inline=False)
+        embed.add_field(
+            name=tr("⚠ Read-aloud channels are not active"), value=tr(READ_ALOUD_NO_INTENT), inline=False
+        )
     if s.updated_at is not None:
-        who = f" by <@{s.updated_by}>" if s.updated_by else ""
-        embed.set_footer(text=f"Last changed {s.updated_at:%Y-%m-%d %H:%M} UTC{who}")
+        when, member = f"{s.updated_at:%Y-%m-%d %H:%M}", f"<@{s.updated_by}>"
+        footer = (
+            tr("Last changed {when} UTC by {member}", when=when, member=member)
+            if s.updated_by
+            else tr("Last changed {when} UTC", when=when)
+        )
+        embed.set_footer(text=footer)
     return embed
 
 
 def audit_line(entry: AuditEntry) -> str:
     when = f"<t:{int(entry.at.timestamp())}:f>"
     who = f"<@{entry.actor_id}>" if entry.actor_id else "voxclone"
-    what = ACTIONS.get(entry.action, entry.action)
+    what = tr(ACTIONS[entry.action]) if entry.action in ACTIONS else entry.action
     subject = f" <@{entry.subject_id}>" if entry.subject_id and entry.subject_id != entry.actor_id else ""
     reason = entry.details.get("reason")
     fields = entry.details.get("fields")
     extra = f" ({reason})" if reason else f" ({', '.join(fields)})" if fields else ""
-    return f"{when} {who}: {what}{subject}{extra}"
+    return tr("{when} {who}: {what}", when=when, who=who, what=what + subject + extra)
 
 
 @app_commands.guild_only()
@@ -253,27 +301,35 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         if voice is not None:
             if not await self.bot.repos.assistant.is_opted_in(guild.id, voice.id):
                 raise AssistantVoiceNotOptedIn(
-                    f"{voice.display_name} hasn't allowed the assistant to use their voice. Ask them first: "
-                    "they can allow it with `/voice assistant-optin`."
+                    tr(
+                        "{member} hasn't allowed the assistant to use their voice. Ask them first: "
+                        "they can allow it with `/voice assistant-optin`.",
+                        member=voice.display_name,
+                    )
                 )
             changes["assistant_voice_user_id"] = voice.id
         if prompt is not None:
             changes["llm_system_prompt"] = prompt
         if not changes:
-            await respond(interaction, "Nothing to change: give a voice, a prompt, or reset.", ephemeral=True)
+            await respond(
+                interaction, tr("Nothing to change: give a voice, a prompt, or reset."), ephemeral=True
+            )
             return
         s = await self.bot.repos.settings.update(guild.id, updated_by=admin.id, **changes)
         log.info("assistant settings changed", extra={"guild_id": guild.id, "fields": sorted(changes)})
+        owner = f"<@{s.assistant_voice_user_id}>"
         whose = (
-            f"<@{s.assistant_voice_user_id}>'s voice"
-            if s.assistant_voice_user_id
-            else "the asker's own voice"
+            tr("{member}'s voice", member=owner) if s.assistant_voice_user_id else tr("the asker's own voice")
         )
-        instructions = "your instructions" if s.llm_system_prompt else "the default instructions"
-        text = f"Saved. The assistant answers in {whose}, with {instructions}."
+        instructions = tr("your instructions") if s.llm_system_prompt else tr("the default instructions")
+        text = tr(
+            "Saved. The assistant answers in {voice}, with {instructions}.",
+            voice=whose,
+            instructions=instructions,
+        )
         if s.voice_message_mode != "assistant":
-            text += (
-                " Voice messages are answered automatically once "
+            text += " " + tr(
+                "Voice messages are answered automatically once "
                 "`/consent voice-messages mode:assistant` is set."
             )
         await respond(interaction, text, ephemeral=True)
@@ -288,14 +344,20 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         )
         report = deleted.report
         if not report.anything:
-            await respond(interaction, f"{member.mention} has no voice data in this server.", ephemeral=True)
+            await respond(
+                interaction,
+                tr("{member} has no voice data in this server.", member=member.mention),
+                ephemeral=True,
+            )
             return
         shares = report.shares_granted + report.shares_received
-        voice = "removed" if report.profile_deleted else "none"
-        records = report.consent_records
-        text = (
-            f"Deleted {member.mention}'s voice data: voice {voice}, {records} consent record(s), "
-            f"{shares} share(s)."
+        voice = tr("removed") if report.profile_deleted else tr("none")
+        text = tr(
+            "Deleted {member}'s voice data: voice {voice}, {records} consent record(s), {shares} share(s).",
+            member=member.mention,
+            voice=voice,
+            records=report.consent_records,
+            shares=shares,
         )
         await respond(interaction, text, ephemeral=True)
 
@@ -307,14 +369,14 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         """Recent enrolments, deletions, shares and setting changes, with who and when."""
         guild, _ = guild_member(interaction)
         entries = await self.bot.repos.audit.recent(guild.id, limit)
-        text = "\n".join(audit_line(e) for e in entries) or "Nothing has happened yet."
-        embed = discord.Embed(title="Voice cloning audit log", description=text[:4000])
+        text = "\n".join(audit_line(e) for e in entries) or tr("Nothing has happened yet.")
+        embed = discord.Embed(title=tr("Voice cloning audit log"), description=text[:4000])
         await respond(interaction, embed=embed, ephemeral=True)
 
     async def _update(self, interaction: discord.Interaction, changes: dict[str, Any]) -> None:
         guild, admin = guild_member(interaction)
         if not changes:
-            await respond(interaction, "Nothing to change: give at least one option.", ephemeral=True)
+            await respond(interaction, tr("Nothing to change: give at least one option."), ephemeral=True)
             return
         settings = await self.bot.repos.settings.update(guild.id, updated_by=admin.id, **changes)
         log.info(
@@ -323,7 +385,7 @@ class Consent(commands.GroupCog, group_name="consent", group_description="Voice 
         intent = self.bot.intents.message_content
         await respond(
             interaction,
-            "Saved.",
+            tr("Saved."),
             embed=settings_embed(settings, message_content_intent=intent),
             ephemeral=True,
         )
@@ -340,7 +402,11 @@ def _edit_ids(
     if action == "clear":
         return []
     if target is None:
-        raise PolicyError(f"Give a {what} to {action}, or use action `clear`.")
+        raise PolicyError(
+            tr("Give a role to {action}, or use action `clear`.", action=action)
+            if what == "role"
+            else tr("Give a channel to {action}, or use action `clear`.", action=action)
+        )
     ids = set(current)
     if action == "add":
         ids.add(target.id)

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import discord
+from babel.numbers import format_decimal
 from discord import app_commands
 from discord.ext import commands
 
@@ -23,6 +24,7 @@ from bot.enrollment import (
 from bot.errors import NotOwnRecording
 from bot.policy import Actor
 from bot.replies import guild_member, respond
+from core.i18n import N_, current_locale, tr
 from worker.types import SpeechRequest
 
 if TYPE_CHECKING:
@@ -31,28 +33,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxclone.cogs.enroll")
 
 STAGES: tuple[Stage, ...] = ("checking", "transcribing", "comparing", "cloning")
-NO_PREVIEW = (
+NO_PREVIEW = N_(
     "I couldn't make a preview of your new voice right now: the speech engine failed or was too slow. "
     "Your voice is stored all the same; `/voice preview` tries again."
 )
 
 
+def _number(value: float, pattern: str) -> str:
+    """A measurement in the reader's notation ("1.5" in English, "1,5" in French)."""
+    return format_decimal(value, format=pattern, locale=current_locale())
+
+
 def result_embed(result: EnrollmentResult) -> discord.Embed:
     q = result.quality
-    title = "Your voice was re-enrolled" if result.replaced else "Your voice is enrolled"
+    title = tr("Your voice was re-enrolled") if result.replaced else tr("Your voice is enrolled")
     embed = discord.Embed(title=title, colour=discord.Colour.green())
-    embed.description = (
+    embed.description = tr(
         "Try it with `/speak` in a voice channel. `/voice status` shows what is stored, "
         "`/voice delete` removes it at any time. A short preview in your new voice follows in a moment."
     )
-    embed.add_field(name="Speech used", value=f"{q.speech_s:.1f} s of {q.duration_s:.1f} s")
-    embed.add_field(name="Level", value=f"{q.level_dbfs:.0f} dBFS")
-    embed.add_field(name="Noise", value=f"SNR {q.snr_db:.0f} dB")
-    embed.add_field(name="Phrase match", value=f"{(1 - result.phrase.word_error_rate) * 100:.0f}% of words")
+    embed.add_field(
+        name=tr("Speech used"),
+        value=tr(
+            "{speech} s of {duration} s",
+            speech=_number(q.speech_s, "0.0"),
+            duration=_number(q.duration_s, "0.0"),
+        ),
+    )
+    embed.add_field(name=tr("Level"), value=tr("{level} dBFS", level=_number(q.level_dbfs, "0")))
+    embed.add_field(name=tr("Noise"), value=tr("SNR {snr} dB", snr=_number(q.snr_db, "0")))
+    embed.add_field(
+        name=tr("Phrase match"),
+        value=tr("{percent}% of words", percent=_number((1 - result.phrase.word_error_rate) * 100, "0")),
+    )
     if result.speaker is not None:
-        embed.add_field(name="Reference clip", value=f"same speaker ({result.speaker.similarity:.2f})")
+        embed.add_field(
+            name=tr("Reference clip"),
+            value=tr("same speaker ({similarity})", similarity=_number(result.speaker.similarity, "0.00")),
+        )
     if q.warnings:
-        embed.add_field(name="Tips", value="\n".join(f"• {w}" for w in q.warnings), inline=False)
+        embed.add_field(name=tr("Tips"), value="\n".join(f"• {w}" for w in q.warnings), inline=False)
     if result.spectrogram_png:
         embed.set_image(url="attachment://spectrogram.png")
     return embed
@@ -100,7 +120,7 @@ class Enroll(commands.Cog):
         _, member = guild_member(interaction)
         if message.author.id != member.id:
             raise NotOwnRecording(
-                "You can only enroll your own voice: use this on a voice message you recorded yourself."
+                tr("You can only enroll your own voice: use this on a voice message you recorded yourself.")
             )
         att = voice_attachment(message)
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -117,7 +137,7 @@ class Enroll(commands.Cog):
             if stage == "done":
                 return
             done.append(stage)
-            lines = [("✅ " if s in done[:-1] else "⏳ ") + STAGE_TEXT[s] for s in STAGES if s in done]
+            lines = [("✅ " if s in done[:-1] else "⏳ ") + tr(STAGE_TEXT[s]) for s in STAGES if s in done]
             try:
                 await interaction.edit_original_response(content="\n".join(lines))
             except discord.HTTPException:
@@ -135,10 +155,15 @@ class Enroll(commands.Cog):
         try:
             wav = await self.bot.enrollment.preview(request)
             if wav is None:
-                await respond(interaction, NO_PREVIEW, ephemeral=True)
+                await respond(interaction, tr(NO_PREVIEW), ephemeral=True)
                 return
             file = discord.File(io.BytesIO(wav), filename="preview.wav")
-            await respond(interaction, f"Your new voice: “{request.text}”", files=[file], ephemeral=True)
+            await respond(
+                interaction,
+                tr("Your new voice: “{text}”", text=request.text),
+                files=[file],
+                ephemeral=True,
+            )
         except discord.HTTPException as exc:
             log.warning("could not send the enrolment preview: HTTP %s", exc.status)
         except Exception:

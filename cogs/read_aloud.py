@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.read_aloud import NO_INTENT, ReadAloudService
 from bot.replies import guild_member, respond
 from bot.speaking import member_voice_channel
+from core.i18n import set_locale, tr
 
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot
@@ -48,16 +49,20 @@ class ReadAloud(commands.Cog):
         await self.bot.players.get(guild).join(channel)
         self.service.start(guild.id, channel.id)
         rules = await self.bot.repos.settings.get(guild.id)
-        text = f"Joined {channel.mention}."
+        text = tr("Joined {channel}.", channel=channel.mention)
         if not self.bot.intents.message_content:
-            text += f" {NO_INTENT}"
+            text += " " + tr(NO_INTENT)
         elif not rules.read_aloud_channel_ids:
-            text += " No channel is read aloud yet: an admin can choose one with `/consent read-aloud`."
+            text += " " + tr(
+                "No channel is read aloud yet: an admin can choose one with `/consent read-aloud`."
+            )
         else:
             listed = ", ".join(f"<#{cid}>" for cid in rules.read_aloud_channel_ids)
-            text += (
-                f" Messages in {listed} from members in {channel.mention} are read aloud in their own "
-                "cloned voices. `/leave` when you're done."
+            text += " " + tr(
+                "Messages in {channels} from members in {channel} are read aloud in their own "
+                "cloned voices. `/leave` when you're done.",
+                channels=listed,
+                channel=channel.mention,
             )
         log.info("joined for read-aloud", extra={"guild_id": guild.id})
         await respond(interaction, text, ephemeral=True)
@@ -67,6 +72,8 @@ class ReadAloud(commands.Cog):
         """A message in a read-aloud channel from someone in the bot's voice channel: read it aloud."""
         if self._service is None or not self.bot.intents.message_content or not self.service.wants(message):
             return
+        if message.guild is not None:  # no interaction: the server's language (this event's own task)
+            set_locale(message.guild.preferred_locale.value)
         reply = await self.service.hear(message)
         if reply is None:
             return

@@ -13,6 +13,7 @@ from bot.errors import NothingPlaying, NotInVoiceChannel
 from bot.languages import language_choices
 from bot.player import GuildPlayer
 from bot.replies import guild_member, respond
+from core.i18n import ngettext, set_locale, tr
 
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot
@@ -29,14 +30,15 @@ class Speak(commands.Cog):
         guild, member = guild_member(interaction)
         player = self.bot.players.existing(guild.id)
         if player is None or (player.current is None and not player.queue and player.voice is None):
-            raise NothingPlaying("I'm not in a voice channel in this server right now.")
+            raise NothingPlaying(tr("I'm not in a voice channel in this server right now."))
         in_channel = (
             member.voice is not None
             and member.voice.channel is not None
             and (member.voice.channel.id == player.channel_id)
         )
         if not in_channel and not member.guild_permissions.manage_guild:
-            raise NotInVoiceChannel(f"Join <#{player.channel_id}> to control what I say there.")
+            channel = f"<#{player.channel_id}>"
+            raise NotInVoiceChannel(tr("Join {channel} to control what I say there.", channel=channel))
         return player
 
     @app_commands.command(name="speak")
@@ -61,9 +63,10 @@ class Speak(commands.Cog):
         )
         where = queued.channel.mention
         if queued.position == 0:
-            await respond(interaction, f"Speaking in {where}.", ephemeral=True)
+            await respond(interaction, tr("Speaking in {channel}.", channel=where), ephemeral=True)
         else:
-            await respond(interaction, f"Queued in {where} (position {queued.position}).", ephemeral=True)
+            text = tr("Queued in {channel} (position {position}).", channel=where, position=queued.position)
+            await respond(interaction, text, ephemeral=True)
 
     @speak.autocomplete("language")
     async def _language_choices(
@@ -77,7 +80,7 @@ class Speak(commands.Cog):
         """Stop the message being spoken now and go on with the queue."""
         player = self._player_for_control(interaction)
         item = player.skip()
-        await respond(interaction, f"Skipped “{item.preview}”.", ephemeral=True)
+        await respond(interaction, tr("Skipped “{text}”.", text=item.preview), ephemeral=True)
 
     @app_commands.command(name="stop")
     @app_commands.guild_only()
@@ -85,7 +88,11 @@ class Speak(commands.Cog):
         """Stop speaking and clear the queue."""
         player = self._player_for_control(interaction)
         dropped = player.stop()
-        await respond(interaction, f"Stopped. {dropped} message(s) removed.", ephemeral=True)
+        await respond(
+            interaction,
+            ngettext("Stopped. {n} message removed.", "Stopped. {n} messages removed.", dropped),
+            ephemeral=True,
+        )
 
     @app_commands.command(name="leave")
     @app_commands.guild_only()
@@ -93,7 +100,7 @@ class Speak(commands.Cog):
         """Stop everything and leave the voice channel."""
         player = self._player_for_control(interaction)
         await player.leave()
-        await respond(interaction, "Left the voice channel.", ephemeral=True)
+        await respond(interaction, tr("Left the voice channel."), ephemeral=True)
 
     @app_commands.command(name="queue")
     @app_commands.guild_only()
@@ -102,7 +109,7 @@ class Speak(commands.Cog):
         guild, _ = guild_member(interaction)
         player = self.bot.players.existing(guild.id)
         if player is None or (player.current is None and not player.queue):
-            await respond(interaction, "Nothing is queued.", ephemeral=True)
+            await respond(interaction, tr("Nothing is queued."), ephemeral=True)
             return
         lines = []
         if player.current is not None:
@@ -116,6 +123,7 @@ class Speak(commands.Cog):
         self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
     ) -> None:
         """Leave when the last person leaves the bot's channel."""
+        set_locale(member.guild.preferred_locale.value)  # no interaction: the server's language (this task)
         player = self.bot.players.existing(member.guild.id)
         if player is None or player.channel_id is None or before.channel is None:
             return
@@ -131,7 +139,7 @@ class Speak(commands.Cog):
 
 def _owner(guild: discord.Guild, user_id: int) -> str:
     member = guild.get_member(user_id)
-    return f"{member.display_name}'s voice" if member else "a voice"
+    return tr("{member}'s voice", member=member.display_name) if member else tr("a voice")
 
 
 async def setup(bot: VoxcloneBot) -> None:

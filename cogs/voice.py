@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
 import discord
+from babel.numbers import format_decimal
 from discord import app_commands
 from discord.ext import commands
 from discord.utils import format_dt
@@ -17,8 +18,9 @@ from discord.utils import format_dt
 from bot.enrollment import preview_text
 from bot.errors import NOT_ENROLLED, NoVoiceProfile
 from bot.policy import Actor
-from bot.replies import guild_member, respond, size_text, user_message
+from bot.replies import guild_member, respond, size_text, use_interaction_locale, user_message
 from core.errors import VoxcloneError
+from core.i18n import N_, current_locale, ngettext, tr
 from storage import (
     Challenge,
     DeletionReport,
@@ -39,6 +41,8 @@ CONFIRM_TIMEOUT_S: Final = 60.0  # s: how long the Delete / Cancel buttons wait 
 CONFIRM_ID: Final = "voxclone:voice-delete:confirm"
 CANCEL_ID: Final = "voxclone:voice-delete:cancel"
 EXPORT_FILENAME: Final = "voxclone-voice-data.json"
+DELETE_LABEL: Final = N_("Delete everything")
+CANCEL_LABEL: Final = N_("Cancel")
 RECORDING_EXTENSIONS: Final = {
     "audio/ogg": "ogg", "audio/opus": "opus", "audio/mpeg": "mp3", "audio/mp4": "m4a", "audio/x-m4a": "m4a",
     "audio/aac": "aac", "audio/wav": "wav", "audio/x-wav": "wav", "audio/flac": "flac", "audio/webm": "webm",
@@ -46,12 +50,13 @@ RECORDING_EXTENSIONS: Final = {
 }  # fmt: skip
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+def _number(value: float, pattern: str) -> str:
+    """A measurement in the reader's notation ("1.5" in English, "1,5" in French)."""
+    return format_decimal(value, format=pattern, locale=current_locale())
 
 
 def _mentions(user_ids: list[int]) -> str:
-    return ", ".join(f"<@{uid}>" for uid in user_ids) or "nobody"
+    return ", ".join(f"<@{uid}>" for uid in user_ids) or tr("nobody")
 
 
 @dataclass(frozen=True)
@@ -77,89 +82,149 @@ def status_embed(
     guild: discord.Guild, held: Holdings, voice: StoredVoice | None, rules: GuildSettings
 ) -> discord.Embed:
     """``/voice status``: everything stored, in figures a member can read."""
-    embed = discord.Embed(title=f"Your voice data in {guild.name}", colour=discord.Colour.blurple())
+    embed = discord.Embed(
+        title=tr("Your voice data in {server}", server=guild.name), colour=discord.Colour.blurple()
+    )
     profile = held.profile
     if profile is None:
-        embed.description = "You have no cloned voice in this server. `/enroll` creates one."
+        embed.description = tr("You have no cloned voice in this server. `/enroll` creates one.")
     else:
         used = profile.last_used_at
-        embed.add_field(name="Enrolled", value=format_dt(profile.enrolled_at, "f"))
-        embed.add_field(name="Last used", value=format_dt(used, "R") if used else "never")
-        keep = "until you delete it"
+        embed.add_field(name=tr("Enrolled"), value=format_dt(profile.enrolled_at, "f"))
+        embed.add_field(name=tr("Last used"), value=format_dt(used, "R") if used else tr("never"))
+        keep = tr("until you delete it")
         if rules.retention_days:
             due = (used or profile.enrolled_at) + timedelta(days=rules.retention_days)
-            keep = f"until {format_dt(due, 'D')} unless used ({_n(rules.retention_days, 'day')} unused)"
-        embed.add_field(name="Kept", value=keep)
-        embed.add_field(name="Consent records", value=str(held.consent_records))
+            keep = ngettext(
+                "until {date} unless used ({n} day unused)",
+                "until {date} unless used ({n} days unused)",
+                rules.retention_days,
+                date=format_dt(due, "D"),
+            )
+        embed.add_field(name=tr("Kept"), value=keep)
+        embed.add_field(name=tr("Consent records"), value=str(held.consent_records))
         stored = held.stored
         embed.add_field(
-            name="Stored",
-            value=f"{size_text(stored.total_bytes)}: consent recording {size_text(stored.recording_bytes)}, "
-            f"voice {size_text(stored.voice_bytes)}",
+            name=tr("Stored"),
+            value=tr(
+                "{total}: consent recording {recording}, voice {voice}",
+                total=size_text(stored.total_bytes),
+                recording=size_text(stored.recording_bytes),
+                voice=size_text(stored.voice_bytes),
+            ),
         )
     if voice is not None:
-        embed.add_field(name="Model", value=f"`{voice.embedding.model_id}`")
-        embed.add_field(name="Speech used", value=f"{voice.clip.speech_seconds:.1f} s")
+        embed.add_field(name=tr("Model"), value=f"`{voice.embedding.model_id}`")
+        embed.add_field(
+            name=tr("Speech used"), value=tr("{seconds} s", seconds=_number(voice.clip.speech_seconds, "0.0"))
+        )
         q = voice.clip.quality
         if q is not None:
             embed.add_field(
-                name="Quality",
-                value=f"level {q.level_dbfs:.0f} dBFS, noise {q.noise_dbfs:.0f} dBFS, SNR {q.snr_db:.0f} dB",
+                name=tr("Quality"),
+                value=tr(
+                    "level {level} dBFS, noise {noise} dBFS, SNR {snr} dB",
+                    level=_number(q.level_dbfs, "0"),
+                    noise=_number(q.noise_dbfs, "0"),
+                    snr=_number(q.snr_db, "0"),
+                ),
             )
-    embed.add_field(name="You share your voice with", value=_mentions(held.shared_with), inline=False)
-    embed.add_field(name="Voices shared with you by", value=_mentions(held.shared_by), inline=False)
-    embed.add_field(name="The assistant may use your voice", value="yes" if held.assistant_opt_in else "no")
+    embed.add_field(name=tr("You share your voice with"), value=_mentions(held.shared_with), inline=False)
+    embed.add_field(name=tr("Voices shared with you by"), value=_mentions(held.shared_by), inline=False)
+    embed.add_field(
+        name=tr("The assistant may use your voice"), value=tr("yes") if held.assistant_opt_in else tr("no")
+    )
     if held.open_phrase is not None:
         expires = format_dt(held.open_phrase.expires_at, "R")
-        embed.add_field(name="Open consent phrase", value=f"expires {expires}")
-    embed.set_footer(text="/voice export downloads all of it; /voice delete removes it now.")
+        embed.add_field(name=tr("Open consent phrase"), value=tr("expires {when}", when=expires))
+    embed.set_footer(text=tr("/voice export downloads all of it; /voice delete removes it now."))
     return embed
 
 
 def confirmation_text(guild: discord.Guild, held: Holdings, timeout_s: float) -> str:
     items = []
     if held.profile is not None:
-        items.append("your cloned voice")
-        items.append(f"{_n(held.consent_records, 'consent record')} with the recording")
+        items.append(tr("your cloned voice"))
+        items.append(
+            ngettext(
+                "{n} consent record with the recording",
+                "{n} consent records with the recording",
+                held.consent_records,
+            )
+        )
     if held.shared_with:
-        items.append(f"your voice shares with {_n(len(held.shared_with), 'member')}")
+        items.append(
+            ngettext(
+                "your voice shares with {n} member",
+                "your voice shares with {n} members",
+                len(held.shared_with),
+            )
+        )
     if held.shared_by:
-        items.append(f"access to {_n(len(held.shared_by), 'voice')} shared with you")
+        items.append(
+            ngettext(
+                "access to {n} voice shared with you",
+                "access to {n} voices shared with you",
+                len(held.shared_by),
+            )
+        )
     if held.assistant_opt_in:
-        items.append("your assistant opt-in")
+        items.append(tr("your assistant opt-in"))
     if held.open_phrase is not None:
-        items.append("your open consent phrase")
-    return (
-        f"**Delete your voice data in {guild.name}?**\n"
-        f"This removes, immediately and for good: {', '.join(items)}. "
+        items.append(tr("your open consent phrase"))
+    return tr(
+        "**Delete your voice data in {server}?**\n"
+        "This removes, immediately and for good: {items}. "
         "Anything queued in your voice stops. You can enroll again later with `/enroll`.\n"
-        f"These buttons stay active for {timeout_s:.0f} s."
+        "These buttons stay active for {seconds} s.",
+        server=guild.name,
+        items=", ".join(items),
+        seconds=_number(timeout_s, "0"),
     )
 
 
 def deletion_text(report: DeletionReport, stopped: int) -> str:
     if not report.anything:
-        return "There was nothing left to delete: your voice data here was already gone."
+        return tr("There was nothing left to delete: your voice data here was already gone.")
     items = []
     if report.profile_deleted:
-        items.append(f"your cloned voice ({_n(report.embeddings, 'stored array')})")
+        items.append(
+            ngettext(
+                "your cloned voice ({n} stored array)",
+                "your cloned voice ({n} stored arrays)",
+                report.embeddings,
+            )
+        )
     if report.consent_records:
-        items.append(f"{_n(report.consent_records, 'consent record')} with the recording")
+        items.append(
+            ngettext(
+                "{n} consent record with the recording",
+                "{n} consent records with the recording",
+                report.consent_records,
+            )
+        )
     shares = report.shares_granted + report.shares_received
     if shares:
-        items.append(_n(shares, "voice share"))
+        items.append(ngettext("{n} voice share", "{n} voice shares", shares))
     if report.assistant_opt_in:
-        items.append("your assistant opt-in")
+        items.append(tr("your assistant opt-in"))
     if report.challenges:
-        items.append(_n(report.challenges, "consent phrase"))
-    text = (
-        f"Deleted {', '.join(items)}. Nothing else about your voice is kept in this server; "
-        "the audit log only notes that a deletion happened."
+        items.append(ngettext("{n} consent phrase", "{n} consent phrases", report.challenges))
+    text = tr(
+        "Deleted {items}. Nothing else about your voice is kept in this server; "
+        "the audit log only notes that a deletion happened.",
+        items=", ".join(items),
     )
     if report.was_assistant_voice:
-        text += " Your voice was this server's assistant voice: the admins will need to choose another."
+        text += " " + tr(
+            "Your voice was this server's assistant voice: the admins will need to choose another."
+        )
     if stopped:
-        text += f" I also stopped {_n(stopped, 'message')} queued in your voice."
+        text += " " + ngettext(
+            "I also stopped {n} message queued in your voice.",
+            "I also stopped {n} messages queued in your voice.",
+            stopped,
+        )
     return text
 
 
@@ -167,16 +232,18 @@ def export_files(export: MemberExport, limit_bytes: int) -> tuple[list[discord.F
     """The JSON file, plus the current consent recording as its own file when it fits the upload limit."""
     data = json.dumps(export.to_dict(), indent=2, ensure_ascii=False).encode("utf-8")
     files = [discord.File(io.BytesIO(data), filename=EXPORT_FILENAME)]
-    note = "Everything stored about you in this server."
+    note = tr("Everything stored about you in this server.")
     newest = export.consent_records[-1] if export.consent_records else None
     if newest is not None and newest.recording is not None:
         mime = (newest.recording_mime or "").split(";")[0].strip().lower()
         name = f"consent-recording.{RECORDING_EXTENSIONS.get(mime, 'bin')}"
         if len(data) + len(newest.recording) <= limit_bytes:
             files.append(discord.File(io.BytesIO(newest.recording), filename=name))
-            note += " Your consent recording is attached as you sent it."
+            note += " " + tr("Your consent recording is attached as you sent it.")
         else:
-            note += " Your consent recording is inside the JSON file (base64): too large to attach twice."
+            note += " " + tr(
+                "Your consent recording is inside the JSON file (base64): too large to attach twice."
+            )
     return files, note
 
 
@@ -188,19 +255,24 @@ class ConfirmDelete(discord.ui.View):
         self.cog = cog
         self.origin = origin
         self.owner_id = origin.user.id
+        self.confirm.label = tr(DELETE_LABEL)  # the decorators' labels are English: the member's language
+        self.cancel.label = tr(CANCEL_LABEL)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        use_interaction_locale(interaction)  # buttons run outside the command tree's check
         if interaction.user.id == self.owner_id:
             return True
         await respond(
             interaction,
-            "These buttons belong to the member who ran `/voice delete`. "
-            "To delete your own voice data, run `/voice delete` yourself.",
+            tr(
+                "These buttons belong to the member who ran `/voice delete`. "
+                "To delete your own voice data, run `/voice delete` yourself."
+            ),
             ephemeral=True,
         )
         return False
 
-    @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger, custom_id=CONFIRM_ID)
+    @discord.ui.button(label=DELETE_LABEL, style=discord.ButtonStyle.danger, custom_id=CONFIRM_ID)
     async def confirm(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmDelete]) -> None:
         self.stop()  # first: a double click must not run a second deletion
         guild, member = guild_member(interaction)
@@ -208,15 +280,18 @@ class ConfirmDelete(discord.ui.View):
         text = await self.cog.delete_member(guild.id, member.id)
         await interaction.edit_original_response(content=text, view=None)
 
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id=CANCEL_ID)
+    @discord.ui.button(label=CANCEL_LABEL, style=discord.ButtonStyle.secondary, custom_id=CANCEL_ID)
     async def cancel(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmDelete]) -> None:
         self.stop()
-        await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None)
+        await interaction.response.edit_message(content=tr("Cancelled: nothing was deleted."), view=None)
 
     async def on_timeout(self) -> None:
+        use_interaction_locale(self.origin)  # the view's own timer task: the asking member's language
         try:
             await self.origin.edit_original_response(
-                content="No answer in time: nothing was deleted. Run `/voice delete` again when you're sure.",
+                content=tr(
+                    "No answer in time: nothing was deleted. Run `/voice delete` again when you're sure."
+                ),
                 view=None,
             )
         except discord.HTTPException:
@@ -290,8 +365,10 @@ class Voice(
         if wav is None:
             await respond(
                 interaction,
-                "I couldn't make a preview right now: the speech engine failed or was too slow. "
-                "Your voice is still stored; try again in a minute.",
+                tr(
+                    "I couldn't make a preview right now: the speech engine failed or was too slow. "
+                    "Your voice is still stored; try again in a minute."
+                ),
                 ephemeral=True,
             )
             return
@@ -305,7 +382,7 @@ class Voice(
         guild, member = guild_member(interaction)
         held = await self.holdings(guild.id, member.id)
         if not held.anything:
-            await respond(interaction, "Nothing is stored about you in this server.", ephemeral=True)
+            await respond(interaction, tr("Nothing is stored about you in this server."), ephemeral=True)
             return
         view = ConfirmDelete(self, interaction, timeout=self.confirm_timeout_s)
         text = confirmation_text(guild, held, self.confirm_timeout_s)
@@ -338,8 +415,11 @@ class Voice(
         await self.bot.repos.shares.grant(guild.id, owner.id, member.id)
         await respond(
             interaction,
-            f"{member.mention} can now speak with your voice here (`/speak voice:`). "
-            "Undo it any time with `/voice unshare`.",
+            tr(
+                "{member} can now speak with your voice here (`/speak voice:`). "
+                "Undo it any time with `/voice unshare`.",
+                member=member.mention,
+            ),
             ephemeral=True,
         )
 
@@ -349,9 +429,9 @@ class Voice(
         """Stop another member from speaking with your cloned voice."""
         guild, owner = guild_member(interaction)
         if await self.bot.repos.shares.revoke(guild.id, owner.id, member.id):
-            text = f"{member.mention} can no longer use your voice."
+            text = tr("{member} can no longer use your voice.", member=member.mention)
         else:
-            text = f"You weren't sharing your voice with {member.mention}."
+            text = tr("You weren't sharing your voice with {member}.", member=member.mention)
         await respond(interaction, text, ephemeral=True)
 
     @app_commands.command(name="assistant-optin")
@@ -359,12 +439,14 @@ class Voice(
         """Allow the server's voice assistant to answer in your cloned voice."""
         guild, member = guild_member(interaction)
         if await self.bot.repos.profiles.get(guild.id, member.id) is None:
-            raise NoVoiceProfile(NOT_ENROLLED)
+            raise NoVoiceProfile(tr(NOT_ENROLLED))
         await self.bot.repos.assistant.opt_in(guild.id, member.id)
         await respond(
             interaction,
-            "The assistant may now speak in your voice here, if an admin picks it as the assistant voice. "
-            "`/voice assistant-optout` withdraws this.",
+            tr(
+                "The assistant may now speak in your voice here, if an admin picks it as the assistant "
+                "voice. `/voice assistant-optout` withdraws this."
+            ),
             ephemeral=True,
         )
 
@@ -373,9 +455,9 @@ class Voice(
         """Stop the server's voice assistant from using your cloned voice."""
         guild, member = guild_member(interaction)
         if await self.bot.repos.assistant.opt_out(guild.id, member.id):
-            text = "The assistant will no longer use your voice."
+            text = tr("The assistant will no longer use your voice.")
         else:
-            text = "The assistant wasn't allowed to use your voice: nothing changed."
+            text = tr("The assistant wasn't allowed to use your voice: nothing changed.")
         await respond(interaction, text, ephemeral=True)
 
 

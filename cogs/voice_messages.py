@@ -24,6 +24,7 @@ from bot.voice_messages import (
     transcript_reply,
 )
 from core.errors import VoxcloneError
+from core.i18n import set_locale
 from storage import GuildSettings
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class VoiceMessages(commands.Cog):
             return  # not a channel the server chose, or a picture or text file: not for us
         if not self.service.claim(message.id):
             return  # the same message again (a resumed gateway session replays events)
+        set_locale(message.guild.preferred_locale.value)  # no interaction: the server's language (this task)
         try:
             text = await self._handle(message, message.author, rules)
         except VoxcloneError as exc:

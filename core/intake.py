@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Final
 import ffmpeg
 import numpy as np
 import numpy.typing as npt
+from babel.numbers import format_decimal
 from ffmpeg._utils import convert_kwargs_to_cmd_line_args
 
 from core.errors import (
@@ -38,15 +39,18 @@ from core.errors import (
     NotAudio,
     UnsupportedCodec,
 )
+from core.i18n import N_, current_locale, tr
 
 log = logging.getLogger(__name__)
 
-SEND_AUDIO_HINT = "Send a voice message or an mp3/ogg/m4a/wav file."
-CORRUPT_MESSAGE = (
+# Member-facing: marked here, translated where an error is raised (in the member's locale).
+SEND_AUDIO_HINT = N_("Send a voice message or an mp3/ogg/m4a/wav file.")
+CORRUPT_MESSAGE = N_(
     "That file is damaged or incomplete (it may not have finished uploading). "
     "Record it again or send the file again."
 )
-EMPTY_MESSAGE = "That file contains no sound I could decode. Check the recording and send it again."
+EMPTY_MESSAGE = N_("That file contains no sound I could decode. Check the recording and send it again.")
+NOT_READABLE = N_("That file is not audio I can read.")
 PROTOCOL_WHITELIST = "file,pipe"  # no http, tcp, rtmp, concat of other URLs...
 # Demuxers by ffmpeg name; a name matches any part of a multi-name demuxer ("mov" → "mov,mp4,m4a,...").
 DEMUXER_WHITELIST = (
@@ -103,14 +107,26 @@ def _fmt_duration(seconds: float) -> str:
     """A length a member reads at a glance: "45 s", "2 min 5 s", "2 h 0 min"."""
     whole = round(seconds)
     if whole < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+        return tr("{seconds} s", seconds=_decimal(seconds, "0" if seconds >= 10 else "0.0"))
     if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"
+        return tr("{minutes} min {seconds} s", minutes=whole // 60, seconds=whole % 60)
+    return tr("{hours} h {minutes} min", hours=whole // 3600, minutes=whole % 3600 // 60)
 
 
 def _fmt_bytes(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.0f} kB"
+    if size >= 100_000:
+        return tr("{size} MB", size=_decimal(size / 1_000_000, "0.0"))
+    return tr("{size} kB", size=_decimal(size / 1000, "0"))
+
+
+def _decimal(value: float, pattern: str) -> str:
+    """``value`` in the reader's notation ("1.5" in English, "1,5" in French)."""
+    return format_decimal(value, format=pattern, locale=current_locale())
+
+
+def _with_hint(sentence: str) -> str:
+    """A refusal and what to send instead, both in the member's language."""
+    return f"{sentence} {tr(SEND_AUDIO_HINT)}"
 
 
 def _looks_like_audio_container(head: bytes) -> bool:
@@ -160,12 +176,12 @@ def _probe_failure(stderr: str, source: _Input) -> Exception:
     with source.open() as fh:
         head = fh.read(16)
     if "not on whitelist" in text:
-        return NotAudio(f"That file is not audio I can read. {SEND_AUDIO_HINT}")
+        return NotAudio(_with_hint(tr(NOT_READABLE)))
     if head.startswith(b"OggS") and not source.ogg_is_truncated():
-        return EmptyAudio(EMPTY_MESSAGE)  # complete Ogg headers and no audio packets after them
+        return EmptyAudio(tr(EMPTY_MESSAGE))  # complete Ogg headers and no audio packets after them
     if "moov atom not found" in text or _looks_like_audio_container(head):
-        return CorruptAudio(CORRUPT_MESSAGE)
-    return NotAudio(f"That file is not audio I can read. {SEND_AUDIO_HINT}")
+        return CorruptAudio(tr(CORRUPT_MESSAGE))
+    return NotAudio(_with_hint(tr(NOT_READABLE)))
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -182,13 +198,16 @@ def interpret_probe(info: dict[str, Any]) -> AudioProbe:
     fmt = info.get("format") or {}
     audio = [s for s in streams if s.get("codec_type") == "audio"]
     if not audio:
-        raise NotAudio(f"That file has no sound in it. {SEND_AUDIO_HINT}")
+        raise NotAudio(_with_hint(tr("That file has no sound in it.")))
     first = audio[0]
     codec = str(first.get("codec_name") or "unknown")
     if codec not in AUDIO_CODECS:
         raise UnsupportedCodec(
-            f"That file's sound is encoded as {codec}, which I don't accept. "
-            "Send a voice message or an mp3/ogg/m4a/wav/flac file."
+            tr(
+                "That file's sound is encoded as {codec}, which I don't accept. "
+                "Send a voice message or an mp3/ogg/m4a/wav/flac file.",
+                codec=codec,
+            )
         )
     duration = _float_or_none(first.get("duration"))
     if duration is None:
@@ -205,8 +224,11 @@ def interpret_probe(info: dict[str, Any]) -> AudioProbe:
 def _check_length(probe: AudioProbe, max_seconds: float) -> None:
     if probe.duration_s is not None and probe.duration_s > max_seconds + DURATION_SLACK_S / 2:
         raise AudioTooLong(
-            f"That recording is {_fmt_duration(probe.duration_s)} long; the limit is "
-            f"{_fmt_duration(max_seconds)}. Send a shorter clip."
+            tr(
+                "That recording is {duration} long; the limit is {limit}. Send a shorter clip.",
+                duration=_fmt_duration(probe.duration_s),
+                limit=_fmt_duration(max_seconds),
+            )
         )
 
 
@@ -219,10 +241,13 @@ def interpret_decode(
     decoded_s = pcm.size / sample_rate
     text = stderr.lower()
     if "not on whitelist" in text and pcm.size == 0:
-        raise UnsupportedCodec(f"That file's sound is encoded in a way I don't accept. {SEND_AUDIO_HINT}")
+        raise UnsupportedCodec(_with_hint(tr("That file's sound is encoded in a way I don't accept.")))
     if decoded_s > max_seconds + DURATION_SLACK_S / 2:
         raise AudioTooLong(
-            f"That recording is longer than the limit of {_fmt_duration(max_seconds)}. Send a shorter clip."
+            tr(
+                "That recording is longer than the limit of {limit}. Send a shorter clip.",
+                limit=_fmt_duration(max_seconds),
+            )
         )
     shortfall = (probe.duration_s or 0.0) - decoded_s
     damaged = any(marker in text for marker in CORRUPTION_MARKERS)
@@ -231,9 +256,9 @@ def interpret_decode(
             "intake: damaged %s/%s (rc=%s, declared %.2fs, decoded %.2fs)",
             probe.format_name, probe.codec_name, returncode, probe.duration_s or 0.0, decoded_s,
         )  # fmt: skip
-        raise CorruptAudio(CORRUPT_MESSAGE)
+        raise CorruptAudio(tr(CORRUPT_MESSAGE))
     if pcm.size == 0:
-        raise EmptyAudio(EMPTY_MESSAGE)
+        raise EmptyAudio(tr(EMPTY_MESSAGE))
     np.clip(pcm, -1.0, 1.0, out=pcm)  # codecs overshoot full scale slightly; keep the [-1, 1] contract
     return DecodedAudio(pcm, sample_rate, decoded_s, probe.format_name, probe.codec_name)
 
@@ -291,7 +316,9 @@ async def _arun(argv: list[str], source: _Input, deadline: float, what: str) -> 
 
 def _timeout(what: str) -> IntakeTimeout:
     log.warning("intake: %s ran past its time limit and was killed", what)
-    return IntakeTimeout("Reading that file took too long, so I stopped. Try a shorter or simpler recording.")
+    return IntakeTimeout(
+        tr("Reading that file took too long, so I stopped. Try a shorter or simpler recording.")
+    )
 
 
 def _parse_probe(rc: int, out: bytes, err: str, source: _Input) -> AudioProbe:
@@ -300,10 +327,10 @@ def _parse_probe(rc: int, out: bytes, err: str, source: _Input) -> AudioProbe:
     try:
         info = json.loads(out.decode("utf-8", "replace") or "{}")
     except json.JSONDecodeError:
-        raise NotAudio(f"That file is not audio I can read. {SEND_AUDIO_HINT}") from None
+        raise NotAudio(_with_hint(tr(NOT_READABLE))) from None
     probe = interpret_probe(info)
     if probe.format_name == "ogg" and source.ogg_is_truncated():
-        raise CorruptAudio(CORRUPT_MESSAGE)
+        raise CorruptAudio(tr(CORRUPT_MESSAGE))
     return probe
 
 
@@ -351,9 +378,11 @@ def _staged(source: bytes | Path, max_bytes: int) -> Iterator[_Input]:
         try:
             size = source.stat().st_size
         except OSError as exc:
-            raise NotAudio(f"I cannot open {source.name}: {exc.strerror or exc}.") from None
+            raise NotAudio(
+                tr("I cannot open {file}: {error}.", file=source.name, error=exc.strerror or exc)
+            ) from None
         if not source.is_file():
-            raise NotAudio(f"{source.name} is not a file. {SEND_AUDIO_HINT}")
+            raise NotAudio(_with_hint(tr("{file} is not a file.", file=source.name)))
         _check_size(size, max_bytes)
         path = source.resolve()
         yield _Input(f"file:{path}", size, path=path)
@@ -407,11 +436,15 @@ def sweep_stale_intake_dirs(temp_dir: Path | None = None, *, min_age_s: float = 
 
 def _check_size(size: int, max_bytes: int) -> None:
     if size == 0:
-        raise EmptyAudio("That file is empty. Check the recording and send it again.")
+        raise EmptyAudio(tr("That file is empty. Check the recording and send it again."))
     if size > max_bytes:
         raise AudioTooLarge(
-            f"That file is {_fmt_bytes(size)}; the limit is {_fmt_bytes(max_bytes)}. "
-            "Send a shorter or more compressed recording (a voice message works well)."
+            tr(
+                "That file is {size}; the limit is {limit}. "
+                "Send a shorter or more compressed recording (a voice message works well).",
+                size=_fmt_bytes(size),
+                limit=_fmt_bytes(max_bytes),
+            )
         )
 
 

@@ -13,6 +13,7 @@ VoxcloneError (core.errors)
 from __future__ import annotations
 
 from core.errors import VoxcloneError
+from core.i18n import tr
 
 
 class StorageError(VoxcloneError):
@@ -26,10 +27,8 @@ class MigrationError(StorageError):
 class ProfileNotFound(VoxcloneError):
     code = "no_profile"
 
-    def __init__(
-        self, message: str = "You have no cloned voice in this server yet: use /enroll first."
-    ) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or tr("You have no cloned voice in this server yet: use /enroll first."))
 
 
 class ChallengeError(VoxcloneError):
@@ -39,30 +38,33 @@ class ChallengeError(VoxcloneError):
 class ChallengeMissing(ChallengeError):
     code = "challenge_missing"
 
-    def __init__(
-        self,
-        message: str = "There is no open consent phrase for you (a newer one may have replaced it). "
-        "Run /enroll to get a new phrase.",
-    ) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or tr(
+                "There is no open consent phrase for you (a newer one may have replaced it). "
+                "Run /enroll to get a new phrase."
+            )
+        )
 
 
 class ChallengeUsed(ChallengeError):
     code = "challenge_used"
 
-    def __init__(
-        self,
-        message: str = "This consent phrase was already used. Run /enroll to get a new phrase.",
-    ) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message or tr("This consent phrase was already used. Run /enroll to get a new phrase.")
+        )
 
 
 class ChallengeExpired(ChallengeError):
     code = "challenge_expired"
 
-    def __init__(
-        self,
-        message: str = "This consent phrase has expired (phrases are valid for 10 minutes). "
-        "Run /enroll to get a new one, then record it right away.",
-    ) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or tr(
+                "This consent phrase has expired (phrases are valid for 10 minutes). "
+                "Run /enroll to get a new one, then record it right away."
+            )
+        )

@@ -26,6 +26,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from core.audio import OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_WIDTH
+from core.i18n import N_, current_locale, tr
 from worker.errors import (
     InternalWorkerError,
     ModelNotReady,
@@ -66,7 +67,7 @@ from worker.wire import (
 
 log = logging.getLogger("voxclone.worker.client")
 
-UNREACHABLE_MESSAGE: Final = (
+UNREACHABLE_MESSAGE: Final = N_(
     "The speech worker is not reachable right now. An admin should check that `voxclone worker` is running."
 )
 # The defaults of the WORKER_*_S settings (bot/settings.py documents each one).
@@ -290,19 +291,23 @@ class HttpSpeechService:
             else:
                 raise error
         if busy is not None:
-            raise WorkerBusy("Every speech worker is busy right now; try again in a few seconds.")
+            raise WorkerBusy(tr("Every speech worker is busy right now; try again in a few seconds."))
         if not_ready is not None:
             raise not_ready
         if budget.left() <= 0:
             raise WorkerUnavailable(self._too_slow_message())
-        raise WorkerUnavailable(UNREACHABLE_MESSAGE)
+        raise WorkerUnavailable(tr(UNREACHABLE_MESSAGE))
 
     async def _exchange(
         self, worker: _Worker, path: str, content: bytes, stream: bool, budget: _Budget
     ) -> httpx.Response | None:
         """One attempt; None when the worker should be skipped (it is then marked down)."""
         request = self._http.build_request(
-            "POST", worker.url + path, content=content, headers={"Content-Type": "application/json"}
+            "POST",
+            worker.url + path,
+            content=content,
+            # The worker writes its refusals and quality reasons in the member's language.
+            headers={"Content-Type": "application/json", "Accept-Language": current_locale()},
         )
         sending = asyncio.ensure_future(self._http.send(request, stream=stream))
         answered = False
@@ -353,9 +358,10 @@ class HttpSpeechService:
             log.debug("speech worker %s is slow but alive; still waiting", worker.shown)
 
     def _too_slow_message(self) -> str:
-        return (
-            f"The speech workers are too slow right now (no answer within {self._total_s:g} s). "
-            "Try again in a moment; if it keeps happening an admin should check the workers."
+        return tr(
+            "The speech workers are too slow right now (no answer within {seconds} s). "
+            "Try again in a moment; if it keeps happening an admin should check the workers.",
+            seconds=format(self._total_s, "g"),
         )
 
     async def _post(self, path: str, body: BaseModel) -> Any:
@@ -436,9 +442,13 @@ class HttpSpeechService:
         self._mark_down(worker, f"stream cut: {why}")
         said = f"{why}, " if tell else ""
         return StreamInterrupted(
-            f"The speech worker stopped in the middle of this sentence "
-            f"({said}after {received / _BYTES_PER_SECOND:.1f} s of audio). Please try again; "
-            "if it keeps happening an admin should check that `voxclone worker` is running."
+            tr(
+                "The speech worker stopped in the middle of this sentence "
+                "({reason}after {seconds} s of audio). Please try again; "
+                "if it keeps happening an admin should check that `voxclone worker` is running.",
+                reason=said,
+                seconds=format(received / _BYTES_PER_SECOND, ".1f"),
+            )
         )
 
 

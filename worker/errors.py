@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from core.errors import VoxcloneError
+from core.i18n import tr
 
 
 class SpeechError(VoxcloneError):
@@ -136,4 +137,6 @@ def error_from_json(status: int, payload: Any) -> SpeechError:
         details = {k: v for k, v in err.items() if k not in ("code", "message")}
         return cls(str(err["message"]), **details)
     except (KeyError, TypeError):
-        return InternalWorkerError(f"The speech worker answered with HTTP {status} and no usable error.")
+        return InternalWorkerError(
+            tr("The speech worker answered with HTTP {status} and no usable error.", status=status)
+        )

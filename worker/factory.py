@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.i18n import N_, tr
 from worker.client import HttpSpeechService
 from worker.errors import ModelNotReady, SpeechError
 from worker.models import resolve_asr_model, resolve_xtts_dir
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voxclone.worker.factory")
 
-LOADING_MESSAGE = "The speech models are still loading; try again in a minute."
+LOADING_MESSAGE = N_("The speech models are still loading; try again in a minute.")
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class DeferredSpeechService:
             return self._service
         if self._failure is not None:
             raise type(self._failure)(self._failure.message)
-        raise ModelNotReady(LOADING_MESSAGE)
+        raise ModelNotReady(tr(LOADING_MESSAGE))
 
     @property
     def queue_depth(self) -> float:

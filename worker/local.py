@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import numpy as np
 
 from core.audio import ACCEPTED_INPUT_RATES, ANALYSIS_SAMPLE_RATE
+from core.i18n import tr
 from worker.errors import InvalidAudio, ModelUnavailable, QualityRejected
 from worker.models import resolve_asr_model
 from worker.serving.engine import XttsEngine, validate_pcm
@@ -236,7 +237,9 @@ class LocalSpeechService(LocalAnalysis):
         audio = check_input(pcm, sample_rate)
         report = await asyncio.to_thread(self.quality_gate.analyze, audio, sample_rate)
         if not report.accepted:
-            reason = report.reasons[0] if report.reasons else "The recording cannot be used to clone a voice."
+            reason = (
+                report.reasons[0] if report.reasons else tr("The recording cannot be used to clone a voice.")
+            )
             raise QualityRejected(reason, report=report)
         speech = extract_kept(audio, sample_rate, report.kept)
         embedding = await asyncio.to_thread(self.xtts.embed, speech, sample_rate)

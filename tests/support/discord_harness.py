@@ -286,6 +286,8 @@ class Harness:
         # Who Discord says is in each server (GET /guilds/{id}/members/{user}), cached or not.
         self.remote_members: dict[int, dict[int, dict[str, Any]]] = {}
         self.member_fetch_status: int | None = None  # answer member fetches with this HTTP error
+        self.locale = "en-US"  # the client language of members' interactions (e.g. "fr")
+        self.guild_locale = "en-US"  # the servers' language (channel posts)
         state = bot._connection
         state.user = discord.ClientUser(
             state=state, data=self.user_payload(BOT_USER_ID, "voxclone", bot=True)
@@ -509,7 +511,7 @@ class Harness:
             "large": False,
             "unavailable": False,
             "premium_tier": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.guild_locale,
             "verification_level": 0,
             "default_message_notifications": 0,
             "explicit_content_filter": 0,
@@ -599,7 +601,7 @@ class Harness:
         itype: int,
         data: dict[str, Any],
         permissions: int | None = None,
-        locale: str = "en-US",
+        locale: str | None = None,
     ) -> dict[str, Any]:
         self.last_channel_id = fx.text_channel.id
         perms = permissions if permissions is not None else fx.text_channel.permissions_for(member).value
@@ -616,8 +618,8 @@ class Harness:
             "channel": {"id": str(fx.text_channel.id), "type": 0},
             "member": member_payload,
             "data": data,
-            "locale": locale,  # the member's Discord client language (interaction.locale)
-            "guild_locale": "en-US",
+            "locale": locale or self.locale,  # the member's Discord client language (interaction.locale)
+            "guild_locale": fx.guild.preferred_locale.value,
             "app_permissions": str(fx.text_channel.permissions_for(fx.guild.me).value),
             "attachment_size_limit": 10 * 1024 * 1024,
             "entitlements": [],
@@ -637,7 +639,7 @@ class Harness:
         permissions: int | None = None,
         roles: dict[str, int] | None = None,
         channels: dict[str, discord.abc.GuildChannel] | None = None,
-        locale: str = "en-US",
+        locale: str | None = None,
     ) -> discord.Interaction:
         """Dispatch ``/command [sub] option:value``; ``command`` may be "group sub".
 
@@ -723,7 +725,7 @@ class Harness:
         name: str,
         message: dict[str, Any],
         *,
-        locale: str = "en-US",
+        locale: str | None = None,
     ) -> discord.Interaction:
         """Dispatch a message context-menu command on ``message`` (a message payload)."""
         data = {

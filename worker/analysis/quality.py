@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+from babel.numbers import format_decimal, format_percent
 
 from core.audio import ANALYSIS_SAMPLE_RATE, MAX_REFERENCE_SECONDS
+from core.i18n import current_locale, tr
 from worker.errors import InvalidAudio
 from worker.types import FloatArray, QualityReport
 
@@ -190,39 +192,62 @@ def _measure(
     )
 
 
+def _num(value: float, pattern: str = "0") -> str:
+    """A measurement in the member's notation ("2.5" in English, "2,5" in French)."""
+    return format_decimal(value, format=pattern, locale=current_locale())
+
+
 def _judge(m: _Measures) -> tuple[list[str], list[str]]:
-    """Reasons to reject and warnings, as sentences a member can act on."""
+    """Reasons to reject and warnings, as sentences a member can act on (in the current locale)."""
     reasons: list[str] = []
     warnings: list[str] = []
     if m.peak_dbfs < SILENT_PEAK_DBFS:
-        reasons.append("The recording is silent: check that the right microphone is selected and not muted.")
+        reasons.append(
+            tr("The recording is silent: check that the right microphone is selected and not muted.")
+        )
         return reasons, warnings
     if m.speech_s < MIN_SPEECH_S:
         if m.speech_s == 0 and m.noise_dbfs > NOISY_FLOOR_DBFS:
             reasons.append(
-                "I could hear only noise, no speech: record somewhere quieter, close to the microphone."
+                tr("I could hear only noise, no speech: record somewhere quieter, close to the microphone.")
             )
         elif m.duration_s < MIN_SPEECH_S:
             reasons.append(
-                f"The clip is only {m.duration_s:.1f} s long: I need at least {MIN_SPEECH_S:.0f} s of speech "
-                f"({WARN_SPEECH_S:.0f} s or more works best)."
+                tr(
+                    "The clip is only {duration} s long: I need at least {minimum} s of speech "
+                    "({best} s or more works best).",
+                    duration=_num(m.duration_s, "0.0"),
+                    minimum=_num(MIN_SPEECH_S),
+                    best=_num(WARN_SPEECH_S),
+                )
             )
         else:
             reasons.append(
-                f"I heard only {m.speech_s:.1f} s of speech: I need at least {MIN_SPEECH_S:.0f} s. "
-                "Read the whole phrase at a normal pace."
+                tr(
+                    "I heard only {speech} s of speech: I need at least {minimum} s. "
+                    "Read the whole phrase at a normal pace.",
+                    speech=_num(m.speech_s, "0.0"),
+                    minimum=_num(MIN_SPEECH_S),
+                )
             )
     elif m.speech_s < WARN_SPEECH_S:
         warnings.append(
-            f"Only {m.speech_s:.1f} s of speech: {WARN_SPEECH_S:.0f} s or more gives a more faithful voice."
+            tr(
+                "Only {speech} s of speech: {best} s or more gives a more faithful voice.",
+                speech=_num(m.speech_s, "0.0"),
+                best=_num(WARN_SPEECH_S),
+            )
         )
     if m.clipped_fraction > MAX_CLIPPED_FRACTION:
         reasons.append(
-            f"The recording is distorted ({m.clipped_fraction:.1%} of it is clipped): "
-            "lower your input volume or move back from the microphone."
+            tr(
+                "The recording is distorted ({percent} of it is clipped): "
+                "lower your input volume or move back from the microphone.",
+                percent=format_percent(m.clipped_fraction, format="0.0%", locale=current_locale()),
+            )
         )
     elif m.clipped_fraction > WARN_CLIPPED_FRACTION:
-        warnings.append("A little of the recording is clipped: a slightly lower input volume would help.")
+        warnings.append(tr("A little of the recording is clipped: a slightly lower input volume would help."))
     if m.speech_s > 0:
         _judge_level(m, reasons, warnings)
     return reasons, warnings
@@ -231,25 +256,36 @@ def _judge(m: _Measures) -> tuple[list[str], list[str]]:
 def _judge_level(m: _Measures, reasons: list[str], warnings: list[str]) -> None:
     snr = m.level_dbfs - m.noise_dbfs
     if m.level_dbfs < MIN_LEVEL_DBFS:
-        reasons.append(f"Your voice is too quiet ({m.level_dbfs:.0f} dBFS): speak closer to the microphone.")
+        reasons.append(
+            tr(
+                "Your voice is too quiet ({level} dBFS): speak closer to the microphone.",
+                level=_num(m.level_dbfs),
+            )
+        )
     elif m.level_dbfs < WARN_LOW_LEVEL_DBFS:
-        warnings.append("Your voice is a little quiet: speaking closer to the microphone would help.")
+        warnings.append(tr("Your voice is a little quiet: speaking closer to the microphone would help."))
     elif m.clipped_fraction > MAX_CLIPPED_FRACTION:
         pass  # already rejected as distorted; "too loud" would say the same thing twice
     elif m.level_dbfs > MAX_LEVEL_DBFS:
         reasons.append(
-            f"The recording is too loud ({m.level_dbfs:.0f} dBFS): lower your input volume or move back "
-            "from the microphone."
+            tr(
+                "The recording is too loud ({level} dBFS): lower your input volume or move back "
+                "from the microphone.",
+                level=_num(m.level_dbfs),
+            )
         )
     elif m.level_dbfs > WARN_HIGH_LEVEL_DBFS:
-        warnings.append("The recording is very loud: a slightly lower input volume would help.")
+        warnings.append(tr("The recording is very loud: a slightly lower input volume would help."))
     if snr < MIN_SNR_DB:
         reasons.append(
-            f"There is too much background noise (your voice is only {snr:.0f} dB above it): "
-            "record somewhere quieter."
+            tr(
+                "There is too much background noise (your voice is only {snr} dB above it): "
+                "record somewhere quieter.",
+                snr=_num(snr),
+            )
         )
     elif snr < WARN_SNR_DB:
-        warnings.append("There is some background noise: a quieter room would give a cleaner voice.")
+        warnings.append(tr("There is some background noise: a quieter room would give a cleaner voice."))
 
 
 def choose_kept(segments: list[tuple[float, float]], budget_s: float) -> list[tuple[float, float]]:

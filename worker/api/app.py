@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.i18n import SOURCE_LOCALE, resolve, using_locale
 from worker.api.docs import docs_router
 from worker.api.metrics import CONTENT_TYPE, WorkerMetrics
 from worker.api.openai import OPENAI_ENDPOINTS, openai_router
@@ -183,6 +184,49 @@ async def _call(what: str, op: Callable[[], Awaitable[_R]]) -> _R:
         raise InternalWorkerError(UNEXPECTED_MESSAGE) from exc
 
 
+def accept_language(header: str | None) -> str | None:
+    """The best language of an ``Accept-Language`` header that has a catalog (``"fr-FR,fr;q=0.9"`` → fr)."""
+    ranked: list[tuple[float, int, str]] = []
+    for i, part in enumerate((header or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if tag.strip() and tag.strip() != "*" and q > 0:
+            ranked.append((-q, i, tag.strip()))
+    for _, _, tag in sorted(ranked):
+        locale = resolve(tag)
+        if locale != SOURCE_LOCALE or tag.lower().split("-")[0] == SOURCE_LOCALE:
+            return locale
+    return None
+
+
+class _RequestLocale:
+    """Pure ASGI middleware: a request's messages in its ``Accept-Language`` (the bot sends the member's).
+
+    The locale is set around the whole request, so the handler, its error handlers and a streaming
+    response's generator (run inside this call) all build their sentences in it. OpenAI's routes keep
+    OpenAI's English errors.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "") in OPENAI_ENDPOINTS:
+            with using_locale(None):
+                await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope.get("headers", []) if k == b"accept-language"), b"")
+        with using_locale(accept_language(header.decode("latin-1"))):
+            await self.app(scope, receive, send)
+
+
 class _ObserveRequests:
     """Pure ASGI middleware (streams pass through untouched): metrics and one log line per request."""
 
@@ -265,6 +309,7 @@ def create_app(
     app.state.service = service
     _install_error_handlers(app)
     app.add_middleware(_ObserveRequests, metrics=metrics)
+    app.add_middleware(_RequestLocale)  # outermost: everything below answers in the request's language
     secured = APIRouter(dependencies=[Depends(authorize)])
 
     # Open to load balancers and probes: no token, no request body, no secrets in the answer.

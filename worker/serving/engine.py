@@ -20,6 +20,7 @@ import torch
 
 from core.audio import OUTPUT_SAMPLE_RATE
 from core.engine_settings import EngineSettings
+from core.i18n import tr
 from worker.batching.graphs import FastDecode, resolve_fast_decode
 from worker.batching.synthesis import (
     BatchSynthesis,
@@ -161,7 +162,11 @@ class XttsEngine:
             if candidate in self.languages:
                 return candidate
         raise UnsupportedLanguage(
-            f"The voice model cannot speak {language!r}. Pick one of: {', '.join(self.languages)}.",
+            tr(
+                "The voice model cannot speak {language}. Pick one of: {languages}.",
+                language=repr(language),
+                languages=", ".join(self.languages),
+            ),
             supported=list(self.languages),
         )
 
@@ -170,8 +175,10 @@ class XttsEngine:
         emb = request.embedding
         if emb.model_id != self.model_id:
             raise IncompatibleVoice(
-                "This voice was enrolled with a different speech model: "
-                "re-enroll it with /enroll to use it again.",
+                tr(
+                    "This voice was enrolled with a different speech model: "
+                    "re-enroll it with /enroll to use it again."
+                ),
                 voice_model_id=emb.model_id,
                 model_id=self.model_id,
             )
@@ -180,13 +187,17 @@ class XttsEngine:
         max_tokens, min_tokens = self._token_limits(request)
         if len(request.text) > MAX_TEXT_CHARS:
             raise InvalidRequest(
-                f"The text is too long ({len(request.text)} characters): keep it under {MAX_TEXT_CHARS}."
+                tr(
+                    "The text is too long ({length} characters): keep it under {limit}.",
+                    length=len(request.text),
+                    limit=MAX_TEXT_CHARS,
+                )
             )
         base = language.split("-")[0]
         limit = self.model.tokenizer.char_limits.get(base, DEFAULT_CHAR_LIMIT)
         pieces = split_sentences(request.text, max_chars=limit)
         if not pieces:
-            raise InvalidRequest("There is nothing to say: the text has no letters or digits.")
+            raise InvalidRequest(tr("There is nothing to say: the text has no letters or digits."))
         sentences: list[torch.Tensor] = []
         for piece in pieces:
             sentences.extend(self._tokenize(piece, language))
@@ -283,12 +294,12 @@ class XttsEngine:
         shape_ok = cond.ndim == 3 and cond.shape[0] == 1 and cond.shape[2] == dim
         if not shape_ok or (positions and cond.shape[1] != positions) or speaker.shape != (1, d_vector, 1):
             raise IncompatibleVoice(
-                "This voice's data does not fit the speech model: re-enroll it with /enroll.",
+                tr("This voice's data does not fit the speech model: re-enroll it with /enroll."),
                 gpt_cond_latent_shape=list(cond.shape),
                 speaker_embedding_shape=list(speaker.shape),
             )
         if not all(np.all(np.abs(a) <= MAX_EMBEDDING_ABS) for a in (cond, speaker)):  # also False for NaN
-            raise IncompatibleVoice("This voice's data is damaged: re-enroll it with /enroll.")
+            raise IncompatibleVoice(tr("This voice's data is damaged: re-enroll it with /enroll."))
         return torch.from_numpy(cond), torch.from_numpy(speaker)  # host tensors: see PreparedSpeech
 
     @property
@@ -313,15 +324,19 @@ class XttsEngine:
         except (ImportError, NotImplementedError) as exc:
             package = _FRONTEND_PACKAGES.get(language, "its text front-end")
             raise UnsupportedLanguage(
-                f"The speech worker cannot read {language!r} text: it needs {package} installed. "
-                f"Try another language or ask the bot's operator.",
+                tr(
+                    "The speech worker cannot read {language} text: it needs {package} installed. "
+                    "Try another language or ask the bot's operator.",
+                    language=repr(language),
+                    package=package,
+                ),
                 supported=[lang for lang in self.languages if lang not in _FRONTEND_PACKAGES],
             ) from exc
         if len(ids) < self.model.args.gpt_max_text_tokens:
             return [torch.tensor([ids], dtype=torch.int32)]
         left, right = halve(piece)
         if not left or not right:
-            raise InvalidRequest("A word in the text is too long to speak: split it up.")
+            raise InvalidRequest(tr("A word in the text is too long to speak: split it up."))
         return self._tokenize(left, language) + self._tokenize(right, language)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.i18n import N_, tr
 from worker.errors import InternalWorkerError, SpeechError, SynthesisCancelled, WorkerBusy
 from worker.serving.jobs import BatchingEngine, ChunkChannel, SpeechEngine, SynthesisJob
 from worker.serving.loop import BatchLoop
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUSY_MESSAGE = "The speech engine is busy right now: try again in a few seconds."
+BUSY_MESSAGE = N_("The speech engine is busy right now: try again in a few seconds.")
 DEFAULT_BUFFER_CHUNKS = 64  # chunks (about a minute of audio) a slow listener may fall behind by
 
 
@@ -113,7 +114,7 @@ class SynthesisScheduler:
         Raises the engine's validation errors (language, voice, text) or ``WorkerBusy`` right away.
         """
         if self._stopping.is_set():
-            raise SynthesisCancelled("The speech engine is shutting down: try again in a moment.")
+            raise SynthesisCancelled(tr("The speech engine is shutting down: try again in a moment."))
         speech = self.engine.prepare(request)
         channel = ChunkChannel[Int16Array](asyncio.get_running_loop(), self.buffer_chunks, self._wake.set)
         job = SynthesisJob(speech, channel, notify=self._wake.set)
@@ -121,7 +122,7 @@ class SynthesisScheduler:
             # Room for ``max_queue`` waiting jobs beyond those the engine will admit as soon as it looks.
             depth = self._queue.qsize()
             if depth >= self.max_queue + self._free_rows():
-                raise WorkerBusy(BUSY_MESSAGE, queue_depth=depth, max_queue=self.max_queue)
+                raise WorkerBusy(tr(BUSY_MESSAGE), queue_depth=depth, max_queue=self.max_queue)
             self._queue.put_nowait(job)
         self._wake.set()
         return SynthesisStream(job)

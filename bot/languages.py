@@ -104,7 +104,7 @@ def resolve(requested: str) -> str:
             return code
     raise UnsupportedLanguage(
         tr(
-            "I can't speak `{language}`. Pick one of: {languages}.",
+            "I can't speak '{language}'. Pick one of: {languages}.",
             language=requested,
             languages=format_list([language_name(code) for code in XTTS_LANGUAGES], locale=current_locale()),
         ),

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from bot.errors import AssistantBadResponse, AssistantRefused, AssistantTimeout, AssistantUnavailable
 from core.errors import ConfigError
+from core.i18n import N_, tr
 from core.settings import Settings
 
 log = logging.getLogger("voxclone.assistant")
@@ -43,15 +44,15 @@ DEFAULT_SYSTEM_PROMPT = (
     "few short sentences of plain text: no markdown, lists, links or emoji. The question is a speech "
     "transcript and may contain recognition mistakes. Answer in the language of the question."
 )
-UNREACHABLE = (
+UNREACHABLE = N_(
     "I couldn't reach the assistant's server: it may be down. Try again in a minute; if it keeps "
     "happening, tell the bot's operator."
 )
-NOT_CHAT = (
+NOT_CHAT = N_(
     "The assistant's server answered something that isn't a chat completion. The bot's operator needs to "
     "check LLM_BASE_URL (it should end in /v1)."
 )
-BROKEN_OFF = "The connection to the assistant's server broke off in the middle of the answer. Try again."
+BROKEN_OFF = N_("The connection to the assistant's server broke off in the middle of the answer. Try again.")
 
 Role = Literal["system", "user", "assistant"]
 
@@ -162,8 +163,11 @@ class AssistantClient:
                 async for line in response.aiter_lines():
                     if time.monotonic() > deadline:
                         raise AssistantTimeout(
-                            f"The assistant was still talking after {self.config.total_timeout_s:.0f} s, "
-                            "so I stopped it. Ask for a shorter answer."
+                            tr(
+                                "The assistant was still talking after {seconds} s, so I stopped it. "
+                                "Ask for a shorter answer.",
+                                seconds=round(self.config.total_timeout_s),
+                            )
                         )
                     if not line.startswith("data:"):
                         continue  # blank separators, comments (": keep-alive"), other SSE fields
@@ -188,40 +192,48 @@ class AssistantClient:
             return
         log.warning("assistant request refused", extra={"host": self._host, "status": status})
         if status in (401, 403):
-            message = (
-                f"The assistant's server refused the bot's credentials (HTTP {status}). "
-                "The bot's operator needs to check LLM_API_KEY."
+            message = tr(
+                "The assistant's server refused the bot's credentials (HTTP {status}). "
+                "The bot's operator needs to check LLM_API_KEY.",
+                status=status,
             )
         elif status == 404:
-            message = (
-                f"The assistant's server doesn't know the model `{self.config.model}` or the address is "
-                "wrong (HTTP 404). The bot's operator needs to check LLM_MODEL and LLM_BASE_URL."
+            message = tr(
+                "The assistant's server doesn't know the model `{model}` or the address is "
+                "wrong (HTTP 404). The bot's operator needs to check LLM_MODEL and LLM_BASE_URL.",
+                model=self.config.model,
             )
         elif status == 429:
-            message = (
+            message = tr(
                 "The assistant is getting too many requests right now (HTTP 429). Try again in a minute."
             )
         elif status >= 500:
-            message = f"The assistant's server had a problem (HTTP {status}). Try again in a minute."
+            message = tr(
+                "The assistant's server had a problem (HTTP {status}). Try again in a minute.", status=status
+            )
         else:
-            message = (
-                f"The assistant's server rejected the question (HTTP {status}). Try a shorter question; if "
-                "it keeps happening, tell the bot's operator."
+            message = tr(
+                "The assistant's server rejected the question (HTTP {status}). Try a shorter question; if "
+                "it keeps happening, tell the bot's operator.",
+                status=status,
             )
         raise AssistantRefused(message, status=status)
 
     def _transport_error(self, exc: httpx.HTTPError) -> Exception:
         log.warning("assistant request failed", extra={"host": self._host, "error": type(exc).__name__})
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return AssistantUnavailable(UNREACHABLE)
+            return AssistantUnavailable(tr(UNREACHABLE))
         if isinstance(exc, httpx.TimeoutException):
             return AssistantTimeout(
-                f"The assistant took too long to answer (nothing for {self.config.chunk_timeout_s:.0f} s), "
-                "so I stopped waiting. Try again in a moment."
+                tr(
+                    "The assistant took too long to answer (nothing for {seconds} s), "
+                    "so I stopped waiting. Try again in a moment.",
+                    seconds=round(self.config.chunk_timeout_s),
+                )
             )
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-            return AssistantUnavailable(BROKEN_OFF)
-        return AssistantUnavailable(UNREACHABLE)
+            return AssistantUnavailable(tr(BROKEN_OFF))
+        return AssistantUnavailable(tr(UNREACHABLE))
 
 
 def _ms(started: float) -> int:
@@ -232,20 +244,20 @@ def _json(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise AssistantBadResponse(NOT_CHAT) from None
+        raise AssistantBadResponse(tr(NOT_CHAT)) from None
     if not isinstance(value, dict):
-        raise AssistantBadResponse(NOT_CHAT)
+        raise AssistantBadResponse(tr(NOT_CHAT))
     error = value.get("error")
     if error:  # some servers report a failure inside a 200 stream
         log.warning("assistant reported an error in its answer")
-        raise AssistantRefused("The assistant's server stopped with an error. Try again in a minute.")
+        raise AssistantRefused(tr("The assistant's server stopped with an error. Try again in a minute."))
     return value
 
 
 def _first_choice(payload: dict[str, Any]) -> dict[str, Any]:
     choices = payload.get("choices")
     if not isinstance(choices, list):
-        raise AssistantBadResponse(NOT_CHAT)
+        raise AssistantBadResponse(tr(NOT_CHAT))
     if not choices:
         return {}  # e.g. a final usage-only chunk
     choice = choices[0]
@@ -262,7 +274,7 @@ def _message_content(payload: dict[str, Any]) -> str:
     message = _first_choice(payload).get("message") or {}
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise AssistantBadResponse(NOT_CHAT)
+        raise AssistantBadResponse(tr(NOT_CHAT))
     return content
 
 

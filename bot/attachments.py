@@ -11,7 +11,9 @@ from __future__ import annotations
 import discord
 
 from bot.enrollment import MAX_CONSENT_BYTES, Upload
+from bot.replies import size_text
 from core.errors import AudioTooLarge, NotAudio
+from core.i18n import N_, tr
 
 AUDIO_EXTENSIONS = (
     ".ogg",
@@ -27,7 +29,7 @@ AUDIO_EXTENSIONS = (
     ".mkv",
     ".mov",
 )
-NO_RECORDING = (
+NO_RECORDING = N_(
     "That message has no voice recording. Record a voice message, or upload a file with `/enroll clip:`."
 )
 
@@ -49,10 +51,13 @@ def audio_attachment(message: discord.Message) -> discord.Attachment | None:
 
 
 def voice_attachment(message: discord.Message, *, missing: str = NO_RECORDING) -> discord.Attachment:
-    """The audio attachment of a message (a voice message has exactly one); ``NotAudio(missing)`` if none."""
+    """The audio attachment of a message (a voice message has exactly one); ``NotAudio(missing)`` if none.
+
+    ``missing`` is a marked message (``N_``), translated here.
+    """
     att = audio_attachment(message)
     if att is None:
-        raise NotAudio(missing)
+        raise NotAudio(tr(missing))
     return att
 
 
@@ -62,14 +67,20 @@ async def read_upload(
     """Check size and type before downloading; re-fetch the message if the attachment URL expired."""
     if att.size > max_bytes:
         raise AudioTooLarge(
-            f"`{discord.utils.escape_markdown(att.filename)}` is {att.size / 1e6:.1f} MB; recordings up to "
-            f"{max_bytes / 1e6:.0f} MB are accepted. A minute of speech as a voice message, ogg, m4a or mp3 "
-            "is far smaller."
+            tr(
+                "`{file}` is {size}; recordings up to {limit} are accepted. A minute of speech as a voice "
+                "message, ogg, m4a or mp3 is far smaller.",
+                file=discord.utils.escape_markdown(att.filename),
+                size=size_text(att.size),
+                limit=size_text(max_bytes),
+            )
         )
     if not looks_like_audio(att):
         raise NotAudio(
-            f"`{discord.utils.escape_markdown(att.filename)}` doesn't look like audio. "
-            "Send a voice message or an mp3/ogg/m4a/wav file."
+            tr(
+                "`{file}` doesn't look like audio. Send a voice message or an mp3/ogg/m4a/wav file.",
+                file=discord.utils.escape_markdown(att.filename),
+            )
         )
     try:
         data = await att.read()
@@ -80,6 +91,6 @@ async def read_upload(
         fresh = await message.channel.fetch_message(message.id)
         match = next((a for a in fresh.attachments if a.id == att.id), None)
         if match is None:
-            raise NotAudio("That recording was deleted from the message. Send it again.") from None
+            raise NotAudio(tr("That recording was deleted from the message. Send it again.")) from None
         data = await match.read()
     return Upload(data=data, filename=att.filename, content_type=att.content_type)

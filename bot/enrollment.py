@@ -21,9 +21,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
+from babel.numbers import format_decimal
 
 from bot.errors import PhraseMismatch, ReferenceMismatch
 from bot.policy import Actor, Policy
+from core.i18n import N_, current_locale, ngettext, tr, using_locale
 from core.intake import DecodedAudio, decode_audio_async
 from storage import Challenge, ConsentRecord, ReferenceClip, Repositories, VoiceProfile
 from storage.errors import ChallengeMissing
@@ -43,63 +45,68 @@ INTAKE_RATE: Final = 24_000  # Hz: decoded uploads; the worker resamples for ana
 MAX_CLIP_SECONDS: Final = 120.0  # s: a consent reading or a reference clip
 MAX_CLIP_BYTES: Final = 25 * 1024 * 1024  # bytes: Discord's default upload limit (reference clips)
 MAX_CONSENT_BYTES: Final = MAX_RECORDING_BYTES  # bytes: the consent recording is kept, so it is capped lower
-PREVIEW_TEXT: Final = "Hello! This is how my cloned voice sounds on this server."
-# The preview is spoken in the language the voice was enrolled in (the consent phrase's); English otherwise.
-PREVIEW_TEXTS: Final[dict[str, str]] = {
-    "en": PREVIEW_TEXT,
-    "fr": "Bonjour ! Voici comment ma voix clonée sonne sur ce serveur.",
-}
+PREVIEW_TEXT: Final = N_("Hello! This is how my cloned voice sounds on this server.")
 PREVIEW_RATE: Final = 24_000  # Hz: the speech service's s16le mono output
 PREVIEW_MAX_SECONDS: Final = 6.0  # s of audio: the sentence above, spoken; synthesis stops there
 PREVIEW_TIMEOUT_S: Final = 30.0  # s of waiting: what is made by then is sent (if PREVIEW_MIN_SECONDS)
 PREVIEW_MIN_SECONDS: Final = 1.0  # s: less than this is no preview worth sending
 
 Stage = Literal["checking", "transcribing", "comparing", "cloning", "done"]
-STAGE_TEXT: Final[dict[Stage, str]] = {
-    "checking": "Checking the audio…",
-    "transcribing": "Transcribing what you said…",
-    "comparing": "Comparing it with your phrase…",
-    "cloning": "Cloning your voice…",
-    "done": "Done.",
+STAGE_TEXT: Final[dict[Stage, str]] = {  # marked: shown as tr(STAGE_TEXT[stage])
+    "checking": N_("Checking the audio…"),
+    "transcribing": N_("Transcribing what you said…"),
+    "comparing": N_("Comparing it with your phrase…"),
+    "cloning": N_("Cloning your voice…"),
+    "done": N_("Done."),
 }
 Progress = Callable[[Stage], Awaitable[None]]
 
 
 def phrase_language(locale: discord.Locale | str | None) -> str:
-    """The language of the consent phrase for a member's Discord client locale: French for ``fr``, else
-    English. The one place that maps locales to phrase languages (the bot's translations will own it)."""
-    code = str(locale or "").strip().lower()
-    return "fr" if code == "fr" or code.startswith(("fr-", "fr_")) else "en"
+    """The language of a member's consent phrase: their Discord client's when it has a phrasebook, else
+    English (``worker.analysis.verify.PHRASEBOOKS``)."""
+    return consent_language(str(locale) if locale else None)
 
 
 def preview_text(language: str) -> str:
-    """The sentence a new voice is previewed with, in ``language`` when there is one, else in English."""
-    return PREVIEW_TEXTS.get(language, PREVIEW_TEXT)
+    """The preview sentence in the language it is spoken in (an XTTS code; English when no catalog)."""
+    with using_locale(language):
+        return tr(PREVIEW_TEXT)
 
 
 def consent_statement(phrase: str, server_name: str, retention_days: int | None, expires_at: datetime) -> str:
-    """What the member agrees to, in plain words, with the phrase to read."""
+    """What the member agrees to, in plain words and in their language, with the phrase to read."""
     keep = (
-        f"until you delete it, or {retention_days} days after it was last used"
+        ngettext(
+            "until you delete it, or {n} day after it was last used",
+            "until you delete it, or {n} days after it was last used",
+            retention_days,
+        )
         if retention_days
-        else "until you delete it"
+        else tr("until you delete it")
     )
-    return (
-        f"**Enroll your voice in {server_name}**\n"
+    expires = f"<t:{int(expires_at.timestamp())}:R>"  # Discord shows it in the reader's language
+    # TRANSLATORS: keep the Markdown (**bold**, *italics*, > quote, `commands`) and the line breaks.
+    # "Apps → Enroll this voice message" is the message command as Discord's menu shows it.
+    return tr(
+        "**Enroll your voice in {server}**\n"
         "By reading the phrase below you agree that voxclone may make a cloned voice of *you* in this "
         "server and speak text in it when you (or members you share it with) ask.\n\n"
         "**What is stored:** your voice's speaker embedding (numbers computed from your recording), this "
         "recording as proof of consent, its transcript, and quality figures.\n"
         "**Why:** to speak in your voice, and to show that you agreed.\n"
-        f"**For how long:** {keep}. Leaving the server deletes it too.\n"
+        "**For how long:** {keep}. Leaving the server deletes it too.\n"
         "**How to delete it:** `/voice delete`, at any time: it is immediate and complete. "
         "`/voice export` shows everything stored about you.\n"
         "Everything spoken in your voice carries an inaudible watermark and is announced in text.\n\n"
-        f"**Read this phrase aloud:**\n> {phrase}\n\n"
+        "**Read this phrase aloud:**\n> {phrase}\n\n"
         "Record it as a voice message here and use the message command **Apps → Enroll this voice "
         "message**, or upload a recording with `/enroll clip:`. An optional longer `reference:` clip of "
-        f"you talking naturally improves the clone. The phrase expires <t:{int(expires_at.timestamp())}:R> "
-        "and works once."
+        "you talking naturally improves the clone. The phrase expires {expires} and works once.",
+        server=server_name,
+        keep=keep,
+        phrase=phrase,
+        expires=expires,
     )
 
 
@@ -171,15 +178,17 @@ class EnrollmentService:
         challenge = await self.repos.challenges.active(guild_id, actor.user_id)
         if challenge is None:
             raise ChallengeMissing(
-                "You don't have an open consent phrase (they expire after 10 minutes and work once). "
-                "Run `/enroll` to get one, then record it right away."
+                tr(
+                    "You don't have an open consent phrase (they expire after 10 minutes and work once). "
+                    "Run `/enroll` to get one, then record it right away."
+                )
             )
         await stage("checking")
         consent_audio = await _decode(clip)
         ref_audio = await _decode(reference) if reference is not None else None
         quality = await self.speech.check_quality(consent_audio.pcm, consent_audio.sample_rate)
         if not quality.accepted:
-            raise QualityRejected("This recording can't be used to clone your voice.", report=quality)
+            raise QualityRejected(tr("This recording can't be used to clone your voice."), report=quality)
         await stage("transcribing")
         language = challenge.language  # the phrase's: transcribed, compared and enrolled in it
         heard = await self.speech.transcribe(consent_audio.pcm, consent_audio.sample_rate, language)
@@ -187,18 +196,25 @@ class EnrollmentService:
         match = await self.speech.match_phrase(challenge.phrase, heard.text, language)
         if not match.matched:
             raise PhraseMismatch(
-                "Your recording doesn't match the phrase. I heard: "
-                f"“{_short(heard.text)}”. Read exactly the phrase shown by `/enroll`, clearly and at a "
-                "normal pace, and try again (the same phrase still works until it expires)."
+                tr(
+                    "Your recording doesn't match the phrase. I heard: “{heard}”. Read exactly the phrase "
+                    "shown by `/enroll`, clearly and at a normal pace, and try again (the same phrase still "
+                    "works until it expires).",
+                    heard=_short(heard.text),
+                )
             )
         speaker: SpeakerCheck | None = None
         if ref_audio is not None:
             speaker = await self.speech.compare_speakers(consent_audio.pcm, ref_audio.pcm, INTAKE_RATE)
             if not speaker.same_speaker:
                 raise ReferenceMismatch(
-                    "The reference clip doesn't sound like the same person as your consent recording "
-                    f"(similarity {speaker.similarity:.2f}, needed {speaker.threshold:.2f}). "
-                    "Only your own voice can be enrolled: send a reference clip of yourself, or leave it out."
+                    tr(
+                        "The reference clip doesn't sound like the same person as your consent recording "
+                        "(similarity {similarity}, needed {threshold}). Only your own voice can be "
+                        "enrolled: send a reference clip of yourself, or leave it out.",
+                        similarity=_score(speaker.similarity),
+                        threshold=_score(speaker.threshold),
+                    )
                 )
         await stage("cloning")
         source = ref_audio if ref_audio is not None else consent_audio
@@ -269,6 +285,11 @@ async def _decode(upload: Upload) -> DecodedAudio:
 
 def _pcm_hash(audio: DecodedAudio) -> str:
     return hashlib.sha256(np.ascontiguousarray(audio.pcm, dtype="<f4").tobytes()).hexdigest()
+
+
+def _score(value: float) -> str:
+    """A similarity score as the reader writes decimals ("0.62", "0,62")."""
+    return format_decimal(value, format="0.00", locale=current_locale())
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -37,9 +37,10 @@ from __future__ import annotations
 from typing import Final
 
 from core.errors import VoxcloneError
+from core.i18n import N_
 
-NOT_ENROLLED: Final = "You haven't enrolled a voice in this server yet: start with `/enroll`."
-"""What :class:`NoVoiceProfile` says when the member asking has no voice of their own here."""
+NOT_ENROLLED: Final = N_("You haven't enrolled a voice in this server yet: start with `/enroll`.")
+"""What :class:`NoVoiceProfile` says when the member asking has no voice of their own here (``tr`` it)."""
 
 
 class PolicyError(VoxcloneError):

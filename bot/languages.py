@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import unicodedata
+from functools import cache
 from typing import Final
 
+from babel import Locale
+from babel.lists import format_list
 from discord import app_commands
 from lingua import IsoCode639_1, Language, LanguageDetector, LanguageDetectorBuilder
 
+from core.i18n import current_locale, tr
 from worker.errors import UnsupportedLanguage
 
 log = logging.getLogger("voxclone.languages")
 
-# XTTS-v2's language codes, in the model's order, with the name a member picks from.
+# XTTS-v2's language codes, in the model's order, with their English names (accepted when typed; what a
+# member reads is the name in their own language, from Babel: language_name).
 XTTS_LANGUAGES: Final[dict[str, str]] = {
     "en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
     "pt": "Portuguese", "pl": "Polish", "tr": "Turkish", "ru": "Russian", "nl": "Dutch", "cs": "Czech",
@@ -29,6 +35,26 @@ XTTS_LANGUAGES: Final[dict[str, str]] = {
 MIN_LETTERS: Final = 8  # letters (any script) below which a text is too short to tell its language
 MIN_CONFIDENCE: Final = 0.5  # lingua's confidence (0-1) for the likeliest language, below: not sure
 AUTOCOMPLETE_LIMIT: Final = 25  # Discord shows at most 25 choices
+
+
+def language_name(code: str, locale: str | None = None) -> str:
+    """A language's name in the reader's language (Babel's CLDR data): "de" → "German", "allemand".
+
+    Takes XTTS codes ("zh-cn") and Whisper's ISO 639-1 codes; an unknown code is shown as it is.
+    """
+    names = _language_names(locale or current_locale())
+    return names.get(code) or names.get(code.split("-")[0]) or code
+
+
+@cache
+def _language_names(locale: str) -> dict[str, str]:
+    return dict(Locale.parse(locale).languages)
+
+
+def _folded(text: str) -> str:
+    """Lower case without accents, to match what was typed ("francais" finds "français")."""
+    decomposed = unicodedata.normalize("NFKD", text.strip().casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
 def _iso(code: str) -> str:
@@ -71,13 +97,17 @@ class TextLanguage:
 
 
 def resolve(requested: str) -> str:
-    """The XTTS code for a code or name a member typed ("fr", "French", "zh" → "zh-cn")."""
-    wanted = requested.strip().lower().replace("_", "-")
+    """The XTTS code for a code or name a member typed ("fr", "French", "français", "zh" → "zh-cn")."""
+    wanted = _folded(requested).replace("_", "-")
     for code, name in XTTS_LANGUAGES.items():
-        if wanted in (code, name.lower(), code.split("-")[0]):
+        if wanted in (code, name.lower(), code.split("-")[0], _folded(language_name(code))):
             return code
     raise UnsupportedLanguage(
-        f"I can't speak {requested!r}. Pick one of: {', '.join(XTTS_LANGUAGES.values())}.",
+        tr(
+            "I can't speak '{language}'. Pick one of: {languages}.",
+            language=requested,
+            languages=format_list([language_name(code) for code in XTTS_LANGUAGES], locale=current_locale()),
+        ),
         supported=list(XTTS_LANGUAGES),
     )
 
@@ -96,10 +126,14 @@ def choose_language(text: str, *, requested: str | None, voice_language: str, de
 
 
 def language_choices(current: str) -> list[app_commands.Choice[str]]:
-    """Autocomplete: the languages whose name or code contains what was typed (all when nothing)."""
-    typed = current.strip().lower()
-    return [
-        app_commands.Choice(name=f"{name} ({code})", value=code)
-        for code, name in XTTS_LANGUAGES.items()
-        if not typed or typed in name.lower() or typed in code
-    ][:AUTOCOMPLETE_LIMIT]
+    """Autocomplete: the languages whose name (the reader's or English) or code contains what was typed.
+
+    Every language when nothing was typed; names in the reader's language ("allemand (de)").
+    """
+    typed = _folded(current)
+    choices = []
+    for code, english in XTTS_LANGUAGES.items():
+        name = language_name(code)
+        if not typed or typed in _folded(name) or typed in english.lower() or typed in code:
+            choices.append(app_commands.Choice(name=f"{name} ({code})", value=code))
+    return choices[:AUTOCOMPLETE_LIMIT]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import discord
+from babel.lists import format_list
 
 from bot.errors import BusyElsewhere, MissingVoicePermissions, NothingPlaying, QueueFull
 from bot.pcm import (
@@ -30,6 +31,8 @@ from bot.pcm import (
     Upsampler2x,
     to_discord_pcm,
 )
+from bot.replies import server_locale
+from core.i18n import current_locale, ngettext, pgettext, set_locale, tr, using_locale
 from worker.errors import SpeechError
 from worker.service import SpeechService
 from worker.types import SpeechRequest
@@ -110,18 +113,35 @@ class GuildPlayer:
         """Refuse early with a reason: missing Connect/Speak, or busy in another channel."""
         me = self.guild.me
         perms = channel.permissions_for(me)
-        missing = [name for name, ok in (("Connect", perms.connect), ("Speak", perms.speak)) if not ok]
+        missing = [  # as Discord's client names them, in the reader's language
+            name
+            for name, ok in (
+                (pgettext("permission", "Connect"), perms.connect),
+                (pgettext("permission", "Speak"), perms.speak),
+            )
+            if not ok
+        ]
         if missing:
             raise MissingVoicePermissions(
-                f"I can't speak in {channel.mention}: I'm missing the {' and '.join(missing)} permission"
-                f"{'s' if len(missing) > 1 else ''} there. "
-                "A server admin can grant it in the channel settings."
+                ngettext(
+                    "I can't speak in {channel}: I'm missing the {permissions} permission there. "
+                    "A server admin can grant it in the channel settings.",
+                    "I can't speak in {channel}: I'm missing the {permissions} permissions there. "
+                    "A server admin can grant them in the channel settings.",
+                    len(missing),
+                    channel=channel.mention,
+                    permissions=format_list(missing, locale=current_locale()),
+                )
             )
         busy = self.channel_id is not None and self.channel_id != channel.id and (self.current or self.queue)
         if busy:
+            where = f"<#{self.channel_id}>"
             raise BusyElsewhere(
-                f"I'm already speaking in <#{self.channel_id}> in this server. Join that channel, "
-                "or wait until the queue there is done (`/queue` shows it)."
+                tr(
+                    "I'm already speaking in {channel} in this server. Join that channel, "
+                    "or wait until the queue there is done (`/queue` shows it).",
+                    channel=where,
+                )
             )
 
     async def enqueue(self, channel: discord.VoiceChannel, utterance: Utterance) -> int:
@@ -129,8 +149,13 @@ class GuildPlayer:
         self.check_can_join(channel)
         if len(self.queue) >= self.max_queue:
             raise QueueFull(
-                f"The queue in this server is full ({self.max_queue} messages). Wait a little, or ask a "
-                "moderator to `/stop` it."
+                ngettext(
+                    "The queue in this server is full ({n} message). Wait a little, or ask a "
+                    "moderator to `/stop` it.",
+                    "The queue in this server is full ({n} messages). Wait a little, or ask a "
+                    "moderator to `/stop` it.",
+                    self.max_queue,
+                )
             )
         self.channel_id = channel.id
         self.queue.append(utterance)
@@ -158,7 +183,7 @@ class GuildPlayer:
     def skip(self) -> Utterance:
         """Stop the current utterance now (its synthesis is cancelled upstream)."""
         if self.current is None:
-            raise NothingPlaying("Nothing is playing right now.")
+            raise NothingPlaying(tr("Nothing is playing right now."))
         current = self.current
         turn = self._turn
         if turn is not None:
@@ -220,6 +245,9 @@ class GuildPlayer:
     # ---- the loop ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # This task posts in the server's channels, so it speaks the server's language, not that of the
+        # member whose message started it (the task copied their interaction's context).
+        set_locale(server_locale(self.guild))
         while not self._closed:
             if not self.queue:
                 self._wakeup.clear()
@@ -237,16 +265,20 @@ class GuildPlayer:
                 await self._play(item, self._turn)
             except SpeechError as exc:
                 item.error = exc.message
-                await self._safe_notify(item.text_channel_id, f"I couldn't finish speaking: {exc.message}")
+                with using_locale(server_locale(self.guild)):
+                    text = tr("I couldn't finish speaking: {reason}", reason=exc.message)
+                await self._safe_notify(item.text_channel_id, text)
             except (discord.ClientException, TimeoutError, OSError) as exc:
                 item.error = str(exc)
                 log.warning(
                     "voice playback failed", extra={"guild_id": self.guild.id, "error": type(exc).__name__}
                 )
-                await self._safe_notify(
-                    item.text_channel_id,
-                    "I lost the voice connection and stopped this message. Try `/speak` again in a moment.",
-                )
+                with using_locale(server_locale(self.guild)):
+                    text = tr(
+                        "I lost the voice connection and stopped this message. "
+                        "Try `/speak` again in a moment."
+                    )
+                await self._safe_notify(item.text_channel_id, text)
                 await self.leave()
             finally:
                 self.current, self._turn = None, None

@@ -12,6 +12,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
+from babel.numbers import format_decimal
+
 from bot.errors import (
     NOT_ENROLLED,
     AssistantVoiceNotOptedIn,
@@ -25,8 +27,10 @@ from bot.errors import (
     TextRejected,
     VoiceNotShared,
 )
+from core.i18n import N_, current_locale, tr
 
-ENABLE_HINT = "A server admin can turn it on with `/consent set cloning:True`."
+ENABLE_HINT = N_("A server admin can turn it on with `/consent set cloning:True`.")
+CLONING_OFF = N_("Voice cloning is off in this server. {hint}")
 
 
 class ServerRules(Protocol):
@@ -76,19 +80,25 @@ class VoiceFacts:
     shared_with_actor: bool
 
 
+def _number(value: int) -> str:
+    """A count as the reader writes it ("1,500" in English, "1 500" in French)."""
+    return format_decimal(value, locale=current_locale())
+
+
 def _role_list(role_ids: Collection[int]) -> str:
     return ", ".join(f"<@&{rid}>" for rid in sorted(role_ids))
 
 
-def _check_gate(actor: Actor, rules: ServerRules, role_ids: Collection[int], doing: str) -> None:
-    """Cloning must be on, and the actor must hold one of ``role_ids`` when the list is not empty."""
+def _check_gate(actor: Actor, rules: ServerRules, role_ids: Collection[int], refusal: str) -> None:
+    """Cloning must be on, and the actor must hold one of ``role_ids`` when the list is not empty.
+
+    ``refusal`` is the marked sentence (with ``{roles}``) that says who may, when the actor may not.
+    """
     if not rules.cloning_enabled:
-        raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
+        raise CloningDisabled(tr(CLONING_OFF, hint=tr(ENABLE_HINT)))
     allowed = set(role_ids)
     if allowed and not (allowed & actor.role_ids):
-        raise RoleNotAllowed(
-            f"In this server only members with one of these roles can {doing}: {_role_list(allowed)}."
-        )
+        raise RoleNotAllowed(tr(refusal, roles=_role_list(allowed)))
 
 
 class Policy:
@@ -103,18 +113,28 @@ class Policy:
     def check_admin(self, actor: Actor) -> None:
         if not actor.is_admin:
             raise NotAdmin(
-                "Only members with the Manage Server permission can change voice cloning settings."
+                tr("Only members with the Manage Server permission can change voice cloning settings.")
             )
 
     # ---- enrolment --------------------------------------------------------------------------------
 
     def check_enroll(self, actor: Actor, rules: ServerRules) -> None:
-        _check_gate(actor, rules, rules.enroll_role_ids, "enroll a voice")
+        _check_gate(
+            actor,
+            rules,
+            rules.enroll_role_ids,
+            N_("In this server only members with one of these roles can enroll a voice: {roles}."),
+        )
 
     # ---- speaking ---------------------------------------------------------------------------------
 
     def _check_may_use_voices(self, actor: Actor, rules: ServerRules) -> None:
-        _check_gate(actor, rules, rules.speak_role_ids, "use cloned voices")
+        _check_gate(
+            actor,
+            rules,
+            rules.speak_role_ids,
+            N_("In this server only members with one of these roles can use cloned voices: {roles}."),
+        )
 
     def check_speak(self, actor: Actor, rules: ServerRules, voice: VoiceFacts) -> None:
         """May ``actor`` make the bot speak in ``voice`` here?"""
@@ -122,16 +142,18 @@ class Policy:
         own = voice.owner_id == actor.user_id
         if not voice.has_profile:
             if own:
-                raise NoVoiceProfile(NOT_ENROLLED)
-            raise NoVoiceProfile(f"{voice.owner_name} has no enrolled voice in this server.")
+                raise NoVoiceProfile(tr(NOT_ENROLLED))
+            raise NoVoiceProfile(tr("{name} has no enrolled voice in this server.", name=voice.owner_name))
         if own:
             return
         if not rules.allow_sharing:
-            raise SharingDisabled("This server doesn't allow speaking in other members' voices.")
+            raise SharingDisabled(tr("This server doesn't allow speaking in other members' voices."))
         if not voice.shared_with_actor:
             raise VoiceNotShared(
-                f"{voice.owner_name} hasn't shared their voice with you. "
-                "They can do that with `/voice share`."
+                tr(
+                    "{name} hasn't shared their voice with you. They can do that with `/voice share`.",
+                    name=voice.owner_name,
+                )
             )
 
     def check_assistant_voice(
@@ -147,18 +169,26 @@ class Policy:
         if not voice.has_profile:
             if own:
                 raise NoVoiceProfile(
-                    "You haven't enrolled a voice in this server yet, and the assistant answers in your "
-                    "voice here: start with `/enroll`, or ask an admin to pick an assistant voice."
+                    tr(
+                        "You haven't enrolled a voice in this server yet, and the assistant answers in your "
+                        "voice here: start with `/enroll`, or ask an admin to pick an assistant voice."
+                    )
                 )
             raise NoVoiceProfile(
-                f"The assistant voice, {voice.owner_name}, has no enrolled voice in this server. "
-                "An admin can choose another with `/consent assistant`."
+                tr(
+                    "The assistant voice, {name}, has no enrolled voice in this server. "
+                    "An admin can choose another with `/consent assistant`.",
+                    name=voice.owner_name,
+                )
             )
         if not own and not owner_opted_in:
             raise AssistantVoiceNotOptedIn(
-                f"{voice.owner_name} hasn't allowed the assistant to use their voice "
-                "(they can with `/voice assistant-optin`). An admin can choose another assistant voice "
-                "with `/consent assistant`."
+                tr(
+                    "{name} hasn't allowed the assistant to use their voice "
+                    "(they can with `/voice assistant-optin`). An admin can choose another assistant voice "
+                    "with `/consent assistant`.",
+                    name=voice.owner_name,
+                )
             )
 
     def check_share(
@@ -166,28 +196,34 @@ class Policy:
     ) -> None:
         """May ``actor`` share their voice with the target member here?"""
         if not rules.cloning_enabled:
-            raise CloningDisabled(f"Voice cloning is off in this server. {ENABLE_HINT}")
+            raise CloningDisabled(tr(CLONING_OFF, hint=tr(ENABLE_HINT)))
         if not rules.allow_sharing:
             raise SharingDisabled(
-                "This server doesn't allow sharing voices. A server admin can allow it with "
-                "`/consent set sharing:True`."
+                tr(
+                    "This server doesn't allow sharing voices. A server admin can allow it with "
+                    "`/consent set sharing:True`."
+                )
             )
         if target_id == actor.user_id:
-            raise PolicyError("You can always use your own voice: no need to share it with yourself.")
+            raise PolicyError(tr("You can always use your own voice: no need to share it with yourself."))
         if target_is_bot:
-            raise PolicyError("Voices can only be shared with members, not with bots.")
+            raise PolicyError(tr("Voices can only be shared with members, not with bots."))
         if not has_profile:
-            raise NoVoiceProfile(NOT_ENROLLED)
+            raise NoVoiceProfile(tr(NOT_ENROLLED))
 
     def check_text(self, text: str, rules: ServerRules) -> None:
         if not text.strip():
             raise TextRejected(
-                "There is nothing to say: the message is empty once links and formatting are removed."
+                tr("There is nothing to say: the message is empty once links and formatting are removed.")
             )
         if len(text) > rules.max_text_length:
             raise TextRejected(
-                f"That message is {len(text)} characters; this server's limit is {rules.max_text_length}. "
-                "Shorten it or split it in two."
+                tr(
+                    "That message is {length} characters; this server's limit is {limit}. "
+                    "Shorten it or split it in two.",
+                    length=_number(len(text)),
+                    limit=_number(rules.max_text_length),
+                )
             )
 
     def check_cooldown(self, guild_id: int, actor: Actor, rules: ServerRules) -> None:
@@ -199,7 +235,8 @@ class Policy:
         if last is not None and now - last < rules.cooldown_s:
             wait = rules.cooldown_s - (now - last)
             raise CooldownActive(
-                f"Slow down a little: you can speak again in {wait:.0f} s.", retry_after_s=wait
+                tr("Slow down a little: you can speak again in {seconds} s.", seconds=round(wait)),
+                retry_after_s=wait,
             )
 
     def record_spoke(self, guild_id: int, actor: Actor) -> None:

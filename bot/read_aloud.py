@@ -19,15 +19,17 @@ import discord
 
 from bot.errors import NoVoiceProfile, QueueFull, TextRejected
 from bot.player import Utterance
+from bot.replies import server_locale
 from bot.seen import SeenMessages
 from bot.speaking import Players, SpeakingService
 from core.errors import VoxcloneError
+from core.i18n import N_, ngettext, tr, using_locale
 from storage import GuildSettings, Repositories
 
 log = logging.getLogger("voxclone.read_aloud")
 
 MAX_WAITING_PER_MEMBER: Final = 3  # messages of one member queued and not yet spoken
-NO_INTENT = (
+NO_INTENT = N_(
     "Read-aloud channels need the Message Content intent, which this bot runs without: I can't read the "
     "messages. The bot's operator can enable it in the developer portal and set "
     "`MESSAGE_CONTENT_INTENT=true`."
@@ -102,7 +104,15 @@ class ReadAloudService:
         )
 
     async def hear(self, message: discord.Message) -> str | None:
-        """Queue a message to be read aloud; returns what to reply (a refusal or a hint), or None."""
+        """Queue a message to be read aloud; returns what to reply (a refusal or a hint), or None.
+
+        The reply, the refusals behind it and the cloned-voice announcement are posted in the channel:
+        they are in the server's language.
+        """
+        with using_locale(server_locale(message.guild)):
+            return await self._hear(message)
+
+    async def _hear(self, message: discord.Message) -> str | None:
         guild, author = message.guild, message.author
         if guild is None or not isinstance(author, discord.Member):
             return None
@@ -121,8 +131,11 @@ class ReadAloudService:
                     session,
                     author.id,
                     exc.code,
-                    f"{author.display_name}, you have no cloned voice in this server, so your messages "
-                    "here aren't read aloud. `/enroll` creates one.",
+                    tr(
+                        "{member}, you have no cloned voice in this server, so your messages "
+                        "here aren't read aloud. `/enroll` creates one.",
+                        member=author.display_name,
+                    ),
                 )
             except TextRejected as exc:  # about this very message: always worth saying
                 return exc.message
@@ -135,8 +148,14 @@ class ReadAloudService:
         waiting = sum(1 for item in session.waiting.values() if item.requester_id == author.id)
         if waiting >= MAX_WAITING_PER_MEMBER:
             raise QueueFull(
-                f"{author.display_name}, {waiting} of your messages are still waiting to be read; "
-                "this one is skipped. Wait until they're spoken."
+                ngettext(
+                    "{member}, {n} of your messages is still waiting to be read; "
+                    "this one is skipped. Wait until it's spoken.",
+                    "{member}, {n} of your messages are still waiting to be read; "
+                    "this one is skipped. Wait until they're spoken.",
+                    waiting,
+                    member=author.display_name,
+                )
             )
         queued = await self.speaking.say(
             author,

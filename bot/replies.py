@@ -179,6 +179,16 @@ def use_interaction_locale(interaction: discord.Interaction) -> str:
     return set_locale(interaction.locale.value)
 
 
+def server_locale(guild: object) -> str | None:
+    """The server's language (Discord's "preferred locale"): what the bot posts in its channels uses it.
+
+    Use it where a channel post is written: ``with using_locale(server_locale(guild)): text = tr(...)``.
+    """
+    locale = getattr(guild, "preferred_locale", None)
+    value = getattr(locale, "value", locale)
+    return value if isinstance(value, str) else None
+
+
 def guild_member(interaction: discord.Interaction) -> tuple[discord.Guild, discord.Member]:
     """The server and the member behind a server-only command (raises NoPrivateMessage elsewhere)."""
     guild, user = interaction.guild, interaction.user

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Final
 
 import discord
 
+from bot.replies import server_locale
+from core.i18n import N_, tr, using_locale
+
 if TYPE_CHECKING:
     from bot.client import VoxcloneBot
 
@@ -22,7 +25,7 @@ log = logging.getLogger("voxclone.shutdown")
 
 SHUTDOWN_DEADLINE_S: Final = 8.0  # s for the whole shutdown: Docker kills after 10 s
 NOTICE_DEADLINE_S: Final = 3.0  # s for the restart notices, out of the above
-RESTART_NOTICE: Final = (
+RESTART_NOTICE: Final = N_(
     "voxclone is restarting, so I stopped speaking here. Send your message again in a minute."
 )
 
@@ -45,8 +48,10 @@ def channels_to_tell(bot: VoxcloneBot) -> set[int]:
 
 async def _tell(bot: VoxcloneBot, channel_ids: set[int]) -> None:
     async def one(channel_id: int) -> None:
+        with using_locale(server_locale(getattr(bot.get_channel(channel_id), "guild", None))):
+            notice = tr(RESTART_NOTICE)  # a channel post: in the server's language
         try:
-            await bot.post(channel_id, RESTART_NOTICE)
+            await bot.post(channel_id, notice)
         except discord.HTTPException as exc:
             log.warning(
                 "could not post the restart notice", extra={"channel_id": channel_id, "status": exc.status}

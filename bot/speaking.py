@@ -21,7 +21,9 @@ from bot.errors import NotInVoiceChannel, NoVoiceProfile
 from bot.languages import TextLanguage, choose_language
 from bot.player import GuildPlayer, Utterance
 from bot.policy import Actor, Policy, ServerRules, VoiceFacts
+from bot.replies import server_locale
 from bot.text import NameResolver, normalize_for_speech
+from core.i18n import tr, using_locale
 from storage import GuildSettings, Repositories, StoredVoice
 from worker.service import SpeechService
 from worker.types import SpeechRequest
@@ -58,8 +60,36 @@ def member_voice_channel(member: discord.Member) -> discord.VoiceChannel:
     state = member.voice
     channel = state.channel if state else None
     if not isinstance(channel, discord.VoiceChannel):
-        raise NotInVoiceChannel("Join a voice channel first, then try again: I speak where you are.")
+        raise NotInVoiceChannel(tr("Join a voice channel first, then try again: I speak where you are."))
     return channel
+
+
+def disclosure(guild: object, requester: str, owner: str | None, *, assistant: bool = False) -> str:
+    """What the channel is told when a cloned voice speaks; ``owner`` None: the requester's own voice.
+
+    A channel post, so in the server's language whoever asked.
+    """
+    with using_locale(server_locale(guild)):
+        if assistant and owner is None:
+            text = tr(
+                "The assistant is answering {member} in their own cloned voice (AI-generated).",
+                member=requester,
+            )
+        elif assistant:
+            text = tr(
+                "The assistant is answering {member} in {owner}'s cloned voice (AI-generated).",
+                member=requester,
+                owner=owner,
+            )
+        elif owner is None:
+            text = tr("{member} is speaking in their own cloned voice (AI-generated).", member=requester)
+        else:
+            text = tr(
+                "{member} is speaking in {owner}'s cloned voice (AI-generated).",
+                member=requester,
+                owner=owner,
+            )
+    return f"🔊 {text}"
 
 
 class Players:
@@ -117,7 +147,7 @@ class AssistantVoice:
         # Re-read the voice for every sentence: a /voice delete in the middle of an answer wins.
         voice = await self.speaking.repos.profiles.get_voice(guild.id, self.owner.id)
         if voice is None:
-            self.stopped = "the voice was deleted"
+            self.stopped = tr("the voice was deleted")
             return None
         utterance = Utterance(
             request=SpeechRequest(spoken, voice.profile.language, voice.embedding),
@@ -196,7 +226,7 @@ class SpeakingService:
             self.policy.check_text(spoken, rules)
         self.policy.check_cooldown(guild.id, actor, rules)
         if voice is None:  # unreachable: check_speak refused; keeps the type checker honest
-            raise NoVoiceProfile(f"{owner.display_name} has no enrolled voice in this server.")
+            raise NoVoiceProfile(tr("{name} has no enrolled voice in this server.", name=owner.display_name))
         return CheckedVoice(actor, rules, voice, spoken)
 
     async def say(
@@ -231,8 +261,8 @@ class SpeakingService:
         )
         announcement = None
         if rules.announce and disclose:
-            whose = "their own" if owner.id == requester.id else f"{owner.display_name}'s"
-            announcement = f"🔊 {requester.display_name} is speaking in {whose} cloned voice (AI-generated)."
+            whose = None if owner.id == requester.id else owner.display_name
+            announcement = disclosure(guild, requester.display_name, whose)
         utterance = Utterance(
             request=SpeechRequest(spoken, spoken_in, voice.embedding),
             requester_id=requester.id,
@@ -271,11 +301,8 @@ class SpeakingService:
         await self.repos.profiles.touch_last_used(guild.id, owner.id)
         announcement = None
         if rules.announce:
-            whose = "their own" if owner.id == requester.id else f"{owner.display_name}'s"
-            announcement = (
-                f"🔊 The assistant is answering {requester.display_name} in {whose} cloned voice "
-                "(AI-generated)."
-            )
+            whose = None if owner.id == requester.id else owner.display_name
+            announcement = disclosure(guild, requester.display_name, whose, assistant=True)
         log.info(
             "assistant voice checked",
             extra={"guild_id": guild.id, "user_id": requester.id, "owner_id": owner.id},

@@ -29,10 +29,13 @@ from bot.errors import (
     NotInVoiceChannel,
     NoVoiceProfile,
 )
+from bot.languages import language_name
 from bot.player import Utterance
+from bot.replies import size_text
 from bot.seen import SeenMessages
 from bot.speaking import AssistantVoice, Queued, SpeakingService
 from core.errors import AudioTooLarge, AudioTooLong, EmptyAudio, NotAudio, VoxcloneError
+from core.i18n import N_, tr
 from core.intake import _fmt_duration, decode_audio_async
 from storage import GuildSettings, Repositories
 from worker.service import SpeechService
@@ -45,7 +48,9 @@ MAX_BYTES: Final = 25 * 1024 * 1024  # bytes: default, Discord's upload limit
 MEGABYTE: Final = 1024 * 1024
 CACHED_TRANSCRIPTS: Final = 256  # transcripts kept for the message commands
 DISCORD_LIMIT: Final = 1900  # characters of a reply, below Discord's 2000 with room for the framing
-NO_WORDS = "I couldn't hear any words in that recording. Record it again a little closer to the microphone."
+NO_WORDS = N_(
+    "I couldn't hear any words in that recording. Record it again a little closer to the microphone."
+)
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class VoiceMessageService:
     async def _transcribe(self, message: discord.Message, limits: VoiceMessageLimits) -> Heard:
         att = audio_attachment(message)
         if att is None:
-            raise NotAudio("That message has no voice message or audio file to listen to.")
+            raise NotAudio(tr("That message has no voice message or audio file to listen to."))
         check_declared(att, limits)
         upload = await read_upload(att, message, max_bytes=limits.max_bytes)
         decoded = await decode_audio_async(
@@ -165,7 +170,7 @@ class VoiceMessageService:
         result = await self.speech.transcribe(decoded.pcm, TRANSCRIBE_RATE)
         text = " ".join(result.text.split())
         if not text:
-            raise EmptyAudio(NO_WORDS)
+            raise EmptyAudio(tr(NO_WORDS))
         log.info(
             "voice message transcribed",
             extra={"guild_id": message.guild.id if message.guild else None, "seconds": decoded.duration_s},
@@ -184,8 +189,10 @@ class VoiceMessageService:
         """Ask the model; speak each finished sentence at once; return the whole (cut) answer."""
         if self.llm is None:
             raise AssistantNotConfigured(
-                "The assistant isn't set up on this bot: its operator needs to set LLM_BASE_URL "
-                "(see the README)."
+                tr(
+                    "The assistant isn't set up on this bot: its operator needs to set LLM_BASE_URL "
+                    "(see the README)."
+                )
             )
         rules = await self.repos.settings.get(requester.guild.id)
         answer = Answer(heard, "", cut=False)
@@ -195,7 +202,7 @@ class VoiceMessageService:
             voice = await self.speaking.assistant_voice(requester, owner, text_channel_id=text_channel_id)
             answer.voice_owner_id, answer.channel = owner.id, voice.channel
         except NotInVoiceChannel:
-            answer.not_spoken = "Join a voice channel to hear my answers spoken."
+            answer.not_spoken = tr("Join a voice channel to hear my answers spoken.")
         messages = build_messages(rules.llm_system_prompt, self.history.messages(text_channel_id), heard.text)
         kept: list[str] = []
         splitter = SentenceSplitter()
@@ -214,14 +221,15 @@ class VoiceMessageService:
         finally:
             await stream.aclose()
         if not kept:
-            raise AssistantBadResponse("The assistant gave an empty answer. Try asking again.")
+            raise AssistantBadResponse(tr("The assistant gave an empty answer. Try asking again."))
         answer.text = " ".join(kept)
         if answer.interrupted is None:
             self.history.add_exchange(text_channel_id, heard.text, answer.text)
         if voice is not None:
             answer.utterances = voice.queued
             if voice.stopped and answer.not_spoken is None:
-                answer.not_spoken = f"I stopped speaking: {voice.stopped}."
+                # TRANSLATORS: {reason} is a short phrase without a final period ("the voice was deleted").
+                answer.not_spoken = tr("I stopped speaking: {reason}.", reason=voice.stopped)
         return answer
 
     async def _take(
@@ -242,7 +250,8 @@ class VoiceMessageService:
                     try:
                         await voice.say(text)
                     except VoxcloneError as exc:  # the queue filled up, a voice was removed...
-                        answer.not_spoken = f"I stopped speaking: {exc.message}"
+                        # TRANSLATORS: {reason} is a whole sentence, with its final period.
+                        answer.not_spoken = tr("I stopped speaking: {reason}", reason=exc.message)
                         break
             if cut:
                 answer.cut = True
@@ -255,8 +264,10 @@ class VoiceMessageService:
         owner = requester.guild.get_member(rules.assistant_voice_user_id)
         if owner is None:
             raise NoVoiceProfile(
-                "The assistant voice chosen for this server belongs to someone who is no longer here. "
-                "An admin can choose another with `/consent assistant`."
+                tr(
+                    "The assistant voice chosen for this server belongs to someone who is no longer here. "
+                    "An admin can choose another with `/consent assistant`."
+                )
             )
         return owner
 
@@ -265,22 +276,21 @@ def check_declared(att: discord.Attachment, limits: VoiceMessageLimits) -> None:
     """Refuse at once, before downloading, what the attachment itself says is too long or too large."""
     if att.duration is not None and att.duration > limits.max_seconds:
         raise AudioTooLong(
-            f"That voice message is {_fmt_duration(att.duration)} long; I handle voice messages up to "
-            f"{_fmt_duration(limits.max_seconds)}. Send a shorter one."
+            tr(
+                "That voice message is {duration} long; I handle voice messages up to {limit}. "
+                "Send a shorter one.",
+                duration=_fmt_duration(att.duration),
+                limit=_fmt_duration(limits.max_seconds),
+            )
         )
     if att.size > limits.max_bytes:
         raise AudioTooLarge(
-            f"That recording is {att.size / 1e6:.1f} MB; I handle recordings up to "
-            f"{limits.max_bytes / 1e6:.0f} MB. Send a shorter one."
+            tr(
+                "That recording is {size}; I handle recordings up to {limit}. Send a shorter one.",
+                size=size_text(att.size),
+                limit=size_text(limits.max_bytes),
+            )
         )
-
-
-LANGUAGES: Final = {
-    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
-    "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian", "tr": "Turkish", "ar": "Arabic",
-    "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "hi": "Hindi", "cs": "Czech", "hu": "Hungarian",
-    "sv": "Swedish", "da": "Danish", "fi": "Finnish", "no": "Norwegian", "el": "Greek", "he": "Hebrew",
-}  # fmt: skip
 
 
 def _short(text: str, limit: int = DISCORD_LIMIT) -> str:
@@ -288,21 +298,27 @@ def _short(text: str, limit: int = DISCORD_LIMIT) -> str:
 
 
 def transcript_reply(heard: Heard) -> str:
-    language = LANGUAGES.get(heard.language, heard.language)
-    return f"🎙️ **Transcript** ({language}, {_fmt_duration(heard.duration_s)}):\n>>> {_short(heard.text)}"
+    header = tr(
+        "**Transcript** ({language}, {duration}):",
+        language=language_name(heard.language),
+        duration=_fmt_duration(heard.duration_s),
+    )
+    return f"🎙️ {header}\n>>> {_short(heard.text)}"
 
 
 def relay_reply(heard: Heard, queued: Queued | None, refusal: str | None) -> str:
     base = transcript_reply(heard)
     if queued is not None:
-        return f"🔊 Saying this in your voice in {queued.channel.mention}.\n{base}"
-    return f"{base}\n\nI didn't say it aloud: {refusal}"
+        saying = tr("Saying this in your voice in {channel}.", channel=queued.channel.mention)
+        return f"🔊 {saying}\n{base}"
+    return f"{base}\n\n" + tr("I didn't say it aloud: {reason}", reason=refusal)
 
 
 def answer_reply(answer: Answer) -> str:
     lines = [f"🤖 {_short(answer.text, DISCORD_LIMIT - 300)}"]
     if answer.cut:
-        lines.append("*(cut at a sentence: the rest is past this server's speech limit)*")
+        cut = tr("cut at a sentence: the rest is past this server's speech limit")
+        lines.append(f"*({cut})*")
     if answer.interrupted:
         lines.append(f"*({answer.interrupted})*")
     if answer.not_spoken:

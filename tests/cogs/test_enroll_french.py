@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from bot.enrollment import PREVIEW_TEXTS
+from bot.enrollment import preview_text
 from tests.cogs.conftest import World, dump, open_world
 from tests.support.voices import spy_synthesis
 from worker.analysis.verify import FRENCH_PHRASE_WORDS, PHRASE_WORDS, make_consent_phrase
@@ -104,8 +104,8 @@ async def test_a_french_member_enrolls_in_french(
         assert record.phrase == phrase and record.match_score <= 0.35, record.transcript
 
         preview = await world.preview_sent()
-        assert PREVIEW_TEXTS["fr"] in preview.text, dump(world)
-        assert [(r.text, r.language) for r in spoken] == [(PREVIEW_TEXTS["fr"], "fr")]
+        assert preview_text("fr") in preview.text, dump(world)
+        assert [(r.text, r.language) for r in spoken] == [(preview_text("fr"), "fr")]
 
 
 async def test_other_locales_get_english_phrases(world: World) -> None:

@@ -64,6 +64,28 @@ async def test_enable_enroll_speak(world: World) -> None:
     assert abs(played_s - synthesized_s) <= 0.021, (played_s, synthesized_s)
 
 
+async def test_a_french_member_reads_french_and_the_channel_the_servers_language(world: World) -> None:
+    """What answers a member follows their client's language; what is posted in the channel, the server's."""
+    h, fx = world.harness, world.fx
+    await world.enable_cloning(cooldown=0)
+    h.locale = "fr"
+    await h.slash(fx, world.ada, "enroll")
+    shown = h.last_text()
+    assert "**Enregistrer votre voix sur" in shown and TEST_PHRASE in shown, shown
+    h.locale = "en-US"
+    assert "Your voice is enrolled" in await world.enroll(world.ada), dump(world)
+    h.locale = "fr"
+    await h.slash(fx, world.ada, "speak", {"text": "Bonjour à tous."})
+    assert "Rejoignez d'abord un salon vocal" in h.last_text(), dump(world)
+    h.join_voice(fx, world.ada.id)
+    await h.slash(fx, world.ada, "speak", {"text": "Bonjour à tous, je parle français ce soir."})
+    player = world.bot.players.existing(fx.guild.id)
+    assert player is not None
+    await wait_for(lambda: player.current is None and not player.queue, timeout=120)
+    announced = [c.text for c in h.calls if "🔊" in (c.text or "") and "cloned voice" in c.text]
+    assert announced == ["🔊 ada is speaking in their own cloned voice (AI-generated)."], dump(world)
+
+
 async def test_cloning_off_by_default(world: World) -> None:
     await world.harness.slash(world.fx, world.ada, "enroll")
     assert "Voice cloning is off in this server" in world.harness.last_text()

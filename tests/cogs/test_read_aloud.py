@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import discord
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -188,6 +189,28 @@ async def test_without_the_message_content_intent_it_says_so(
     await h.slash(fx, world.admin, "consent read-aloud", {"action": "clear"})
     settings = await world.bot.repos.settings.get(fx.guild.id)
     assert settings.read_aloud_channel_ids == ()
+
+
+async def test_in_a_french_server_the_channel_reads_french(
+    ra: World, voices: tuple[EmbeddingResult, EmbeddingResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies and announcements in a read-aloud channel are for everyone there: the server's language,
+    although the member who started the session (/join) uses an English client."""
+    h, fx = ra.harness, ra.fx
+    fx.guild.preferred_locale = discord.Locale.french
+    await setup_channel(ra, voices)
+    seen = spy_synthesis(ra.bot.speech, monkeypatch)
+    await h.slash(fx, ra.ada, "join")  # harness.locale: en-US
+    await post(ra, CY_ID, "I have not enrolled a voice.")
+    await post(ra, ra.ada.id, "Hello everyone, I am typing and you hear me.")
+    await idle(ra)
+    assert len(seen) == 1, dump(ra)
+    hints = [r for r in replies(ra) if "cy" in r]
+    assert hints == [
+        "cy, vous n'avez pas de voix clonée sur ce serveur : vos messages ici ne sont donc pas lus à voix "
+        "haute. `/enroll` en crée une."
+    ], dump(ra)
+    assert "🔊 ada parle avec sa propre voix clonée (générée par IA)." in h.all_text(), dump(ra)
 
 
 async def test_join_needs_a_voice_channel(ra: World) -> None:

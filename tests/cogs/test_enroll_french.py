@@ -96,7 +96,9 @@ async def test_a_french_member_enrolls_in_french(
 
         clip = world.voice_message("consent-fr", phrase, voice=FRENCH_VOICE)
         await h.slash(fx, world.ada, "enroll", attachments={"clip": world.attach(clip)}, locale="fr")
-        assert "Your voice is enrolled" in h.last_text(), dump(world)
+        assert "Votre voix est enregistrée" in h.last_text(), dump(world)  # every reply in French
+        assert "Lisez cette phrase à voix haute" in h.all_text() and "Read this phrase" not in h.all_text()
+        assert "Vérification de l'audio" in h.all_text() and "Checking the audio" not in h.all_text()
         assert languages == ["fr"]
         profile = await world.bot.repos.profiles.get(fx.guild.id, world.ada.id)
         assert profile is not None and profile.language == "fr"
